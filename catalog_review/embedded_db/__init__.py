@@ -1,0 +1,1 @@
+"""A Django database backend: PostgreSQL, started from `catalog_review.runtime` on first connection."""

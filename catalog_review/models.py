@@ -1,0 +1,310 @@
+"""The data model (DESIGN section 5).
+
+Catalogue: Category (tree) > VariationFamily > Product. Model: ModelVersion, ProductEmbedding
+(pgvector, HNSW cosine index). Work: Job. Review: Flag, ReviewDecision (append-only audit),
+LabelledPair (append-only; a retraction is a new row).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex, OpClass
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Upper
+from pgvector.django import HnswIndex, VectorField
+
+EMBEDDING_DIM = 256
+
+
+class Category(models.Model):
+    """A node of the category tree; `path` is the full ' > '-joined path, unique."""
+
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    path = models.CharField(max_length=1000, unique=True)
+    depth = models.PositiveSmallIntegerField()
+
+    class Meta:
+        verbose_name_plural = "categories"
+        ordering = ["path"]
+
+    def __str__(self) -> str:
+        return self.path
+
+
+class VariationFamily(models.Model):
+    """A variation family: listings that are variants of one product (colours, sizes, styles)."""
+
+    code = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "variation families"
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class ImageStatus(models.TextChoices):
+    OK = "ok", "ok"
+    NONE = "none", "no image (title only)"
+    PENDING = "pending", "waiting for download"
+    MISSING = "missing", "file not found"
+    INVALID = "invalid", "not a usable image"
+    TOO_LARGE = "too_large", "too large"
+    FETCH_FAILED = "fetch_failed", "download failed"
+
+
+class ProductQuerySet(models.QuerySet):
+    def search(self, text: str) -> ProductQuerySet:
+        """Case-insensitive substring search over sku, title and family code (trigram-indexed)."""
+        text = text.strip()
+        if not text:
+            return self
+        return self.filter(Q(sku__iexact=text) | Q(title__icontains=text) | Q(family__code__iexact=text))
+
+    def in_category(self, category: Category) -> ProductQuerySet:
+        """Products in the category or any of its descendants."""
+        return self.filter(Q(category=category) | Q(category__path__startswith=category.path + " > "))
+
+
+class Product(models.Model):
+    sku = models.CharField(max_length=200, unique=True)
+    title = models.CharField(max_length=1000)
+    description = models.TextField(blank=True, default="")
+    attributes = models.JSONField(default=dict, blank=True)
+    category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.PROTECT, related_name="products")
+    family = models.ForeignKey(VariationFamily, on_delete=models.PROTECT, related_name="products")
+    image = models.CharField(
+        max_length=300, blank=True, default="", help_text="content-addressed path under MEDIA_ROOT"
+    )
+    image_sha256 = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    image_source = models.CharField(
+        max_length=2000, blank=True, default="", help_text="the image reference as given in the catalogue"
+    )
+    image_status = models.CharField(max_length=20, choices=ImageStatus.choices, default=ImageStatus.NONE)
+    image_error = models.CharField(max_length=500, blank=True, default="")
+    image_width = models.PositiveIntegerField(null=True, blank=True)
+    image_height = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ProductQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["sku"]
+        indexes = [
+            GinIndex(OpClass(Upper("title"), name="gin_trgm_ops"), name="product_title_trgm"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sku} {self.title}"
+
+    @property
+    def category_path(self) -> list[str]:
+        return self.category.path.split(" > ") if self.category_id else []
+
+
+class ModelVersion(models.Model):
+    """A trained (or zero-shot) model: checkpoint (safetensors) + config + validation metrics."""
+
+    name = models.CharField(max_length=100, unique=True)
+    checkpoint_path = models.CharField(max_length=500, blank=True, default="")
+    checkpoint_sha256 = models.CharField(max_length=64, blank=True, default="")
+    config = models.JSONField(default=dict)
+    metrics = models.JSONField(default=dict, blank=True)
+    training_data = models.JSONField(default=dict, blank=True, help_text="what it was trained on: counts by source")
+    is_active = models.BooleanField(default=False)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["is_active"], condition=Q(is_active=True), name="one_active_model_version")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ProductEmbedding(models.Model):
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="embeddings")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="embeddings")
+    vector = VectorField(dimensions=EMBEDDING_DIM)
+    # what the vector was computed from: a changed title or image makes it stale
+    title_sha256 = models.CharField(max_length=64, blank=True, default="")
+    image_sha256 = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["product", "model_version"], name="one_embedding_per_product_version")
+        ]
+        indexes = [
+            HnswIndex(
+                name="embedding_vector_hnsw_cosine",
+                fields=["vector"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            )
+        ]
+
+
+class Job(models.Model):
+    """A unit of background work. Progress lives here, not in Celery's result store."""
+
+    class Kind(models.TextChoices):
+        IMPORT = "import", "import catalogue"
+        FETCH_IMAGES = "fetch_images", "download images"
+        SCORE = "score", "score"
+        TRAIN = "train", "train"
+        EXPORT = "export", "export"
+        SELF_TEST = "self_test", "worker self-test"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    scope = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    counts = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "kind"], name="job_status_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} ({self.status})"
+
+    @property
+    def progress(self) -> float:
+        """Fraction of work items finished (succeeded or failed), 0..1."""
+        if self.status == self.Status.SUCCEEDED:
+            return 1.0
+        if not self.total:
+            return 0.0
+        return min(1.0, (self.done + self.failed) / self.total)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class Flag(models.Model):
+    class Kind(models.TextChoices):
+        WRONG_VARIANT = "wrong_variant", "wrong variant"
+        DUPLICATE = "duplicate", "duplicate"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "open"
+        CONFIRMED = "confirmed", "confirmed"
+        REJECTED = "rejected", "rejected"
+        STALE = "stale", "stale"
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="flags")
+    counterpart = models.ForeignKey(
+        Product, null=True, blank=True, on_delete=models.CASCADE, related_name="counterpart_flags"
+    )
+    score = models.FloatField()
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="flags")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
+    evidence = models.JSONField(default=dict, blank=True)
+    heatmap = models.CharField(max_length=300, blank=True, default="")
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="claimed_flags"
+    )
+    claim_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "kind", "-score"], name="flag_queue"),
+            models.Index(fields=["product", "kind"], name="flag_product_kind"),
+        ]
+        constraints = [
+            # at most one open flag of a kind per listing (and counterpart)
+            models.UniqueConstraint(
+                fields=["kind", "product", "counterpart"],
+                condition=Q(status="open"),
+                name="one_open_flag_per_pair",
+                nulls_distinct=False,
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.product_id} ({self.status})"
+
+
+class ReviewDecision(models.Model):
+    """Append-only audit of reviewer decisions; an undo is a new row pointing at the one it undoes."""
+
+    class Decision(models.TextChoices):
+        CONFIRM = "confirm", "confirm error"
+        REJECT = "reject", "not an error"
+        SKIP = "skip", "skip"
+        UNDO = "undo", "undo"
+
+    flag = models.ForeignKey(Flag, on_delete=models.PROTECT, related_name="decisions")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="decisions")
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    note = models.TextField(blank=True, default="")
+    undoes = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="undone_by")
+    client_request_id = models.CharField(max_length=100, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+
+class LabelledPair(models.Model):
+    """A labelled training pair. Append-only: a retraction is a new row with `retracts` set."""
+
+    class Relation(models.TextChoices):
+        SAME_PRODUCT = "same_product", "same product"
+        SAME_FAMILY = "same_family", "same family"
+        DIFFERENT = "different", "different"
+
+    class Source(models.TextChoices):
+        REVIEW = "review", "reviewer decision"
+        FAMILY = "family", "catalogue family"
+        ADVERSARIAL = "adversarial", "adversarial title"
+
+    a = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="+")
+    b = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="+")
+    relation = models.CharField(max_length=20, choices=Relation.choices)
+    source = models.CharField(max_length=20, choices=Source.choices)
+    decision = models.ForeignKey(
+        ReviewDecision, null=True, blank=True, on_delete=models.PROTECT, related_name="labelled_pairs"
+    )
+    retracts = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="retracted_by"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.CheckConstraint(condition=~Q(a=models.F("b")), name="pair_of_two_listings")]

@@ -1,0 +1,62 @@
+"""Job rows: the single place where background work records status, progress and failure."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from catalog_review.models import Job
+
+
+def job_create(*, kind: str, scope: dict | None = None, total: int = 0, requested_by=None,
+               status: str = Job.Status.QUEUED) -> Job:
+    now = timezone.now()
+    return Job.objects.create(
+        kind=kind,
+        scope=scope or {},
+        total=total,
+        requested_by=requested_by,
+        status=status,
+        started_at=now if status == Job.Status.RUNNING else None,
+    )
+
+
+def job_set_progress(*, job: Job, done: int, total: int | None = None, counts: dict | None = None) -> None:
+    fields = {"done": done, "heartbeat_at": timezone.now()}
+    if total is not None:
+        fields["total"] = total
+    if counts is not None:
+        fields["counts"] = counts
+    Job.objects.filter(pk=job.pk).update(**fields)
+
+
+def job_count_item(*, job_id: int, succeeded: bool) -> None:
+    """Count one finished work item; the last one finishes the job. Call inside the transaction
+    that records the item's result, so that a re-delivered task cannot count twice."""
+    field = "done" if succeeded else "failed"
+    Job.objects.filter(pk=job_id).update(**{field: F(field) + 1, "heartbeat_at": timezone.now()})
+    Job.objects.filter(
+        pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING], total__lte=F("done") + F("failed")
+    ).update(status=Job.Status.SUCCEEDED, finished_at=timezone.now())
+
+
+def job_mark_running(*, job_id: int) -> None:
+    now = timezone.now()
+    Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+        status=Job.Status.RUNNING, started_at=now, heartbeat_at=now
+    )
+
+
+def job_finish(*, job: Job, counts: dict | None = None) -> None:
+    fields = {"status": Job.Status.SUCCEEDED, "finished_at": timezone.now()}
+    if counts is not None:
+        fields["counts"] = counts
+    Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(**fields)
+
+
+def job_fail(*, job_id: int, error: str) -> None:
+    with transaction.atomic():
+        Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
+            status=Job.Status.FAILED, error=error[:10_000], finished_at=timezone.now()
+        )

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from catalog_review import views
+
+urlpatterns = [
+    path("", views.catalogue, name="catalogue"),
+    path("families/<path:code>/", views.family_detail, name="family"),
+    path("products/<path:sku>/", views.product_detail, name="product"),
+    path("media/<path:path>", views.media_file, name="media"),
+    path("jobs/<int:job_id>/", views.job_detail, name="job"),
+    path("login/", auth_views.LoginView.as_view(template_name="catalog_review/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+]
