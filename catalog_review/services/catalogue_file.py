@@ -66,23 +66,26 @@ def count_rows(path: Path) -> int:
 
 
 def read_raw_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
-    """Yield (row number, raw dict) or (row number, RowError) for rows that are not even a record."""
+    """Yield (row number, raw dict) or (row number, RowError) for rows that are not even a record.
+
+    Checks the file eagerly: raises CatalogueFileError here, before the first row, when the file
+    cannot be read as a catalogue at all.
+    """
     if not path.exists():
         raise CatalogueFileError(f"{path}: no such file")
     if not path.is_file():
         raise CatalogueFileError(f"{path}: not a regular file")
     try:
         fmt = detect_format(path)
+        if fmt == "csv":
+            return _read_csv(path)
+        return _read_jsonl(open(path, "rb"))
     except OSError as exc:
         raise CatalogueFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    if fmt == "csv":
-        yield from _read_csv(path)
-    else:
-        yield from _read_jsonl(path)
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict | RowError]]:
-    with open(path, "rb") as fh:
+def _read_jsonl(fh) -> Iterator[tuple[int, dict | RowError]]:
+    with fh:
         for number, raw_line in enumerate(fh, start=1):
             if number == 1:
                 raw_line = raw_line.removeprefix(b"\xef\xbb\xbf")
@@ -105,27 +108,31 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict | RowError]]:
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict | RowError]]:
+    fh = open(path, encoding="utf-8-sig", newline="")
+    reader = csv.reader(fh)
     try:
-        fh = open(path, encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise CatalogueFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    with fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise CatalogueFileError(f"{path}: the CSV file is empty (no header row)") from None
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise CatalogueFileError(f"{path}: the CSV header cannot be read: {exc}") from None
-        header = [h.strip() for h in header]
-        missing = [name for name in ("sku", "title") if name not in header]
+        header = next(reader)
+    except StopIteration:
+        fh.close()
+        raise CatalogueFileError(f"{path}: the CSV file is empty (no header row)") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        fh.close()
+        raise CatalogueFileError(f"{path}: the CSV header cannot be read: {exc}") from None
+    header = [h.strip() for h in header]
+    missing = [name for name in ("sku", "title") if name not in header]
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if missing or duplicated:
+        fh.close()
         if missing:
             raise CatalogueFileError(
                 f"{path}: the CSV header has no {' or '.join(missing)} column (found: {', '.join(header)})"
             )
-        duplicated = sorted({h for h in header if header.count(h) > 1})
-        if duplicated:
-            raise CatalogueFileError(f"{path}: the CSV header repeats column(s) {', '.join(duplicated)}")
+        raise CatalogueFileError(f"{path}: the CSV header repeats column(s) {', '.join(duplicated)}")
+    return _csv_rows(fh, reader, header)
+
+
+def _csv_rows(fh, reader, header: list[str]) -> Iterator[tuple[int, dict | RowError]]:
+    with fh:
         while True:
             start_line = reader.line_num + 1
             try:

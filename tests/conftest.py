@@ -1,0 +1,128 @@
+"""Shared fixtures. Everything real: the embedded PostgreSQL+pgvector (pytest-django creates the test
+database on it), the embedded redis-server, a real Celery worker process, headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from PIL import Image
+
+from catalog_review import runtime
+from catalog_review.celery import app as celery_app
+from tests.factories import UserFactory
+
+ARTIFACTS = runtime.PROJECT_ROOT / "test-artifacts"
+TEST_REDIS_DB = 1  # keeps test messages apart from a demo running on the same embedded redis
+
+
+@pytest.fixture(scope="session", autouse=True)
+def media_root(tmp_path_factory) -> Path:
+    """One media directory per test session, shared with the worker process."""
+    root = tmp_path_factory.mktemp("media")
+    settings.MEDIA_ROOT = root
+    return root
+
+
+@pytest.fixture
+def reviewer(db):
+    return UserFactory(username="reviewer")
+
+
+@pytest.fixture
+def admin_user(db):
+    return UserFactory(username="admin", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def outsider(db):
+    """Not logged in: the anonymous client."""
+    return None
+
+
+@pytest.fixture
+def reviewer_client(client, reviewer):
+    client.force_login(reviewer)
+    return client
+
+
+def jpeg_bytes(size=(64, 48), colour=(200, 30, 30), quality=90) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def png_bytes(size=(32, 32), colour=(10, 120, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    if settings.EMBEDDED_REDIS:
+        runtime.ensure_redis()
+        url = runtime.redis_url(TEST_REDIS_DB)
+    else:
+        url = settings.CELERY_BROKER_URL
+    celery_app.conf.broker_url = url
+    return url
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, broker_url, media_root):
+    """A real `celery worker` process over real Redis, using the test database."""
+    with django_db_blocker.unblock():
+        database = connection.settings_dict["NAME"]
+    celery_app.control.purge()
+    env = os.environ | {
+        "DATABASE_NAME": database,
+        "MEDIA_ROOT": str(media_root),
+        "CELERY_BROKER_URL": broker_url,
+        "IMAGE_FETCH_TIMEOUT_S": "3",
+        "IMAGE_FETCH_MAX_RETRIES": "1",
+        "IMAGE_MAX_BYTES": str(200_000),
+        "DATABASE_CONN_MAX_AGE": "0",
+    }
+    hostname = f"test-{os.getpid()}@%h"
+    log = open(media_root.parent / "worker.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "catalog_review", "worker", "-Q", "default,gpu",
+         "--concurrency", "2", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+         "--hostname", hostname],
+        cwd=runtime.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"celery worker exited with {process.returncode}: see {log.name}")
+        replies = celery_app.control.ping(timeout=1.0) or []
+        if any(hostname.split("@")[0] in name for reply in replies for name in reply):
+            break
+    else:
+        process.kill()
+        raise RuntimeError(f"celery worker did not answer a ping within 60 s: see {log.name}")
+    yield process
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def wait_for(predicate, *, timeout: float = 30, interval: float = 0.2, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
