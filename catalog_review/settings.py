@@ -171,6 +171,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(runtime.VAR_DIR / "staticfiles")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every start when it is missing
 # static files served by WhiteNoise straight from the finders: no collectstatic step for the demo
 WHITENOISE_USE_FINDERS = True
 STORAGES = {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.paginator import Paginator
+from django.http import Http404
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 from django.views.static import serve
@@ -55,6 +57,9 @@ def job_detail(request, job_id: int):
 @require_GET
 def media_file(request, path: str):
     """Stored images, behind login like every page (django's serve refuses path traversal)."""
-    response = serve(request, path, document_root=settings.MEDIA_ROOT)
+    try:
+        response = serve(request, path, document_root=settings.MEDIA_ROOT)
+    except SuspiciousFileOperation:
+        raise Http404("no such file") from None
     response["Cache-Control"] = "private, max-age=86400, immutable"  # content-addressed names
     return response

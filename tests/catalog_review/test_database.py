@@ -1,0 +1,63 @@
+"""The embedded PostgreSQL + pgvector: extensions, schema, the HNSW index, service reuse."""
+
+import random
+
+import pytest
+from django.db import connection
+from pgvector.django import CosineDistance
+
+from catalog_review import runtime
+from catalog_review.models import EMBEDDING_DIM, ModelVersion, ProductEmbedding
+from tests.factories import ProductFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_server_is_postgres_18_with_pgvector():
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version_num")
+        assert int(cursor.fetchone()[0]) >= 180000
+        cursor.execute("SELECT extname FROM pg_extension ORDER BY extname")
+        assert {"vector", "pg_trgm"} <= {row[0] for row in cursor.fetchall()}
+
+
+def test_hnsw_index_serves_knn_queries():
+    version = ModelVersion.objects.create(name="zero-shot", is_active=True)
+    rng = random.Random(0)
+    ProductEmbedding.objects.bulk_create(
+        ProductEmbedding(product=ProductFactory(), model_version=version,
+                         vector=[rng.gauss(0, 1) for _ in range(EMBEDDING_DIM)])
+        for _ in range(30)
+    )
+    query_vector = [rng.gauss(0, 1) for _ in range(EMBEDDING_DIM)]
+    knn = ProductEmbedding.objects.order_by(CosineDistance("vector", query_vector))[:5]
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # tiny table: make the planner show its index choice
+        sql, params = knn.query.sql_with_params()
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "Index Scan using embedding_vector_hnsw_cosine" in plan, plan
+        knn = list(knn)  # run it with the same planner settings
+    exact = sorted(
+        ProductEmbedding.objects.annotate(d=CosineDistance("vector", query_vector)),
+        key=lambda e: e.d,
+    )[:5]
+    assert [e.pk for e in knn] == [e.pk for e in exact]
+
+
+def test_services_are_reused_not_started_twice():
+    first = runtime.ensure_postgres()
+    pid = runtime._running_postmaster().pid
+    assert runtime.ensure_postgres() == first and runtime._running_postmaster().pid == pid
+    runtime.ensure_redis()
+    redis_pid = (runtime.REDIS_DIR / "redis.pid").read_text().strip()
+    runtime.ensure_redis()
+    assert (runtime.REDIS_DIR / "redis.pid").read_text().strip() == redis_pid
+
+
+def test_one_active_model_version_at_a_time():
+    from django.db import IntegrityError, transaction
+
+    ModelVersion.objects.create(name="v1", is_active=True)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.create(name="v2", is_active=True)

@@ -1,0 +1,120 @@
+"""Browse pages: login required, methods, filters, escaping, pinned query counts."""
+
+import pytest
+from django.urls import reverse
+
+from catalog_review.models import ImageStatus, Job
+from tests.factories import CategoryFactory, FamilyFactory, ProductFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def catalogue():
+    women = CategoryFactory(name="Women", path="Women")
+    dresses = CategoryFactory(name="Dresses", parent=women)
+    men = CategoryFactory(name="Men", path="Men")
+    family = FamilyFactory(code="F-dress")
+    ProductFactory(sku="D1", title="Red dress", family=family, category=dresses, attributes={"colour": "Red"})
+    ProductFactory(sku="D2", title="Blue dress", family=family, category=dresses)
+    ProductFactory(sku="M1", title="Shirt <b>bold</b>", category=men)
+    return {"women": women, "dresses": dresses, "men": men, "family": family}
+
+
+PAGES = [
+    ("catalogue", {}),
+    ("family", {"code": "F-dress"}),
+    ("product", {"sku": "D1"}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), PAGES)
+def test_pages_need_login(client, catalogue, name, kwargs):
+    url = reverse(name, kwargs=kwargs)
+    response = client.get(url)
+    assert response.status_code == 302 and response.url.startswith(reverse("login"))
+
+
+@pytest.mark.parametrize(("name", "kwargs"), PAGES)
+def test_pages_refuse_post(reviewer_client, catalogue, name, kwargs):
+    assert reviewer_client.post(reverse(name, kwargs=kwargs)).status_code == 405
+
+
+def test_media_needs_login_and_refuses_traversal(client, reviewer_client, media_root):
+    (media_root / "images").mkdir(exist_ok=True)
+    (media_root / "images" / "x.txt").write_text("hello")
+    url = reverse("media", kwargs={"path": "images/x.txt"})
+    from django.test import Client
+
+    assert Client().get(url).status_code == 302
+    assert reviewer_client.get(url).status_code == 200
+    assert reviewer_client.get("/media/../secret_key").status_code == 404
+    assert reviewer_client.get("/media/images/%2e%2e/%2e%2e/etc/passwd").status_code == 404
+
+
+def test_catalogue_lists_and_searches(reviewer_client, catalogue):
+    response = reviewer_client.get(reverse("catalogue"))
+    assert response.status_code == 200
+    assert [p.sku for p in response.context["page"].object_list] == ["D1", "D2", "M1"]
+    response = reviewer_client.get(reverse("catalogue"), {"q": "DRESS"})
+    assert [p.sku for p in response.context["page"].object_list] == ["D1", "D2"]
+    response = reviewer_client.get(reverse("catalogue"), {"q": "m1"})
+    assert [p.sku for p in response.context["page"].object_list] == ["M1"]
+
+
+def test_category_filter_includes_descendants(reviewer_client, catalogue):
+    response = reviewer_client.get(reverse("catalogue"), {"category": catalogue["women"].pk})
+    assert [p.sku for p in response.context["page"].object_list] == ["D1", "D2"]
+    response = reviewer_client.get(reverse("catalogue"), {"family": "F-dress", "image_status": ImageStatus.NONE})
+    assert response.context["page"].paginator.count == 2
+
+
+def test_bad_filters_are_reported_not_a_500(reviewer_client, catalogue):
+    response = reviewer_client.get(reverse("catalogue"), {"category": "nope", "page": "-3"})
+    assert response.status_code == 200
+    assert "Some filters were not understood" in response.content.decode()
+    assert response.context["page"].paginator.count == 3
+
+
+def test_htmx_request_gets_only_the_results_partial(reviewer_client, catalogue):
+    response = reviewer_client.get(reverse("catalogue"), {"q": "dress"}, headers={"HX-Request": "true"})
+    html = response.content.decode()
+    assert html.lstrip().startswith('<section id="results"') and "<html" not in html
+
+
+def test_user_text_is_escaped(reviewer_client, catalogue):
+    html = reviewer_client.get(reverse("catalogue")).content.decode()
+    assert "Shirt &lt;b&gt;bold&lt;/b&gt;" in html and "<b>bold</b>" not in html
+
+
+def test_catalogue_query_count_does_not_grow_with_the_page(reviewer_client, catalogue,
+                                                           django_assert_num_queries):
+    for _ in range(40):
+        ProductFactory(family=catalogue["family"], category=catalogue["men"])
+    # session, user, count, page of products (families and categories joined), category choices
+    with django_assert_num_queries(5):
+        reviewer_client.get(reverse("catalogue"))
+
+
+def test_family_page_shows_every_member(reviewer_client, catalogue, django_assert_num_queries):
+    with django_assert_num_queries(4):  # session, user, family, members
+        response = reviewer_client.get(reverse("family", kwargs={"code": "F-dress"}))
+    html = response.content.decode()
+    assert "Red dress" in html and "Blue dress" in html and "colour" in html
+    assert reviewer_client.get(reverse("family", kwargs={"code": "nope"})).status_code == 404
+
+
+def test_job_page_polls_until_the_job_ends(reviewer_client):
+    job = Job.objects.create(kind=Job.Kind.FETCH_IMAGES, total=4, done=1, status=Job.Status.RUNNING)
+    html = reviewer_client.get(reverse("job", kwargs={"job_id": job.pk})).content.decode()
+    assert 'hx-trigger="every 1s"' in html and 'aria-valuenow="25"' in html
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.SUCCEEDED, done=4)
+    html = reviewer_client.get(reverse("job", kwargs={"job_id": job.pk}), headers={"HX-Request": "true"}).content.decode()
+    assert "every 1s" not in html and 'aria-valuenow="100"' in html
+
+
+def test_login_page_logs_in(client, reviewer):
+    response = client.post(reverse("login"), {"username": "reviewer", "password": "pw-for-tests"})
+    assert response.status_code == 302
+    response = client.post(reverse("login"), {"username": "reviewer", "password": "wrong"})
+    assert "didn't match" in response.content.decode()
