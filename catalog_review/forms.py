@@ -6,9 +6,15 @@ from catalog_review.models import Category, ImageStatus
 class CatalogueFilterForm(forms.Form):
     """GET filters of the catalogue page; invalid values are reported, never a 500."""
 
-    q = forms.CharField(required=False, max_length=200, label="Search",
-                        widget=forms.TextInput(attrs={"placeholder": "Title, sku or family", "type": "search"}))
-    category = forms.ModelChoiceField(queryset=Category.objects.all(), required=False, empty_label="All categories")
+    q = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Search",
+        widget=forms.TextInput(attrs={"placeholder": "Title, sku or family", "type": "search"}),
+    )
+    category = forms.ModelChoiceField(
+        queryset=Category.objects.all(), required=False, empty_label="All categories"
+    )
     family = forms.CharField(required=False, max_length=200)
     image_status = forms.ChoiceField(choices=[("", "Any image status"), *ImageStatus.choices], required=False)
     page = forms.IntegerField(required=False, min_value=1)

@@ -21,7 +21,9 @@ class Category(models.Model):
     """A node of the category tree; `path` is the full ' > '-joined path, unique."""
 
     name = models.CharField(max_length=200)
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
     path = models.CharField(max_length=1000, unique=True)
     depth = models.PositiveSmallIntegerField()
 
@@ -75,7 +77,9 @@ class Product(models.Model):
     title = models.CharField(max_length=1000)
     description = models.TextField(blank=True, default="")
     attributes = models.JSONField(default=dict, blank=True)
-    category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.PROTECT, related_name="products")
+    category = models.ForeignKey(
+        Category, null=True, blank=True, on_delete=models.PROTECT, related_name="products"
+    )
     family = models.ForeignKey(VariationFamily, on_delete=models.PROTECT, related_name="products")
     image = models.CharField(
         max_length=300, blank=True, default="", help_text="content-addressed path under MEDIA_ROOT"
@@ -115,9 +119,13 @@ class ModelVersion(models.Model):
     checkpoint_sha256 = models.CharField(max_length=64, blank=True, default="")
     config = models.JSONField(default=dict)
     metrics = models.JSONField(default=dict, blank=True)
-    training_data = models.JSONField(default=dict, blank=True, help_text="what it was trained on: counts by source")
+    training_data = models.JSONField(
+        default=dict, blank=True, help_text="what it was trained on: counts by source"
+    )
     is_active = models.BooleanField(default=False)
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
@@ -125,7 +133,9 @@ class ModelVersion(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["is_active"], condition=Q(is_active=True), name="one_active_model_version")
+            models.UniqueConstraint(
+                fields=["is_active"], condition=Q(is_active=True), name="one_active_model_version"
+            )
         ]
 
     def __str__(self) -> str:
@@ -143,7 +153,9 @@ class ProductEmbedding(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["product", "model_version"], name="one_embedding_per_product_version")
+            models.UniqueConstraint(
+                fields=["product", "model_version"], name="one_embedding_per_product_version"
+            )
         ]
         indexes = [
             HnswIndex(
@@ -154,6 +166,9 @@ class ProductEmbedding(models.Model):
                 opclasses=["vector_cosine_ops"],
             )
         ]
+
+    def __str__(self) -> str:
+        return f"embedding of {self.product_id} by {self.model_version_id}"
 
 
 class Job(models.Model):
@@ -184,7 +199,9 @@ class Job(models.Model):
     failed = models.PositiveIntegerField(default=0)
     counts = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True, default="")
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -234,7 +251,11 @@ class Flag(models.Model):
     evidence = models.JSONField(default=dict, blank=True)
     heatmap = models.CharField(max_length=300, blank=True, default="")
     claimed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="claimed_flags"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="claimed_flags",
     )
     claim_expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -272,12 +293,17 @@ class ReviewDecision(models.Model):
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="decisions")
     decision = models.CharField(max_length=10, choices=Decision.choices)
     note = models.TextField(blank=True, default="")
-    undoes = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="undone_by")
+    undoes = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="undone_by"
+    )
     client_request_id = models.CharField(max_length=100, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.decision} on flag {self.flag_id} by {self.reviewer_id}"
 
 
 class LabelledPair(models.Model):
@@ -308,3 +334,6 @@ class LabelledPair(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [models.CheckConstraint(condition=~Q(a=models.F("b")), name="pair_of_two_listings")]
+
+    def __str__(self) -> str:
+        return f"{self.a_id} {self.relation} {self.b_id} ({self.source})"

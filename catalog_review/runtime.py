@@ -18,7 +18,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,10 +122,9 @@ def _create_database_if_missing(params: PostgresParams, database: str) -> None:
     ) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone()
         if not exists:
-            try:
+            # another process may create it between our check and our CREATE
+            with suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-            except psycopg.errors.DuplicateDatabase:
-                pass  # another process created it between our check and our CREATE
     _created_databases.add(database)
 
 
@@ -212,11 +211,8 @@ def stop_redis() -> bool:
 
     if not redis_running():
         return False
-    with _services_lock():
-        try:
-            redis.Redis(unix_socket_path=str(REDIS_SOCKET)).shutdown(save=True)
-        except redis.ConnectionError:
-            pass  # shutdown closes the connection under us
+    with _services_lock(), suppress(redis.ConnectionError):  # shutdown closes the connection under us
+        redis.Redis(unix_socket_path=str(REDIS_SOCKET)).shutdown(save=True)
     return True
 
 

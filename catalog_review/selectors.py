@@ -7,8 +7,9 @@ from django.db.models import Count, QuerySet
 from catalog_review.models import Category, Product, VariationFamily
 
 
-def product_list(*, q: str = "", category: Category | None = None, family: str = "",
-                 image_status: str = "") -> QuerySet[Product]:
+def product_list(
+    *, q: str = "", category: Category | None = None, family: str = "", image_status: str = ""
+) -> QuerySet[Product]:
     products = Product.objects.select_related("family", "category")
     if q:
         products = products.search(q)

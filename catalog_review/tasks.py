@@ -16,4 +16,4 @@ def fetch_product_image(self, *, product_id: int, url: str, job_id: int | None =
         return product_image_fetch(product_id=product_id, url=url, job_id=job_id, final_attempt=final_attempt)
     except TransientFetchError as exc:
         # exponential backoff, capped at a minute
-        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from None
+        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from None

@@ -71,15 +71,17 @@ def main() -> None:
             image = f"images/{sku}.jpg"
             shutil.copyfile(iconic, OUT / image)
             info = description.with_name(description.name.replace("_Description", "_Information"))
-            rows.append({
-                "sku": sku,
-                "title": title_of(class_name),
-                "description": description.read_text(encoding="utf-8", errors="replace").strip(),
-                "family": coarse.lower(),
-                "category": ["Grocery", department, title_of(coarse)],
-                "attributes": info_attributes(info),
-                "image": image,
-            })
+            rows.append(
+                {
+                    "sku": sku,
+                    "title": title_of(class_name),
+                    "description": description.read_text(encoding="utf-8", errors="replace").strip(),
+                    "family": coarse.lower(),
+                    "category": ["Grocery", department, title_of(coarse)],
+                    "attributes": info_attributes(info),
+                    "image": image,
+                }
+            )
     by_sku = {r["sku"]: r for r in rows}
     for sku, family in {**MOVED, **MOVED_HARD}.items():
         by_sku[sku]["family"] = family.lower()
@@ -87,7 +89,11 @@ def main() -> None:
         shutil.copyfile(OUT / by_sku[donor]["image"], OUT / by_sku[sku]["image"])
     for new_sku, original, title, same_family, kind in DUPLICATES:
         source = by_sku[original]
-        copy = json.loads(json.dumps(source)) | {"sku": new_sku, "title": title, "image": f"images/{new_sku}.jpg"}
+        copy = json.loads(json.dumps(source)) | {
+            "sku": new_sku,
+            "title": title,
+            "image": f"images/{new_sku}.jpg",
+        }
         if not same_family:
             copy["family"] = f"{source['family']}-2"
         if kind == "natural":
@@ -98,15 +104,22 @@ def main() -> None:
             image = Image.open(OUT / source["image"]).convert("RGB")
             w, h = image.size
             buffer = io.BytesIO()
-            image.crop((int(w * 0.04), int(h * 0.04), int(w * 0.96), int(h * 0.96))).save(buffer, "JPEG", quality=80)
+            image.crop((int(w * 0.04), int(h * 0.04), int(w * 0.96), int(h * 0.96))).save(
+                buffer, "JPEG", quality=80
+            )
             (OUT / copy["image"]).write_bytes(buffer.getvalue())
         rows.append(copy)
     with open(OUT / "catalogue.jsonl", "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     planted = {
-        "wrong_variant": [{"sku": s, "kind": "wrong_product", "to_family": f.lower()} for s, f in MOVED.items()]
-        + [{"sku": s, "kind": "wrong_product", "to_family": f.lower(), "hard": True} for s, f in MOVED_HARD.items()]
+        "wrong_variant": [
+            {"sku": s, "kind": "wrong_product", "to_family": f.lower()} for s, f in MOVED.items()
+        ]
+        + [
+            {"sku": s, "kind": "wrong_product", "to_family": f.lower(), "hard": True}
+            for s, f in MOVED_HARD.items()
+        ]
         + [{"sku": s, "kind": "wrong_image", "image_from": d} for s, d in WRONG_IMAGE.items()],
         "duplicate": [{"sku": n, "of": o, "same_family": s} for n, o, _, s, _ in DUPLICATES],
     }

@@ -94,10 +94,28 @@ def celery_worker(django_db_setup, django_db_blocker, broker_url, media_root):
     hostname = f"test-{os.getpid()}@%h"
     log = open(media_root.parent / "worker.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "catalog_review", "worker", "-Q", "default,gpu",
-         "--concurrency", "2", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-         "--hostname", hostname],
-        cwd=runtime.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "catalog_review",
+            "worker",
+            "-Q",
+            "default,gpu",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname",
+            hostname,
+        ],
+        cwd=runtime.PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -145,8 +145,9 @@ def _csv_rows(fh, reader, header: list[str]) -> Iterator[tuple[int, dict | RowEr
             if not any(v.strip() for v in values):
                 continue
             if len(values) != len(header):
-                yield start_line, RowError(
-                    start_line, "", f"row has {len(values)} fields, the header has {len(header)}"
+                yield (
+                    start_line,
+                    RowError(start_line, "", f"row has {len(values)} fields, the header has {len(header)}"),
                 )
                 continue
             yield start_line, _csv_record(dict(zip(header, values, strict=True)))
@@ -172,15 +173,20 @@ def _csv_record(cells: dict[str, str]) -> dict:
 
 
 def _type_name(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "true/false",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def _clean_text(value: str) -> str:
     """Strip, and drop control characters other than newline and tab."""
-    return "".join(
-        ch for ch in value.strip() if ch in "\n\t" or unicodedata.category(ch) != "Cc"
-    )
+    return "".join(ch for ch in value.strip() if ch in "\n\t" or unicodedata.category(ch) != "Cc")
 
 
 def _identifier(raw: dict, name: str, row: int, *, required: bool) -> tuple[str | None, RowError | None]:
@@ -222,7 +228,9 @@ def validate_row(row: int, raw: dict, *, title_max_chars: int) -> ListingInput |
     if description is None:
         description = ""
     elif not isinstance(description, str):
-        errors.append(RowError(row, "description", f"description must be a string, got {_type_name(description)}"))
+        errors.append(
+            RowError(row, "description", f"description must be a string, got {_type_name(description)}")
+        )
         description = ""
     else:
         description = _clean_text(description)
@@ -266,7 +274,9 @@ def _category(value, row: int, errors: list[RowError]) -> list[str]:
             return []
         parts = [_clean_text(p) for p in value]
     else:
-        errors.append(RowError(row, "category", f"category must be a list of strings, got {_type_name(value)}"))
+        errors.append(
+            RowError(row, "category", f"category must be a list of strings, got {_type_name(value)}")
+        )
         return []
     if any(not p for p in parts):
         errors.append(RowError(row, "category", "category has an empty level"))
@@ -290,7 +300,11 @@ def _attributes(value, row: int, errors: list[RowError]) -> dict:
     for key, item in value.items():
         if item is not None and not isinstance(item, (str, int, float, bool)):
             errors.append(
-                RowError(row, f"attributes.{key}", f"attribute values must be text or numbers, got {_type_name(item)}")
+                RowError(
+                    row,
+                    f"attributes.{key}",
+                    f"attribute values must be text or numbers, got {_type_name(item)}",
+                )
             )
             continue
         cleaned[_clean_text(str(key))] = _clean_text(item) if isinstance(item, str) else item

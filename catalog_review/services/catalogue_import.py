@@ -115,8 +115,10 @@ def catalogue_import(
     try:
         for number, raw in rows:
             report.rows += 1
-            listing = raw if isinstance(raw, RowError) else validate_row(
-                number, raw, title_max_chars=settings.TITLE_MAX_CHARS
+            listing = (
+                raw
+                if isinstance(raw, RowError)
+                else validate_row(number, raw, title_max_chars=settings.TITLE_MAX_CHARS)
             )
             if isinstance(listing, RowError):
                 report.errors.append(listing)
@@ -124,8 +126,13 @@ def catalogue_import(
                 report.errors.extend(listing)
             elif listing.sku in seen_skus:
                 report.errors.append(
-                    RowError(number, "sku", f"duplicate sku {listing.sku!r}: first seen on row "
-                             f"{seen_skus[listing.sku]}; this row was skipped", sku=listing.sku)
+                    RowError(
+                        number,
+                        "sku",
+                        f"duplicate sku {listing.sku!r}: first seen on row "
+                        f"{seen_skus[listing.sku]}; this row was skipped",
+                        sku=listing.sku,
+                    )
                 )
             else:
                 seen_skus[listing.sku] = number
@@ -186,7 +193,9 @@ class _Importer:
                 else:
                     self.report.unchanged += 1
                 if outcome.warning:
-                    self.report.warnings.append(RowError(listing.row, "image", outcome.warning, sku=listing.sku))
+                    self.report.warnings.append(
+                        RowError(listing.row, "image", outcome.warning, sku=listing.sku)
+                    )
                 if outcome.queued_url:
                     queued.append((product, outcome.queued_url))
             Product.objects.bulk_create(to_create, batch_size=CHUNK_SIZE)
@@ -194,7 +203,9 @@ class _Importer:
                 now = timezone.now()  # bulk_update does not apply auto_now
                 for product in to_update:
                     product.updated_at = now
-                Product.objects.bulk_update(to_update, [*_IMPORTED_FIELDS, "updated_at"], batch_size=CHUNK_SIZE)
+                Product.objects.bulk_update(
+                    to_update, [*_IMPORTED_FIELDS, "updated_at"], batch_size=CHUNK_SIZE
+                )
             self.report.created += len(to_create)
             self.report.updated += len(to_update)
             self.downloads.extend((product.pk, url) for product, url in queued)
@@ -205,8 +216,10 @@ class _Importer:
         if reference is None:
             return _ImageOutcome(fields=_image_fields(status=ImageStatus.NONE))
         if image_service.is_url(reference):
-            if current and current.image_source == reference and current.image_status in (
-                ImageStatus.OK, ImageStatus.PENDING
+            if (
+                current
+                and current.image_source == reference
+                and current.image_status in (ImageStatus.OK, ImageStatus.PENDING)
             ):
                 return _ImageOutcome(fields=_image_fields_of(current))  # already downloaded or on its way
             self.report.images_queued += 1
@@ -217,9 +230,11 @@ class _Importer:
         try:
             file_path = image_service.resolve_local_image(reference, self.root)
             data = image_service.read_local_image(file_path)
-            if current and current.image_status == ImageStatus.OK and current.image_sha256 == hashlib.sha256(
-                data
-            ).hexdigest():
+            if (
+                current
+                and current.image_status == ImageStatus.OK
+                and current.image_sha256 == hashlib.sha256(data).hexdigest()
+            ):
                 return _ImageOutcome(fields=_image_fields_of(current) | {"image_source": reference})
             verified = image_service.verify_image(data)
             stored = image_service.store_image(verified)
@@ -274,7 +289,9 @@ class _Importer:
         from catalog_review.tasks import fetch_product_image
 
         job = job_service.job_create(
-            kind=Job.Kind.FETCH_IMAGES, total=len(self.downloads), requested_by=requested_by,
+            kind=Job.Kind.FETCH_IMAGES,
+            total=len(self.downloads),
+            requested_by=requested_by,
             scope={"products": len(self.downloads)},
         )
         downloads = list(self.downloads)
@@ -287,8 +304,16 @@ class _Importer:
         return job.pk
 
 
-def _image_fields(*, status: str, source: str = "", path: str = "", sha256: str = "", error: str = "",
-                  width: int | None = None, height: int | None = None) -> dict:
+def _image_fields(
+    *,
+    status: str,
+    source: str = "",
+    path: str = "",
+    sha256: str = "",
+    error: str = "",
+    width: int | None = None,
+    height: int | None = None,
+) -> dict:
     return {
         "image": path,
         "image_sha256": sha256,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import socket
 import tempfile
 import time
 import urllib.error
@@ -63,7 +62,8 @@ def resolve_local_image(reference: str, images_root: Path) -> Path:
     if not resolved.is_relative_to(root):
         raise ImageRejected(
             ImageStatus.INVALID,
-            f"image path {reference!r} points outside the images root {root} (pass --images-root to widen it)",
+            f"image path {reference!r} points outside the images root {root} "
+            "(pass --images-root to widen it)",
         )
     if not resolved.exists():
         raise ImageRejected(ImageStatus.MISSING, f"image file {reference!r} not found")
@@ -76,12 +76,15 @@ def read_local_image(path: Path) -> bytes:
     size = path.stat().st_size
     if size > settings.IMAGE_MAX_BYTES:
         raise ImageRejected(
-            ImageStatus.TOO_LARGE, f"image file is {size:,} bytes, over the {settings.IMAGE_MAX_BYTES:,}-byte limit"
+            ImageStatus.TOO_LARGE,
+            f"image file is {size:,} bytes, over the {settings.IMAGE_MAX_BYTES:,}-byte limit",
         )
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ImageRejected(ImageStatus.INVALID, f"image file could not be read: {exc.strerror or exc}") from None
+        raise ImageRejected(
+            ImageStatus.INVALID, f"image file could not be read: {exc.strerror or exc}"
+        ) from None
 
 
 def verify_image(data: bytes) -> VerifiedImage:
@@ -89,7 +92,8 @@ def verify_image(data: bytes) -> VerifiedImage:
     decompression-bomb limit, which is read from the header before any pixel is decoded."""
     if len(data) > settings.IMAGE_MAX_BYTES:
         raise ImageRejected(
-            ImageStatus.TOO_LARGE, f"image is {len(data):,} bytes, over the {settings.IMAGE_MAX_BYTES:,}-byte limit"
+            ImageStatus.TOO_LARGE,
+            f"image is {len(data):,} bytes, over the {settings.IMAGE_MAX_BYTES:,}-byte limit",
         )
     if not data:
         raise ImageRejected(ImageStatus.INVALID, "image file is empty")
@@ -113,7 +117,8 @@ def verify_image(data: bytes) -> VerifiedImage:
             extension = ALLOWED_FORMATS[image.format]
     except Image.DecompressionBombError:
         raise ImageRejected(
-            ImageStatus.TOO_LARGE, f"image is over the {max_pixels:,}-pixel limit (possible decompression bomb)"
+            ImageStatus.TOO_LARGE,
+            f"image is over the {max_pixels:,}-pixel limit (possible decompression bomb)",
         ) from None
     except UnidentifiedImageError:
         raise ImageRejected(ImageStatus.INVALID, "file is not an image Pillow can read") from None
@@ -153,7 +158,8 @@ def fetch_image_bytes(url: str) -> bytes:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > limit:
                 raise ImageRejected(
-                    ImageStatus.TOO_LARGE, f"server announces {int(declared):,} bytes, over the {limit:,}-byte limit"
+                    ImageStatus.TOO_LARGE,
+                    f"server announces {int(declared):,} bytes, over the {limit:,}-byte limit",
                 )
             chunks, received = [], 0
             while True:
@@ -171,7 +177,7 @@ def fetch_image_bytes(url: str) -> bytes:
         if exc.code >= 500 or exc.code == 429:
             raise TransientFetchError(f"HTTP {exc.code} from server") from None
         raise ImageRejected(ImageStatus.FETCH_FAILED, f"HTTP {exc.code} {exc.reason}") from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise TransientFetchError(f"no answer within {timeout:g} s") from None
     except urllib.error.URLError as exc:
         raise TransientFetchError(f"could not connect: {exc.reason}") from None

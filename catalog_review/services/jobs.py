@@ -9,8 +9,14 @@ from django.utils import timezone
 from catalog_review.models import Job
 
 
-def job_create(*, kind: str, scope: dict | None = None, total: int = 0, requested_by=None,
-               status: str = Job.Status.QUEUED) -> Job:
+def job_create(
+    *,
+    kind: str,
+    scope: dict | None = None,
+    total: int = 0,
+    requested_by=None,
+    status: str = Job.Status.QUEUED,
+) -> Job:
     now = timezone.now()
     return Job.objects.create(
         kind=kind,

@@ -16,14 +16,26 @@ def validate(raw):
 
 
 def test_a_full_row_is_read_as_given():
-    listing = validate({
-        "sku": "0111565001", "title": " 20 den 1p Stockings ", "description": "Matt.", "family": "111565",
-        "category": ["Ladieswear", "Socks & Tights"], "attributes": {"colour": "Black", "size": 38},
-        "image": "images/a.jpg",
-    })
+    listing = validate(
+        {
+            "sku": "0111565001",
+            "title": " 20 den 1p Stockings ",
+            "description": "Matt.",
+            "family": "111565",
+            "category": ["Ladieswear", "Socks & Tights"],
+            "attributes": {"colour": "Black", "size": 38},
+            "image": "images/a.jpg",
+        }
+    )
     assert listing == ListingInput(
-        row=3, sku="0111565001", title="20 den 1p Stockings", description="Matt.", family="111565",
-        category=["Ladieswear", "Socks & Tights"], attributes={"colour": "Black", "size": 38}, image="images/a.jpg",
+        row=3,
+        sku="0111565001",
+        title="20 den 1p Stockings",
+        description="Matt.",
+        family="111565",
+        category=["Ladieswear", "Socks & Tights"],
+        attributes={"colour": "Black", "size": 38},
+        image="images/a.jpg",
     )
 
 
@@ -43,22 +55,48 @@ def test_minimal_row_defaults_family_to_its_own_sku():
         ({"sku": "a"}, "title", "title is missing"),
         ({"sku": "a", "title": 12}, "title", "title must be a string, got a number"),
         ({"sku": "a", "title": "x" * 51}, "title", "title is longer than 50 characters"),
-        ({"sku": "a", "title": "x", "description": {}}, "description", "description must be a string, got an object"),
+        (
+            {"sku": "a", "title": "x", "description": {}},
+            "description",
+            "description must be a string, got an object",
+        ),
         ({"sku": "a", "title": "x", "family": 1.5}, "family", "family must be a string, got a number"),
-        ({"sku": "a", "title": "x", "category": 7}, "category", "category must be a list of strings, got a number"),
+        (
+            {"sku": "a", "title": "x", "category": 7},
+            "category",
+            "category must be a list of strings, got a number",
+        ),
         ({"sku": "a", "title": "x", "category": ["A", ""]}, "category", "category has an empty level"),
         ({"sku": "a", "title": "x", "category": ["A", 2]}, "category", "category must be a list of strings"),
-        ({"sku": "a", "title": "x", "attributes": "red"}, "attributes", "attributes must be an object, got a string"),
-        ({"sku": "a", "title": "x", "attributes": {"c": [1]}}, "attributes.c",
-         "attribute values must be text or numbers, got a list"),
-        ({"sku": "a", "title": "x", "image": 5}, "image", "image must be a path, a URL or null, got a number"),
+        (
+            {"sku": "a", "title": "x", "attributes": "red"},
+            "attributes",
+            "attributes must be an object, got a string",
+        ),
+        (
+            {"sku": "a", "title": "x", "attributes": {"c": [1]}},
+            "attributes.c",
+            "attribute values must be text or numbers, got a list",
+        ),
+        (
+            {"sku": "a", "title": "x", "image": 5},
+            "image",
+            "image must be a path, a URL or null, got a number",
+        ),
     ],
 )
 def test_wrong_values_name_the_field_and_the_reason(raw, field, reason):
     errors = validate(raw)
     assert isinstance(errors, list)
-    assert RowError(3, field, reason, sku=raw.get("sku") if isinstance(raw.get("sku"), str) and
-                    raw["sku"].strip() else None) in errors
+    assert (
+        RowError(
+            3,
+            field,
+            reason,
+            sku=raw.get("sku") if isinstance(raw.get("sku"), str) and raw["sku"].strip() else None,
+        )
+        in errors
+    )
 
 
 def test_every_problem_of_a_row_is_reported_at_once():
@@ -73,7 +111,9 @@ def test_control_characters_are_dropped_and_category_string_is_split():
 
 def test_jsonl_reader_reports_malformed_lines_and_keeps_going(tmp_path):
     path = tmp_path / "c.jsonl"
-    path.write_bytes(b'{"sku": "a", "title": "A"}\n\n{not json\n[1, 2]\n\xff\xfe\n{"sku": "b", "title": "B"}\n')
+    path.write_bytes(
+        b'{"sku": "a", "title": "A"}\n\n{not json\n[1, 2]\n\xff\xfe\n{"sku": "b", "title": "B"}\n'
+    )
     rows = list(read_raw_rows(path))
     assert [n for n, _ in rows] == [1, 3, 4, 5, 6]
     assert rows[0][1] == {"sku": "a", "title": "A"}
@@ -92,8 +132,16 @@ def test_csv_reader_maps_columns_to_the_jsonl_shape(tmp_path):
         "c,short row\n"
     )
     rows = list(read_raw_rows(path))
-    assert rows[0] == (2, {"sku": "a", "title": "Dress, red", "family": "F1", "category": ["Women", "Dresses"],
-                           "attributes": {"colour": "Red"}})
+    assert rows[0] == (
+        2,
+        {
+            "sku": "a",
+            "title": "Dress, red",
+            "family": "F1",
+            "category": ["Women", "Dresses"],
+            "attributes": {"colour": "Red"},
+        },
+    )
     assert rows[1] == (3, {"sku": "b", "title": "Shirt", "family": "F1", "image": "img/b.jpg"})
     assert rows[2][1] == RowError(4, "", "row has 2 fields, the header has 6")
 

@@ -27,11 +27,30 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def good_rows() -> list[dict]:
     return [
-        {"sku": "A1", "title": "Red dress", "family": "A", "category": ["Women", "Dresses", "Maxi"],
-         "attributes": {"colour": "Red"}, "image": "images/a1.jpg", "description": "Long."},
-        {"sku": "A2", "title": "Blue dress", "family": "A", "category": ["Women", "Dresses", "Maxi"],
-         "attributes": {"colour": "Blue"}, "image": "images/a2.png"},
-        {"sku": "B1", "title": "Umbrella", "family": "B", "category": ["Women", "Accessories"], "image": None},
+        {
+            "sku": "A1",
+            "title": "Red dress",
+            "family": "A",
+            "category": ["Women", "Dresses", "Maxi"],
+            "attributes": {"colour": "Red"},
+            "image": "images/a1.jpg",
+            "description": "Long.",
+        },
+        {
+            "sku": "A2",
+            "title": "Blue dress",
+            "family": "A",
+            "category": ["Women", "Dresses", "Maxi"],
+            "attributes": {"colour": "Blue"},
+            "image": "images/a2.png",
+        },
+        {
+            "sku": "B1",
+            "title": "Umbrella",
+            "family": "B",
+            "category": ["Women", "Accessories"],
+            "image": None,
+        },
     ]
 
 
@@ -45,8 +64,18 @@ def catalogue(tmp_path) -> Path:
 
 def snapshot():
     return sorted(
-        Product.objects.values_list("sku", "title", "description", "attributes", "category__path", "family__code",
-                                    "image", "image_sha256", "image_status", "updated_at")
+        Product.objects.values_list(
+            "sku",
+            "title",
+            "description",
+            "attributes",
+            "category__path",
+            "family__code",
+            "image",
+            "image_sha256",
+            "image_status",
+            "updated_at",
+        )
     )
 
 
@@ -55,7 +84,11 @@ def test_good_file_builds_families_categories_and_stores_images(catalogue, media
     assert (report.rows, report.created, report.errors, report.warnings) == (3, 3, [], [])
     assert VariationFamily.objects.count() == 2
     assert list(Category.objects.values_list("path", "depth")) == [
-        ("Women", 1), ("Women > Accessories", 2), ("Women > Dresses", 2), ("Women > Dresses > Maxi", 3)]
+        ("Women", 1),
+        ("Women > Accessories", 2),
+        ("Women > Dresses", 2),
+        ("Women > Dresses > Maxi", 3),
+    ]
     maxi = Category.objects.get(path="Women > Dresses > Maxi")
     assert maxi.parent.path == "Women > Dresses"
     a1 = Product.objects.get(sku="A1")
@@ -90,8 +123,13 @@ def test_reimport_updates_changed_rows_only(catalogue):
 
 def test_identical_images_are_stored_once(tmp_path):
     (tmp_path / "x.jpg").write_bytes(jpeg_bytes())
-    path = write_jsonl(tmp_path / "c.jsonl", [{"sku": "1", "title": "a", "image": "x.jpg"},
-                                               {"sku": "2", "title": "b", "image": str(tmp_path / "x.jpg")}])
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"sku": "1", "title": "a", "image": "x.jpg"},
+            {"sku": "2", "title": "b", "image": str(tmp_path / "x.jpg")},
+        ],
+    )
     catalogue_import(path=path)
     assert len(set(Product.objects.values_list("image", flat=True))) == 1
 
@@ -132,8 +170,17 @@ def test_bad_images_keep_the_listing_with_a_status_and_a_warning(tmp_path, setti
     report = catalogue_import(path=path, images_root=tmp_path / "images")
     assert report.created == 9 and report.errors == []
     status = dict(Product.objects.values_list("sku", "image_status"))
-    assert status == {"T": "invalid", "N": "invalid", "E": "invalid", "H": "too_large", "D": "too_large",
-                      "P": "invalid", "Q": "invalid", "M": "missing", "R": "invalid"}
+    assert status == {
+        "T": "invalid",
+        "N": "invalid",
+        "E": "invalid",
+        "H": "too_large",
+        "D": "too_large",
+        "P": "invalid",
+        "Q": "invalid",
+        "M": "missing",
+        "R": "invalid",
+    }
     reasons = {w.sku: w.reason for w in report.warnings}
     assert "truncated" in reasons["T"]
     assert reasons["N"] == "file is not an image Pillow can read"
@@ -158,22 +205,31 @@ def test_bad_image_on_reimport_keeps_the_good_stored_image(catalogue):
 
 
 def test_bad_rows_are_reported_and_skipped_good_rows_kept(tmp_path):
-    path = write_jsonl(tmp_path / "c.jsonl", [
-        {"sku": "ok1", "title": "fine"},
-        "{broken json",
-        {"title": "no sku"},
-        {"sku": "nt"},
-        {"sku": "wt", "title": ["a list"]},
-        {"sku": "ok1", "title": "again"},
-        '"just a string"',
-        {"sku": "ok2", "title": "<script>alert(1)</script> Ünïcødé ✓"},
-    ])
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"sku": "ok1", "title": "fine"},
+            "{broken json",
+            {"title": "no sku"},
+            {"sku": "nt"},
+            {"sku": "wt", "title": ["a list"]},
+            {"sku": "ok1", "title": "again"},
+            '"just a string"',
+            {"sku": "ok2", "title": "<script>alert(1)</script> Ünïcødé ✓"},
+        ],
+    )
     report = catalogue_import(path=path)
     assert sorted(Product.objects.values_list("sku", flat=True)) == ["ok1", "ok2"]
     assert Product.objects.get(sku="ok1").title == "fine"
     assert Product.objects.get(sku="ok2").title == "<script>alert(1)</script> Ünïcødé ✓"
-    assert [(e.row, e.field) for e in report.errors] == [(2, ""), (3, "sku"), (4, "title"), (5, "title"),
-                                                         (6, "sku"), (7, "")]
+    assert [(e.row, e.field) for e in report.errors] == [
+        (2, ""),
+        (3, "sku"),
+        (4, "title"),
+        (5, "title"),
+        (6, "sku"),
+        (7, ""),
+    ]
     assert "duplicate sku 'ok1': first seen on row 1" in report.errors[4].reason
     assert report.skipped == 6 and report.created == 2
 
@@ -184,12 +240,22 @@ def test_csv_and_jsonl_give_the_same_catalogue(catalogue, tmp_path):
     Product.objects.all().delete()
     csv_path = tmp_path / "catalogue.csv"
     with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, ["sku", "title", "description", "family", "category", "attr_colour", "image"])
+        writer = csv.DictWriter(
+            fh, ["sku", "title", "description", "family", "category", "attr_colour", "image"]
+        )
         writer.writeheader()
         for row in good_rows():
-            writer.writerow({"sku": row["sku"], "title": row["title"], "description": row.get("description", ""),
-                             "family": row["family"], "category": " > ".join(row["category"]),
-                             "attr_colour": row.get("attributes", {}).get("colour", ""), "image": row["image"] or ""})
+            writer.writerow(
+                {
+                    "sku": row["sku"],
+                    "title": row["title"],
+                    "description": row.get("description", ""),
+                    "family": row["family"],
+                    "category": " > ".join(row["category"]),
+                    "attr_colour": row.get("attributes", {}).get("colour", ""),
+                    "image": row["image"] or "",
+                }
+            )
     catalogue_import(path=csv_path)
     drop_time = [row[:-1] for row in snapshot()]
     assert drop_time == [row[:-1] for row in from_jsonl]
@@ -227,7 +293,11 @@ def test_command_exit_status_from_a_real_process(tmp_path):
 
     from catalog_review.runtime import PROJECT_ROOT
 
-    result = subprocess.run([sys.executable, "manage.py", "import_catalogue", str(tmp_path / "none.csv")],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "import_catalogue", str(tmp_path / "none.csv")],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     assert "none.csv: no such file" in result.stderr and "Traceback" not in result.stderr

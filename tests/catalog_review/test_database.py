@@ -25,8 +25,11 @@ def test_hnsw_index_serves_knn_queries():
     version = ModelVersion.objects.create(name="zero-shot", is_active=True)
     rng = random.Random(0)
     ProductEmbedding.objects.bulk_create(
-        ProductEmbedding(product=ProductFactory(), model_version=version,
-                         vector=[rng.gauss(0, 1) for _ in range(EMBEDDING_DIM)])
+        ProductEmbedding(
+            product=ProductFactory(),
+            model_version=version,
+            vector=[rng.gauss(0, 1) for _ in range(EMBEDDING_DIM)],
+        )
         for _ in range(30)
     )
     query_vector = [rng.gauss(0, 1) for _ in range(EMBEDDING_DIM)]

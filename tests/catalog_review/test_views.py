@@ -65,7 +65,9 @@ def test_catalogue_lists_and_searches(reviewer_client, catalogue):
 def test_category_filter_includes_descendants(reviewer_client, catalogue):
     response = reviewer_client.get(reverse("catalogue"), {"category": catalogue["women"].pk})
     assert [p.sku for p in response.context["page"].object_list] == ["D1", "D2"]
-    response = reviewer_client.get(reverse("catalogue"), {"family": "F-dress", "image_status": ImageStatus.NONE})
+    response = reviewer_client.get(
+        reverse("catalogue"), {"family": "F-dress", "image_status": ImageStatus.NONE}
+    )
     assert response.context["page"].paginator.count == 2
 
 
@@ -87,8 +89,9 @@ def test_user_text_is_escaped(reviewer_client, catalogue):
     assert "Shirt &lt;b&gt;bold&lt;/b&gt;" in html and "<b>bold</b>" not in html
 
 
-def test_catalogue_query_count_does_not_grow_with_the_page(reviewer_client, catalogue,
-                                                           django_assert_num_queries):
+def test_catalogue_query_count_does_not_grow_with_the_page(
+    reviewer_client, catalogue, django_assert_num_queries
+):
     for _ in range(40):
         ProductFactory(family=catalogue["family"], category=catalogue["men"])
     # session, user, count, page of products (families and categories joined), category choices
@@ -109,7 +112,9 @@ def test_job_page_polls_until_the_job_ends(reviewer_client):
     html = reviewer_client.get(reverse("job", kwargs={"job_id": job.pk})).content.decode()
     assert 'hx-trigger="every 1s"' in html and 'aria-valuenow="25"' in html
     Job.objects.filter(pk=job.pk).update(status=Job.Status.SUCCEEDED, done=4)
-    html = reviewer_client.get(reverse("job", kwargs={"job_id": job.pk}), headers={"HX-Request": "true"}).content.decode()
+    html = reviewer_client.get(
+        reverse("job", kwargs={"job_id": job.pk}), headers={"HX-Request": "true"}
+    ).content.decode()
     assert "every 1s" not in html and 'aria-valuenow="100"' in html
 
 

@@ -63,8 +63,14 @@ def image_server():
 
 
 def test_worker_downloads_images_and_finishes_the_job(celery_worker, image_server, tmp_path, media_root):
-    rows = [{"sku": name, "title": name, "image": f"{image_server}/{name}.jpg" if name != "page" else
-             f"{image_server}/page.html"} for name in ("good", "big", "page", "missing", "slow", "flaky")]
+    rows = [
+        {
+            "sku": name,
+            "title": name,
+            "image": f"{image_server}/{name}.jpg" if name != "page" else f"{image_server}/page.html",
+        }
+        for name in ("good", "big", "page", "missing", "slow", "flaky")
+    ]
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
 
@@ -72,8 +78,11 @@ def test_worker_downloads_images_and_finishes_the_job(celery_worker, image_serve
     assert report.images_queued == 6
     assert set(Product.objects.values_list("image_status", flat=True)) == {ImageStatus.PENDING}
 
-    job = wait_for(lambda: Job.objects.filter(pk=report.fetch_job_id, status=Job.Status.SUCCEEDED).first(),
-                   timeout=60, message="the image download job to finish")
+    job = wait_for(
+        lambda: Job.objects.filter(pk=report.fetch_job_id, status=Job.Status.SUCCEEDED).first(),
+        timeout=60,
+        message="the image download job to finish",
+    )
     assert (job.total, job.done, job.failed) == (6, 2, 4)
     products = {p.sku: p for p in Product.objects.all()}
     assert products["good"].image_status == ImageStatus.OK
@@ -90,8 +99,11 @@ def test_worker_downloads_images_and_finishes_the_job(celery_worker, image_serve
     hits = dict(ImageHandler.hits)
     report = catalogue_import(path=path)
     assert report.images_queued == 4  # the failed ones are tried again; the good ones are kept
-    wait_for(lambda: Job.objects.filter(pk=report.fetch_job_id, status=Job.Status.SUCCEEDED).exists(),
-             timeout=60, message="the second download job")
+    wait_for(
+        lambda: Job.objects.filter(pk=report.fetch_job_id, status=Job.Status.SUCCEEDED).exists(),
+        timeout=60,
+        message="the second download job",
+    )
     assert ImageHandler.hits["/good.jpg"] == hits["/good.jpg"]
     assert Product.objects.get(sku="good").image_status == ImageStatus.OK
 
@@ -107,8 +119,11 @@ def test_redelivered_task_counts_once(celery_worker, image_server):
     job = job_service.job_create(kind=Job.Kind.FETCH_IMAGES, total=1)
     for _ in range(2):
         fetch_product_image.delay(product_id=product.pk, url=url, job_id=job.pk)
-    wait_for(lambda: Job.objects.filter(pk=job.pk, status=Job.Status.SUCCEEDED).exists(), timeout=30,
-             message="the job")
+    wait_for(
+        lambda: Job.objects.filter(pk=job.pk, status=Job.Status.SUCCEEDED).exists(),
+        timeout=30,
+        message="the job",
+    )
     time.sleep(1.0)  # let the second delivery finish too
     job.refresh_from_db()
     assert (job.done, job.failed) == (1, 0)

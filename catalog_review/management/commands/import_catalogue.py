@@ -24,18 +24,29 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("file", type=Path)
         parser.add_argument(
-            "--images-root", type=Path, default=None,
+            "--images-root",
+            type=Path,
+            default=None,
             help="directory relative image paths are resolved against, and that no image path may leave "
             "(default: the catalogue file's directory)",
         )
         parser.add_argument(
-            "--errors-report", type=Path, default=None,
+            "--errors-report",
+            type=Path,
+            default=None,
             help="also write every problem as JSON lines {row, sku, field, reason, severity} to this file",
         )
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    def handle(self, *args, file: Path, images_root: Path | None, errors_report: Path | None,
-               no_progress: bool, **options):
+    def handle(
+        self,
+        *args,
+        file: Path,
+        images_root: Path | None,
+        errors_report: Path | None,
+        no_progress: bool,
+        **options,
+    ):
         if images_root is not None and not images_root.is_dir():
             raise CommandError(f"--images-root {images_root}: not a directory")
         bar = tqdm(total=0, unit="row", desc="importing", disable=no_progress or None, file=sys.stderr)
@@ -60,16 +71,21 @@ class Command(BaseCommand):
             field = problem.field or "row"
             self.stderr.write(f"row {problem.row}{sku}: {field}: {problem.reason} [{label}]")
         if len(problems) > MAX_PROBLEMS_SHOWN:
-            self.stderr.write(f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more "
-                              "(use --errors-report FILE for the full list)")
+            self.stderr.write(
+                f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more "
+                "(use --errors-report FILE for the full list)"
+            )
         if errors_report:
             with open(errors_report, "w", encoding="utf-8") as fh:
                 for problem, severity in problems:
-                    fh.write(json.dumps(problem.as_dict() | {"severity": severity}, ensure_ascii=False) + "\n")
+                    fh.write(
+                        json.dumps(problem.as_dict() | {"severity": severity}, ensure_ascii=False) + "\n"
+                    )
 
         c = report.counts()
         self.stdout.write(
-            f"Read {c['rows']} rows: {c['created']} created, {c['updated']} updated, {c['unchanged']} unchanged, "
+            f"Read {c['rows']} rows: {c['created']} created, {c['updated']} updated, "
+            f"{c['unchanged']} unchanged, "
             f"{c['skipped']} skipped (bad rows), {c['image_warnings']} with an unusable image (kept). "
             f"Images: {c['images_stored']} stored, {c['images_queued']} queued for download."
         )

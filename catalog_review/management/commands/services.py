@@ -24,10 +24,18 @@ class Command(BaseCommand):
             if embedded_redis:
                 self.stdout.write("redis: stopped" if runtime.stop_redis() else "redis: was not running")
             if embedded_pg:
-                self.stdout.write("postgres: stopped" if runtime.stop_postgres() else "postgres: was not running")
+                self.stdout.write(
+                    "postgres: stopped" if runtime.stop_postgres() else "postgres: was not running"
+                )
         else:
-            pg = "external (DATABASE_URL)" if not embedded_pg else (
-                "running" if runtime.postgres_running() else "stopped")
-            rd = "external (CELERY_BROKER_URL)" if not embedded_redis else (
-                "running" if runtime.redis_running() else "stopped")
+            pg = (
+                "external (DATABASE_URL)"
+                if not embedded_pg
+                else ("running" if runtime.postgres_running() else "stopped")
+            )
+            rd = (
+                "external (CELERY_BROKER_URL)"
+                if not embedded_redis
+                else ("running" if runtime.redis_running() else "stopped")
+            )
             self.stdout.write(f"postgres: {pg}\nredis: {rd}")

@@ -24,13 +24,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--no-web", action="store_true", help="services and worker only")
-        parser.add_argument("--bind", default="127.0.0.1:8000", help="web server address (default %(default)s)")
+        parser.add_argument(
+            "--bind", default="127.0.0.1:8000", help="web server address (default %(default)s)"
+        )
         parser.add_argument("--web-workers", type=int, default=3, help="gunicorn worker processes")
         parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
         parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
 
-    def handle(self, *args, no_web: bool, bind: str, web_workers: int, concurrency: int, no_migrate: bool,
-               **options):
+    def handle(
+        self, *args, no_web: bool, bind: str, web_workers: int, concurrency: int, no_migrate: bool, **options
+    ):
         started_services = self._start_services()
         if not no_migrate:
             call_command("migrate", interactive=False, verbosity=0)
@@ -45,19 +48,37 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         try:
             children.append(subprocess.Popen(worker_command(concurrency=concurrency), env=os.environ.copy()))
-            self.stdout.write(f"worker: celery, queues default,gpu, concurrency {concurrency} (pid {children[-1].pid})")
+            self.stdout.write(
+                f"worker: celery, queues default,gpu, concurrency {concurrency} (pid {children[-1].pid})"
+            )
             if not no_web:
-                children.append(subprocess.Popen(
-                    [sys.executable, "-m", "gunicorn", "catalog_review.wsgi", "--bind", bind,
-                     "--workers", str(web_workers), "--access-logfile", "-", "--graceful-timeout", "5"],
-                    env=os.environ.copy(),
-                ))
+                children.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "gunicorn",
+                            "catalog_review.wsgi",
+                            "--bind",
+                            bind,
+                            "--workers",
+                            str(web_workers),
+                            "--access-logfile",
+                            "-",
+                            "--graceful-timeout",
+                            "5",
+                        ],
+                        env=os.environ.copy(),
+                    )
+                )
                 self.stdout.write(self.style.SUCCESS(f"web: http://{bind}/ (pid {children[-1].pid})"))
             self.stdout.write("Press Ctrl-C to stop.")
             while not stopping:
                 for child in children:
                     if child.poll() is not None:
-                        self.stderr.write(f"process {child.args[2:4]} exited with {child.returncode}; stopping")
+                        self.stderr.write(
+                            f"process {child.args[2:4]} exited with {child.returncode}; stopping"
+                        )
                         stopping = True
                 time.sleep(0.5)
         finally:
@@ -80,9 +101,25 @@ class Command(BaseCommand):
         return started
 
 
-def worker_command(*, concurrency: int = 2, queues: str = "default,gpu", hostname: str | None = None) -> list[str]:
-    command = [sys.executable, "-m", "celery", "-A", "catalog_review", "worker", "-Q", queues,
-               "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+def worker_command(
+    *, concurrency: int = 2, queues: str = "default,gpu", hostname: str | None = None
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "catalog_review",
+        "worker",
+        "-Q",
+        queues,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if hostname:
         command += ["--hostname", hostname]
     return command

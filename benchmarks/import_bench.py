@@ -1,0 +1,86 @@
+"""Catalogue import throughput: hm-dev (4,168 listings with images) into a fresh database, then the
+same file again (the no-change path), then a 3x-scaled copy (12,504 listings; skus suffixed, same
+image files re-verified per listing).
+
+usage: .venv/bin/python benchmarks/import_bench.py [HM_DEV_DIR]
+Uses its own database (catalog_review_bench) and media dir on the embedded PostgreSQL; prints one
+JSON line per run, to be recorded in BENCHMARKS.md.
+"""
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HM_DEV = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data" / "hm-dev"
+DB = "catalog_review_bench"
+
+
+def manage(*args, env):
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    )
+
+
+def main() -> None:
+    media = Path(tempfile.mkdtemp(prefix="bench-media-"))
+    env = os.environ | {"DATABASE_NAME": DB, "MEDIA_ROOT": str(media)}
+    sys.path.insert(0, str(ROOT))
+    from catalog_review import runtime
+
+    params = runtime.ensure_postgres()
+    import psycopg
+
+    with psycopg.connect(
+        host=params.socket_dir, port=params.port, user=params.user, dbname="postgres", autocommit=True
+    ) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB}")
+        conn.execute(f"CREATE DATABASE {DB}")
+    manage("migrate", env=env)
+
+    scaled = HM_DEV / "catalogue.jsonl"
+    rows = [json.loads(line) for line in open(scaled)]
+    scaled_path = Path(tempfile.mkdtemp(prefix="bench-cat-")) / "catalogue.jsonl"
+    with open(scaled_path, "w") as fh:
+        for copy in range(3):
+            for row in rows:
+                fh.write(
+                    json.dumps(row | {"sku": f"{row['sku']}-{copy}", "family": f"{row['family']}-{copy}"})
+                    + "\n"
+                )
+
+    runs = [
+        ("hm-dev first import", HM_DEV / "catalogue.jsonl", len(rows)),
+        ("hm-dev re-import (no change)", HM_DEV / "catalogue.jsonl", len(rows)),
+        ("hm-dev x3 first import", scaled_path, 3 * len(rows)),
+    ]
+    for name, path, n in runs:
+        extra = ["--images-root", str(HM_DEV)] if path == scaled_path else []
+        t0 = time.perf_counter()
+        result = manage("import_catalogue", str(path), "--no-progress", *extra, env=env)
+        seconds = time.perf_counter() - t0
+        print(
+            json.dumps(
+                {
+                    "run": name,
+                    "listings": n,
+                    "seconds": round(seconds, 2),
+                    "listings_per_minute": round(n / seconds * 60),
+                    "summary": result.stdout.strip(),
+                    "machine": f"{platform.machine()} {os.cpu_count()} cores",
+                    "date": time.strftime("%Y-%m-%d"),
+                }
+            )
+        )
+    shutil.rmtree(media, ignore_errors=True)
+    shutil.rmtree(scaled_path.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
