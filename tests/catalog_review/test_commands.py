@@ -1,0 +1,66 @@
+"""The `stack`, `services` and `demo` commands."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db import connection
+
+from catalog_review.celery import app as celery_app
+from catalog_review.models import Product, VariationFamily
+from catalog_review.runtime import PROJECT_ROOT
+from tests.conftest import wait_for
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_stack_runs_a_worker_and_stops_everything_it_started_on_sigterm(broker_url, media_root):
+    env = os.environ | {
+        "DATABASE_NAME": connection.settings_dict["NAME"],
+        "CELERY_BROKER_URL": broker_url,
+        "MEDIA_ROOT": str(media_root),
+    }
+    stack = subprocess.Popen(
+        [sys.executable, "manage.py", "stack", "--no-web", "--concurrency", "1"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: celery_app.control.ping(timeout=0.5), timeout=60, message="the stack's worker")
+        children = psutil.Process(stack.pid).children(recursive=True)
+        assert any("celery" in " ".join(c.cmdline()) for c in children)
+        stack.send_signal(signal.SIGTERM)
+        output, _ = stack.communicate(timeout=30)
+    finally:
+        if stack.poll() is None:
+            stack.kill()
+    assert stack.returncode == 0, output
+    assert "stopping" in output
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_services_status_names_both_services(capsys):
+    call_command("services", "status")
+    out = capsys.readouterr().out
+    assert "postgres: running" in out and "redis:" in out
+
+
+@pytest.mark.django_db
+def test_demo_setup_creates_accounts_and_imports_the_sample_catalogue(capsys):
+    call_command("demo", setup_only=True)
+    out = capsys.readouterr().out
+    assert "reviewer  password: review-demo" in out and "admin     password: admin-demo" in out
+    users = {u.username: u for u in get_user_model().objects.all()}
+    assert not users["reviewer"].is_staff and users["admin"].is_staff
+    assert users["reviewer"].check_password("review-demo")
+    assert Product.objects.count() == 83 and VariationFamily.objects.count() == 44
+    call_command("demo", setup_only=True)  # a second run is harmless
+    assert Product.objects.count() == 83
