@@ -8,6 +8,7 @@ foreground until Ctrl-C.
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from catalog_review.management.commands.stack import start_embedded_services, stop_embedded_services
 from catalog_review.runtime import PROJECT_ROOT
 
 SAMPLE_CATALOGUE = PROJECT_ROOT / "sample_data" / "grocery" / "catalogue.jsonl"
@@ -22,12 +23,17 @@ class Command(BaseCommand):
 
     def handle(self, *args, bind: str, setup_only: bool, **options):
         self.stdout.write("Starting services and applying migrations ...")
-        call_command("services", "start")
-        call_command("migrate", interactive=False, verbosity=0)
-        self.stdout.write(self.style.SUCCESS("Demo accounts (log in at the address below):"))
-        call_command("create_demo_users")
-        self.stdout.write(f"Importing the sample catalogue {SAMPLE_CATALOGUE.relative_to(PROJECT_ROOT)} ...")
-        call_command("import_catalogue", str(SAMPLE_CATALOGUE), no_progress=True)
-        if setup_only:
-            return
-        call_command("stack", bind=bind, no_migrate=True)
+        started = start_embedded_services()
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+            self.stdout.write(self.style.SUCCESS("Demo accounts (log in at the address below):"))
+            call_command("create_demo_users")
+            self.stdout.write(
+                f"Importing the sample catalogue {SAMPLE_CATALOGUE.relative_to(PROJECT_ROOT)} ..."
+            )
+            call_command("import_catalogue", str(SAMPLE_CATALOGUE), no_progress=True)
+            if not setup_only:
+                call_command("stack", bind=bind, no_migrate=True)
+        finally:
+            if not setup_only:  # Ctrl-C stops everything the demo started, services included
+                stop_embedded_services(started, out=self.stdout)

@@ -34,7 +34,7 @@ class Command(BaseCommand):
     def handle(
         self, *args, no_web: bool, bind: str, web_workers: int, concurrency: int, no_migrate: bool, **options
     ):
-        started_services = self._start_services()
+        started_services = start_embedded_services()
         if not no_migrate:
             call_command("migrate", interactive=False, verbosity=0)
         children: list[subprocess.Popen] = []
@@ -84,21 +84,28 @@ class Command(BaseCommand):
         finally:
             self.stdout.write("stopping ...")
             terminate(children)
-            for name in started_services:
-                (runtime.stop_redis if name == "redis" else runtime.stop_postgres)()
-                self.stdout.write(f"{name}: stopped")
+            stop_embedded_services(started_services, out=self.stdout)
 
-    def _start_services(self) -> list[str]:
-        started = []
-        if settings.EMBEDDED_POSTGRES:
-            if not runtime.postgres_running():
-                started.append("postgres")
-            runtime.ensure_postgres(database=settings.DATABASES["default"]["NAME"])
-        if settings.EMBEDDED_REDIS:
-            if not runtime.redis_running():
-                started.append("redis")
-            runtime.ensure_redis()
-        return started
+
+def start_embedded_services() -> list[str]:
+    """Start the embedded services this configuration uses; return the names of those that were not
+    already running (the caller stops exactly those)."""
+    started = []
+    if settings.EMBEDDED_POSTGRES:
+        if not runtime.postgres_running():
+            started.append("postgres")
+        runtime.ensure_postgres(database=settings.DATABASES["default"]["NAME"])
+    if settings.EMBEDDED_REDIS:
+        if not runtime.redis_running():
+            started.append("redis")
+        runtime.ensure_redis()
+    return started
+
+
+def stop_embedded_services(names: list[str], *, out) -> None:
+    for name in names:
+        (runtime.stop_redis if name == "redis" else runtime.stop_postgres)()
+        out.write(f"{name}: stopped")
 
 
 def worker_command(
