@@ -1,0 +1,136 @@
+"""python -m ml_worker.evaluate CATALOGUE_DIR --out scores.jsonl [--train | --model DIR] [options]
+
+Loads a catalogue JSONL from disk, optionally trains MAPS on it (its own families, errors included:
+weak supervision, as a user would run it), scores every listing and writes the export_scores format
+(DESIGN section 4). With --train the families are split into k folds (cross-fitting): each family is
+scored by a model that never saw it. Measure with ../shared/eval/metrics.py CATALOGUE_DIR scores.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ml_worker.catalogue import load_catalogue
+from ml_worker.checkpoint import load_checkpoint, save_checkpoint
+from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.features import extract_features
+from ml_worker.scoring import encode_all, score_listings
+from ml_worker.train import Labels, train_model
+
+
+def family_folds(families: list[str], folds: int, seed: int) -> np.ndarray:
+    """Fold of each listing, assigned per family."""
+    unique = sorted(set(families))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unique))
+    fold_of = {unique[i]: k % folds for k, i in enumerate(order)}
+    return np.array([fold_of[f] for f in families])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("catalogue", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--train", action="store_true", help="train on the catalogue itself (k-fold cross-fitting)"
+    )
+    ap.add_argument("--model", type=Path, help="score with this checkpoint instead of training")
+    ap.add_argument("--save-model", type=Path, help="also train one model on all families and save it here")
+    ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--modality", choices=["multimodal", "image", "title"], default="multimodal")
+    ap.add_argument("--no-title-guidance", action="store_true", help="ablation: pooled concat, no attention")
+    ap.add_argument("--cache-dir", type=Path, default=Path("var/feature-cache"))
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    args = ap.parse_args(argv)
+    if not args.train and not args.model:
+        ap.error("pass --train (train on the catalogue) or --model DIR (a checkpoint)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    timings = {}
+    t0 = time.perf_counter()
+    listings = load_catalogue(args.catalogue)
+    config = MapsConfig(modality=args.modality, title_guidance=not args.no_title_guidance)
+    if args.model:
+        model, _meta = load_checkpoint(args.model)
+        config = model.config
+    features = extract_features(listings, config, cache_dir=args.cache_dir, device=device, seed=args.seed)
+    timings["features_s"] = round(time.perf_counter() - t0, 1)
+    families = [x.family for x in listings]
+    labels = Labels.build(families, [x.category for x in listings])
+    train_config = TrainConfig(seed=args.seed, steps=args.steps, folds=args.folds)
+    scores = {}
+    t1 = time.perf_counter()
+    train_s = 0.0
+    if args.model:
+        scores = score_listings(model, encode_all(model, features, device=device), families)
+        version = args.model.name
+    else:
+        fold = family_folds(families, args.folds, args.seed)
+        for k in range(args.folds):
+            t = time.perf_counter()
+            model, _ = train_model(
+                features,
+                labels,
+                np.nonzero(fold != k)[0],
+                config,
+                train_config,
+                device=device,
+                desc=f"fold {k + 1}/{args.folds}",
+            )
+            train_s += time.perf_counter() - t
+            scores.update(
+                score_listings(
+                    model, encode_all(model, features, device=device), families, np.nonzero(fold == k)[0]
+                )
+            )
+        version = (
+            f"maps-{args.modality}{'-noattn' if args.no_title_guidance else ''}-cf{args.folds}-s{args.seed}"
+        )
+        if args.save_model:
+            t = time.perf_counter()
+            model, info = train_model(
+                features,
+                labels,
+                np.arange(len(listings)),
+                config,
+                train_config,
+                device=device,
+                desc="final model",
+            )
+            train_s += time.perf_counter() - t
+            save_checkpoint(model, args.save_model, metadata={"train": train_config.to_dict(), **info})
+    timings["train_s"] = round(train_s, 1)
+    timings["score_s"] = round(time.perf_counter() - t1 - train_s, 1)
+    with open(args.out, "w") as fh:
+        for i, listing in enumerate(listings):
+            s = scores[i]
+            fh.write(
+                json.dumps(
+                    {
+                        "sku": listing.sku,
+                        "family": listing.family,
+                        "wrong_variant_score": s.wrong_variant_score,
+                        "duplicate_score": s.duplicate_score,
+                        "duplicate_of": listings[s.duplicate_of].sku if s.duplicate_of is not None else None,
+                        "model_version": version,
+                    }
+                )
+                + "\n"
+            )
+    timings["total_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps({"listings": len(listings), "device": device, **timings}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

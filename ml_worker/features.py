@@ -1,0 +1,155 @@
+"""Frozen-backbone features, computed once per listing and cached (the CPU training path).
+
+For every listing: the EfficientNet-Lite0 maps (1280x7x7 and 112x14x14, float16), MiniLM token
+states of its title and of one adversarial rewrite of it (float16), masks. Cached as safetensors,
+keyed by the catalogue content and the backbone settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ml_worker.adversarial import AdversarialTitleGenerator
+from ml_worker.backbones import EfficientNetLite0, TextEncoder
+from ml_worker.catalogue import Listing
+from ml_worker.config import MapsConfig
+from ml_worker.images import load_image
+from ml_worker.modeling_maps import MapsInputs
+
+FEATURE_VERSION = 1
+
+
+@dataclass
+class FeatureCache:
+    top: torch.Tensor
+    mid: torch.Tensor
+    has_image: torch.Tensor
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+    adv_tokens: torch.Tensor
+    adv_mask: torch.Tensor
+
+    def inputs(self, idx, *, adversarial: torch.Tensor | None = None) -> MapsInputs:
+        """Model inputs for rows `idx`; rows where `adversarial` is True get their rewritten title."""
+        tokens, mask = self.tokens[idx].float(), self.token_mask[idx]
+        if adversarial is not None and adversarial.any():
+            tokens = torch.where(adversarial[:, None, None], self.adv_tokens[idx].float(), tokens)
+            mask = torch.where(adversarial[:, None], self.adv_mask[idx], mask)
+        return MapsInputs(
+            top=self.top[idx].float(),
+            mid=self.mid[idx].float(),
+            has_image=self.has_image[idx],
+            tokens=tokens,
+            token_mask=mask,
+        )
+
+    def __len__(self) -> int:
+        return self.top.shape[0]
+
+
+def cache_key(listings: list[Listing], config: MapsConfig) -> str:
+    h = hashlib.sha256(
+        json.dumps(
+            [
+                FEATURE_VERSION,
+                config.image_weights,
+                config.text_model_dir,
+                config.image_size,
+                config.max_tokens,
+            ]
+        ).encode()
+    )
+    for x in listings:
+        stat = x.image.stat() if x.image and x.image.exists() else None
+        h.update(
+            f"{x.sku}\x00{x.title}\x00{x.image}\x00{stat.st_size if stat else ''}\x00"
+            f"{stat.st_mtime_ns if stat else ''}\n".encode()
+        )
+    return h.hexdigest()[:24]
+
+
+def extract_features(
+    listings: list[Listing],
+    config: MapsConfig,
+    *,
+    cache_dir: Path | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> FeatureCache:
+    cache_file = (
+        Path(cache_dir) / f"features-{cache_key(listings, config)}.safetensors" if cache_dir else None
+    )
+    if cache_file and cache_file.exists():
+        return FeatureCache(**load_file(str(cache_file)))
+    image_model = EfficientNetLite0.pretrained(config.image_weights).to(device)
+    if device.startswith("cuda"):
+        image_model = image_model.to(memory_format=torch.channels_last)
+    text_model = TextEncoder(config.text_model_dir, config.max_tokens).to(device)
+    n = len(listings)
+    size = config.image_size
+    top = torch.zeros(n, 1280, size // 32, size // 32, dtype=torch.float16)
+    mid = torch.zeros(n, 112, size // 16, size // 16, dtype=torch.float16)
+    has_image = torch.zeros(n, dtype=torch.bool)
+    bar = tqdm(total=n, desc="image features", unit="img", disable=not progress)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            chunk = listings[start : start + batch_size]
+            tensors = [load_image(x.image, size) if x.image else None for x in chunk]
+            present = [i for i, t in enumerate(tensors) if t is not None]
+            if present:
+                batch = torch.stack([tensors[i] for i in present]).to(device)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                    out = image_model(batch)
+                rows = torch.tensor(present) + start
+                top[rows] = out.top.float().cpu().half()
+                mid[rows] = out.mid.float().cpu().half()
+                has_image[rows] = True
+            bar.update(len(chunk))
+    bar.close()
+    generator = AdversarialTitleGenerator(
+        [x.title for x in listings],
+        [x.family for x in listings],
+        [x.category for x in listings],
+        colours=[str(x.attributes.get("colour", "")) for x in listings],
+        seed=seed,
+    )
+    tokens, token_mask = _encode_titles(
+        text_model, [x.title for x in listings], config, progress, "title features"
+    )
+    adv_tokens, adv_mask = _encode_titles(
+        text_model, [generator(i) for i in range(n)], config, progress, "adversarial titles"
+    )
+    cache = FeatureCache(
+        top=top,
+        mid=mid,
+        has_image=has_image,
+        tokens=tokens,
+        token_mask=token_mask,
+        adv_tokens=adv_tokens,
+        adv_mask=adv_mask,
+    )
+    if cache_file:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in cache.__dict__.items()}, str(cache_file))
+    return cache
+
+
+def _encode_titles(model: TextEncoder, titles: list[str], config: MapsConfig, progress: bool, desc: str):
+    n, length = len(titles), config.max_tokens
+    tokens = torch.zeros(n, length, model.dim, dtype=torch.float16)
+    mask = torch.zeros(n, length, dtype=torch.bool)
+    with torch.inference_mode():
+        for start in tqdm(range(0, n, 128), desc=desc, disable=not progress):
+            states, m = model(titles[start : start + 128])
+            tokens[start : start + len(states), : states.shape[1]] = states.float().cpu().half()
+            mask[start : start + len(states), : m.shape[1]] = m.cpu()
+    return tokens, mask

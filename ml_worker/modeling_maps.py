@@ -1,0 +1,189 @@
+"""MAPS: multimodal attention for product similarity (seed 1), on frozen or fine-tuned backbone maps.
+
+    title tokens ──► self-attentive title embedding t ─┬─► spatial attention "where" over 7x7 ─┐
+                                                       └─► channel attention "what" (gates)    │
+    7x7 map ──► 1x1 proj + positions ──► self-attention ──► global branch (attended, gated) ───┤
+    14x14 map ──► crop around the attended region (affine_grid + grid_sample) ──► local branch ─┤
+                                                                                                ▼
+                                  image vector u, title vector t ──► fused 256-d embedding (L2)
+    pair head(a, b) ──► logits of P(same family), P(same product)
+
+`forward` returns a `MapsOutput` that carries the spatial attention map for heatmaps; rendering
+lives in `ml_worker.heatmap`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml_worker.config import MapsConfig
+
+
+@dataclass
+class MapsInputs:
+    top: torch.Tensor  # (B, top_channels, h, w) backbone head map
+    mid: torch.Tensor  # (B, mid_channels, 2h, 2w) one stage earlier
+    has_image: torch.Tensor  # (B,) bool: False for title-only listings
+    tokens: torch.Tensor  # (B, L, text_dim) token states
+    token_mask: torch.Tensor  # (B, L) bool
+
+    def to(self, device) -> MapsInputs:
+        return MapsInputs(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+    def index(self, idx) -> MapsInputs:
+        return MapsInputs(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+
+@dataclass
+class MapsOutput:
+    embedding: torch.Tensor  # (B, embed_dim) fused, L2-normalised
+    image_embedding: torch.Tensor  # (B, embed_dim) image branch alone, L2-normalised
+    title_embedding: torch.Tensor  # (B, embed_dim) title alone, L2-normalised
+    spatial_attention: torch.Tensor  # (B, h, w), sums to 1 ("where")
+    channel_attention: torch.Tensor  # (B, d_model) in (0, 1) ("what")
+    crop_box: torch.Tensor  # (B, 4) attended region (cx, cy, half-width, half-height) in [-1, 1]
+
+
+class AttentionPooling(nn.Module):
+    """Self-attentive embedding: learned queries attend over the token states (one per head)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, heads))
+        self.out = nn.Linear(dim * heads, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.score(x).masked_fill(~mask.unsqueeze(-1), float("-inf"))  # (B, L, heads)
+        weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # an all-masked row pools to zero
+        pooled = torch.einsum("blh,bld->bhd", weights, x).flatten(1)
+        return self.out(pooled)
+
+
+class MapsModel(nn.Module):
+    def __init__(self, config: MapsConfig):
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.title_in = nn.Sequential(nn.Linear(config.text_dim, d), nn.LayerNorm(d))
+        self.title_pool = AttentionPooling(d, config.title_pool_heads)
+        self.image_in = nn.Conv2d(config.top_channels, d, 1)
+        self.positions = nn.Parameter(torch.zeros(1, 49, d))
+        nn.init.normal_(self.positions, std=0.02)
+        self.image_self_attention = nn.TransformerEncoderLayer(
+            d, config.heads, dim_feedforward=2 * d, dropout=config.dropout, batch_first=True, norm_first=True
+        )
+        self.where_query = nn.Linear(d, d)
+        self.where_key = nn.Linear(d, d)
+        self.what = nn.Linear(d, d)
+        self.local_in = nn.Sequential(nn.Conv2d(config.mid_channels, d, 1), nn.GELU(), nn.Conv2d(d, d, 1))
+        self.box_margin = nn.Parameter(torch.tensor(0.25))
+        self.image_out = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.LayerNorm(d))
+        self.missing_image = nn.Parameter(torch.zeros(d))
+        self.fuse = nn.Sequential(
+            nn.Dropout(config.dropout), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, config.embed_dim)
+        )
+        self.image_proj = nn.Linear(d, config.embed_dim)
+        self.title_proj = nn.Linear(d, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(2.3))  # exp(2.3) ~ 10: temperature for alignment
+        e = config.embed_dim
+        self.pair_head = nn.Sequential(nn.Linear(6 * e, 2 * e), nn.GELU(), nn.Linear(2 * e, 2))
+
+    # --- the listing encoder ---------------------------------------------------------------------
+
+    def encode_title(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.title_pool(self.title_in(tokens), mask)
+
+    def forward(self, x: MapsInputs) -> MapsOutput:
+        cfg = self.config
+        batch = x.top.shape[0]
+        d = cfg.d_model
+        t = self.encode_title(x.tokens, x.token_mask)
+        if cfg.modality == "image":
+            t = torch.zeros_like(t)
+        h, w = x.top.shape[-2:]
+        v = self.image_in(x.top).flatten(2).transpose(1, 2)  # (B, hw, d)
+        v = self.image_self_attention(v + self.positions[:, : h * w])
+        guided = cfg.title_guidance and cfg.modality == "multimodal"
+        if guided:
+            scores = torch.einsum("bd,bnd->bn", self.where_query(t), self.where_key(v)) / d**0.5
+            where = torch.softmax(scores, dim=1)
+            what = torch.sigmoid(self.what(t))
+        else:
+            where = torch.full((batch, h * w), 1.0 / (h * w), device=v.device, dtype=v.dtype)
+            what = torch.ones(batch, d, device=v.device, dtype=v.dtype)
+        attended = torch.einsum("bn,bnd->bd", where, v) * what
+        pooled = v.mean(1)
+        box = self._attended_box(where.view(batch, h, w))
+        local = self._local_branch(x.mid, box) * what
+        u = self.image_out(torch.cat([attended, pooled, local], dim=1))
+        u = torch.where(x.has_image.unsqueeze(1), u, self.missing_image.expand(batch, d))
+        if cfg.modality == "title":
+            u = torch.zeros_like(u)
+        fused = self.fuse(torch.cat([u, t], dim=1))
+        return MapsOutput(
+            embedding=F.normalize(fused, dim=1),
+            image_embedding=F.normalize(self.image_proj(u), dim=1),
+            title_embedding=F.normalize(self.title_proj(t), dim=1),
+            spatial_attention=where.view(batch, h, w),
+            channel_attention=what,
+            crop_box=box,
+        )
+
+    def _attended_box(self, where: torch.Tensor) -> torch.Tensor:
+        """Centre and spread of the attention mass, as a box in normalised [-1, 1] coordinates."""
+        _batch, h, w = where.shape
+        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=where.device, dtype=where.dtype)
+        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=where.device, dtype=where.dtype)
+        py, px = where.sum(2), where.sum(1)
+        cy, cx = (py * ys).sum(1), (px * xs).sum(1)
+        sy = ((py * (ys - cy.unsqueeze(1)) ** 2).sum(1) + 1e-6).sqrt()
+        sx = ((px * (xs - cx.unsqueeze(1)) ** 2).sum(1) + 1e-6).sqrt()
+        margin = self.box_margin.abs()
+        half_w = (2 * sx + margin).clamp(0.2, 1.0)
+        half_h = (2 * sy + margin).clamp(0.2, 1.0)
+        return torch.stack([cx, cy, half_w, half_h], dim=1)
+
+    def _local_branch(self, mid: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        """The cheap CPU path of the local branch: a bilinear crop of the 14x14 map (RoIAlign-like)."""
+        cx, cy, hw, hh = box.unbind(1)
+        zero = torch.zeros_like(cx)
+        theta = torch.stack([torch.stack([hw, zero, cx], 1), torch.stack([zero, hh, cy], 1)], 1)
+        g = self.config.local_grid
+        grid = F.affine_grid(theta, [mid.shape[0], mid.shape[1], g, g], align_corners=False)
+        crop = F.grid_sample(mid.to(grid.dtype), grid, mode="bilinear", align_corners=False)
+        return self.local_in(crop).mean((2, 3))
+
+    # --- pairs -----------------------------------------------------------------------------------
+
+    def pair_logits(self, a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tensor:
+        """Logits (..., 2) of [same family, same product] for listings a[ia] and b[ib] (all pairs when
+        the indices are None and the batches are aligned)."""
+        ea, eb = (a.embedding, b.embedding) if ia is None else (a.embedding[ia], b.embedding[ib])
+        iea, ieb = (
+            (a.image_embedding, b.image_embedding)
+            if ia is None
+            else (a.image_embedding[ia], b.image_embedding[ib])
+        )
+        tea, teb = (
+            (a.title_embedding, b.title_embedding)
+            if ia is None
+            else (a.title_embedding[ia], b.title_embedding[ib])
+        )
+        cross_ab, cross_ba = iea * teb, ieb * tea  # does a's image fit b's title, and vice versa
+        features = torch.cat(
+            [
+                ea * eb,
+                (ea - eb).abs(),
+                iea * ieb,
+                tea * teb,
+                (cross_ab + cross_ba) / 2,
+                (cross_ab - cross_ba).abs(),
+            ],
+            dim=-1,
+        )
+        return self.pair_head(features)

@@ -1,0 +1,106 @@
+"""Scores from a trained model (pure: features in, scores out; exact kNN here, pgvector in the app).
+
+- wrong_variant_score(i) = 1 - mean over the other members j of i's family of P(same family | i, j):
+  how little a listing agrees with the rest of its family (None for a one-listing family);
+- duplicate_score(i) = max over i's nearest neighbours j (any family) of P(same product | i, j), and
+  duplicate_of = that j.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ml_worker.features import FeatureCache
+from ml_worker.modeling_maps import MapsModel, MapsOutput
+
+
+@dataclass
+class ListingScore:
+    wrong_variant_score: float | None
+    duplicate_score: float | None
+    duplicate_of: int | None
+
+
+@torch.no_grad()
+def encode_all(
+    model: MapsModel, features: FeatureCache, *, batch_size: int = 256, device: str = "cpu"
+) -> MapsOutput:
+    model.eval()
+    parts = []
+    for start in range(0, len(features), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(features)))
+        parts.append(model(features.inputs(idx).to(device)))
+    return MapsOutput(
+        *(torch.cat([getattr(p, f) for p in parts]).cpu() for f in MapsOutput.__dataclass_fields__)
+    )
+
+
+def _subset(out: MapsOutput, idx) -> MapsOutput:
+    return MapsOutput(*(getattr(out, f)[idx] for f in MapsOutput.__dataclass_fields__))
+
+
+@torch.no_grad()
+def score_listings(
+    model: MapsModel,
+    outputs: MapsOutput,
+    families: list[str],
+    rows: np.ndarray | None = None,
+    *,
+    neighbours: int = 20,
+    chunk: int = 4096,
+) -> dict[int, ListingScore]:
+    """Scores for `rows` (default all), using `outputs` of every listing of the catalogue."""
+    model = model.cpu().eval()
+    n = outputs.embedding.shape[0]
+    rows = np.arange(n) if rows is None else rows
+    members = defaultdict(list)
+    for i, f in enumerate(families):
+        members[f].append(i)
+
+    # wrong variant: agreement with the rest of the family
+    pairs_i, pairs_j = [], []
+    for i in rows:
+        for j in members[families[i]]:
+            if j != i:
+                pairs_i.append(i)
+                pairs_j.append(j)
+    agreement = defaultdict(list)
+    for start in range(0, len(pairs_i), chunk):
+        ii = torch.as_tensor(pairs_i[start : start + chunk])
+        jj = torch.as_tensor(pairs_j[start : start + chunk])
+        p = torch.sigmoid(model.pair_logits(outputs, outputs, ii, jj)[:, 0])
+        for a, value in zip(ii.tolist(), p.tolist(), strict=True):
+            agreement[a].append(value)
+
+    # duplicates: nearest neighbours by the fused embedding, then the pair head's P(same product)
+    k = min(neighbours, n - 1)
+    dup_score, dup_of = {}, {}
+    if k > 0:
+        row_t = torch.as_tensor(rows)
+        for start in range(0, len(rows), 512):
+            r = row_t[start : start + 512]
+            sims = outputs.embedding[r] @ outputs.embedding.T
+            sims[torch.arange(len(r)), r] = -2.0
+            cand = sims.topk(k, dim=1).indices  # (R, k)
+            ii = r[:, None].expand_as(cand).flatten()
+            p = torch.sigmoid(model.pair_logits(outputs, outputs, ii, cand.flatten())[:, 1]).view(len(r), k)
+            best = p.argmax(1)
+            for a, b_i, score in zip(
+                r.tolist(),
+                cand[torch.arange(len(r)), best].tolist(),
+                p[torch.arange(len(r)), best].tolist(),
+                strict=True,
+            ):
+                dup_score[a], dup_of[a] = score, b_i
+    return {
+        int(i): ListingScore(
+            wrong_variant_score=1.0 - float(np.mean(agreement[i])) if agreement.get(i) else None,
+            duplicate_score=dup_score.get(int(i)),
+            duplicate_of=dup_of.get(int(i)),
+        )
+        for i in rows
+    }

@@ -1,0 +1,232 @@
+"""Training MAPS on a catalogue's own families (weak supervision), CPU path on cached features.
+
+A batch is P families x K listings. Per batch:
+- the family pair loss on the pair head, hard negatives = other families of the same category;
+- the same-product pair loss: each listing against a feature-space augmented view of itself (a
+  slight crop: an affine resample of both maps, plus noise), with its siblings as hard negatives;
+- the hierarchical proxy-anchor loss over family and category levels (k-means levels without a path);
+- TCL-style image-title alignment with intra-modal terms;
+- adversarial anchors: a share of listings get a rewritten title (seed 3) or a same-category image
+  of another family; both are trained as "not this family", which teaches image-title consistency.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.features import FeatureCache
+from ml_worker.losses import AlignmentLoss, HierarchicalProxyLoss, PairLoss
+from ml_worker.modeling_maps import MapsInputs, MapsModel
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Labels:
+    """Integer labels of the listings: family, and one array per category level (coarse to fine)."""
+
+    family: np.ndarray
+    category_levels: list[np.ndarray]  # level i = the first i+1 parts of the path
+    leaf_category: np.ndarray
+
+    @classmethod
+    def build(cls, families: list[str], categories: list[tuple[str, ...]]) -> Labels:
+        def encode(values):
+            index = {}
+            return np.array([index.setdefault(v, len(index)) for v in values])
+
+        depth = max((len(c) for c in categories), default=0)
+        levels = [encode([c[: i + 1] if len(c) > i else c for c in categories]) for i in range(depth)]
+        return cls(family=encode(families), category_levels=levels, leaf_category=encode(categories))
+
+
+def augment_view(x: MapsInputs, generator: torch.Generator) -> MapsInputs:
+    """A feature-space stand-in for 'the same image, slightly cropped and re-encoded'."""
+    b = x.top.shape[0]
+    scale = 1 - torch.rand(b, generator=generator) * 0.12
+    shift = (torch.rand(b, 2, generator=generator) - 0.5) * 0.12
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = scale, scale
+    theta[:, :, 2] = shift
+
+    def warp(m):
+        grid = F.affine_grid(theta.to(m.dtype), list(m.shape), align_corners=False)
+        out = F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out + 0.05 * m.std() * torch.randn(m.shape, generator=generator)
+
+    return MapsInputs(
+        top=warp(x.top), mid=warp(x.mid), has_image=x.has_image, tokens=x.tokens, token_mask=x.token_mask
+    )
+
+
+class FamilyBatchSampler:
+    """P families with 2+ training listings x K listings each (+ a few one-listing families)."""
+
+    def __init__(self, family: np.ndarray, rows: np.ndarray, p: int, k: int, seed: int):
+        self.rng = np.random.default_rng(seed)
+        members = defaultdict(list)
+        for r in rows:
+            members[family[r]].append(r)
+        self.multi = [np.array(v) for v in members.values() if len(v) >= 2]
+        self.single = np.array([v[0] for v in members.values() if len(v) == 1])
+        self.p, self.k = p, k
+
+    def sample(self) -> np.ndarray:
+        chosen = self.rng.choice(len(self.multi), size=min(self.p, len(self.multi)), replace=False)
+        batch = [
+            self.rng.choice(self.multi[c], size=self.k, replace=len(self.multi[c]) < self.k) for c in chosen
+        ]
+        if len(self.single):
+            batch.append(self.rng.choice(self.single, size=min(self.k * 2, len(self.single)), replace=False))
+        return np.unique(np.concatenate(batch))
+
+
+def train_model(
+    features: FeatureCache,
+    labels: Labels,
+    train_rows: np.ndarray,
+    config: MapsConfig,
+    train_config: TrainConfig,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    desc: str = "training",
+) -> tuple[MapsModel, dict]:
+    seed_everything(train_config.seed)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    model = MapsModel(config).to(device)
+    num_levels = len(labels.category_levels)
+    level_sizes = [int(labels.family.max()) + 1] + [
+        int(level.max()) + 1 for level in labels.category_levels[::-1]
+    ]
+    kmeans_levels = {}
+    if num_levels == 0 and train_config.kmeans_levels:
+        for i in range(train_config.kmeans_levels):
+            k = max(2, int(math.sqrt(level_sizes[0])) // (i + 1))
+            level_sizes.append(k)
+            kmeans_levels[len(level_sizes) - 1] = k
+    proxy_loss = HierarchicalProxyLoss(
+        level_sizes, config.embed_dim, train_config.proxy_levels_weight, kmeans_levels=kmeans_levels
+    ).to(device)
+    pair_loss, align_loss = PairLoss(), AlignmentLoss()
+    params = [*model.parameters(), *(p for p in proxy_loss.parameters() if p.requires_grad)]
+    optimizer = torch.optim.AdamW(params, lr=train_config.lr, weight_decay=train_config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=train_config.lr, total_steps=train_config.steps, pct_start=0.1
+    )
+    sampler = FamilyBatchSampler(
+        labels.family,
+        train_rows,
+        train_config.families_per_batch,
+        train_config.listings_per_family,
+        train_config.seed,
+    )
+    category_rows = defaultdict(list)
+    for r in train_rows:
+        category_rows[labels.leaf_category[r]].append(r)
+    level_labels = [torch.as_tensor(labels.family)] + [
+        torch.as_tensor(level) for level in labels.category_levels[::-1]
+    ]
+    history = []
+    model.train()
+    bar = tqdm(range(train_config.steps), desc=desc, disable=not progress)
+    for step in bar:
+        if kmeans_levels and step % train_config.kmeans_refresh_steps == 0:
+            proxy_loss.refresh_kmeans(seed=train_config.seed + step)
+        rows = sampler.sample()
+        b = len(rows)
+        idx = torch.as_tensor(rows)
+        adversarial = torch.rand(b, generator=generator) < train_config.p_adversarial_title
+        swapped = (torch.rand(b, generator=generator) < train_config.p_swapped_image) & ~adversarial
+        x = features.inputs(idx, adversarial=adversarial)
+        view = augment_view(features.inputs(idx), generator)
+        for i in torch.nonzero(swapped).flatten().tolist():
+            pool = [
+                r
+                for r in category_rows[labels.leaf_category[rows[i]]]
+                if labels.family[r] != labels.family[rows[i]]
+            ]
+            if not pool:
+                swapped[i] = False
+                continue
+            donor = pool[int(torch.randint(len(pool), (1,), generator=generator))]
+            x.top[i], x.mid[i], x.has_image[i] = (
+                features.top[donor].float(),
+                features.mid[donor].float(),
+                features.has_image[donor],
+            )
+        x, view = x.to(device), view.to(device)
+        out, out_view = model(x), model(view)
+
+        modified = (adversarial | swapped).to(device)
+        family = torch.as_tensor(labels.family[rows], device=device)
+        pseudo_family = torch.where(modified, -1 - torch.arange(b, device=device), family)
+        same_family = pseudo_family[:, None] == pseudo_family[None, :]
+        leaf = torch.as_tensor(labels.leaf_category[rows], device=device)
+        same_category = leaf[:, None] == leaf[None, :]
+        i, j = torch.triu_indices(b, b, offset=1, device=device)
+        family_logits = model.pair_logits(out, out, i, j)[:, 0]
+        loss_pair = pair_loss(family_logits, same_family[i, j], same_category[i, j])
+
+        # same product: a listing vs the augmented views of the batch; siblings are the hard negatives
+        ii, jj = torch.meshgrid(torch.arange(b, device=device), torch.arange(b, device=device), indexing="ij")
+        ii, jj = ii.flatten(), jj.flatten()
+        product_logits = model.pair_logits(out, out_view, ii, jj)[:, 1]
+        same_listing = (ii == jj) & ~modified[ii]
+        loss_product = pair_loss(product_logits, same_listing, (family[ii] == family[jj]) & ~same_listing)
+
+        clean = ~modified
+        loss_proxy = (
+            proxy_loss(out.embedding[clean], [lv[idx].to(device)[clean] for lv in level_labels])
+            if clean.any()
+            else out.embedding.new_zeros(())
+        )
+        loss_align = align_loss(
+            out.image_embedding,
+            out.title_embedding,
+            same_family & ~modified[None, :],
+            image_view=out_view.image_embedding,
+            scale=model.logit_scale.exp().clamp(max=100),
+        )
+        loss = (
+            train_config.w_pair * loss_pair
+            + train_config.w_product * loss_product
+            + train_config.w_proxy * loss_proxy
+            + train_config.w_align * loss_align
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        optimizer.step()
+        schedule.step()
+        record = {
+            "loss": loss.item(),
+            "pair": loss_pair.item(),
+            "product": loss_product.item(),
+            "proxy": float(loss_proxy),
+            "align": loss_align.item(),
+        }
+        history.append(record)
+        if step % 20 == 0:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()})
+    model.eval()
+    last = history[-min(50, len(history)) :]
+    summary = {k: float(np.mean([h[k] for h in last])) for k in last[0]} if last else {}
+    return model, {
+        "final_losses": summary,
+        "steps": train_config.steps,
+        "train_listings": len(train_rows),
+    }

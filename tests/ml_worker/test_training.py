@@ -1,0 +1,88 @@
+"""Training smoke tests on generated features, scoring, checkpoints, the adversarial generator."""
+
+import numpy as np
+import pytest
+import torch
+
+from ml_worker.adversarial import AdversarialTitleGenerator
+from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ml_worker.config import TrainConfig
+from ml_worker.modeling_maps import MapsModel
+from ml_worker.scoring import encode_all, score_listings
+from ml_worker.train import Labels, train_model
+from tests.ml_worker.conftest import families_of, random_features
+
+
+def small_setup(tiny, *, categories=True):
+    families = [*families_of(6, 3), "S1", "S2"]
+    cats = (
+        [("A", "x") if f in ("F0", "F1", "F2", "S1") else ("B", "y") for f in families]
+        if categories
+        else [() for _ in families]
+    )
+    return families, random_features(tiny, families), Labels.build(families, cats)
+
+
+@pytest.mark.parametrize("categories", [True, False])
+def test_a_few_training_steps_run_and_lower_the_loss(tiny, categories):
+    families, features, labels = small_setup(tiny, categories=categories)
+    config = TrainConfig(
+        steps=25, families_per_batch=4, listings_per_family=2, lr=3e-3, kmeans_refresh_steps=5
+    )
+    model, info = train_model(features, labels, np.arange(len(families)), tiny, config, progress=False)
+    assert np.isfinite(info["final_losses"]["loss"])
+    assert not model.training
+
+
+def test_training_is_reproducible(tiny):
+    families, features, labels = small_setup(tiny)
+    config = TrainConfig(steps=3, families_per_batch=3, listings_per_family=2)
+    a, _ = train_model(features, labels, np.arange(len(families)), tiny, config, progress=False)
+    b, _ = train_model(features, labels, np.arange(len(families)), tiny, config, progress=False)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_scores_cover_every_listing_and_skip_one_listing_families(tiny):
+    families, features, _ = small_setup(tiny)
+    model = MapsModel(tiny).eval()
+    scores = score_listings(model, encode_all(model, features), families, neighbours=5)
+    assert set(scores) == set(range(len(families)))
+    assert scores[len(families) - 1].wrong_variant_score is None  # "S2" is alone in its family
+    for s in scores.values():
+        assert 0.0 <= s.duplicate_score <= 1.0 and s.duplicate_of is not None
+    assert all(0.0 <= s.wrong_variant_score <= 1.0 for i, s in scores.items() if i < 18)
+    subset = score_listings(model, encode_all(model, features), families, np.array([0, 5]), neighbours=5)
+    assert set(subset) == {0, 5} and subset[0] == scores[0]
+
+
+def test_checkpoint_round_trip_and_corruption(tiny, tmp_path):
+    model = MapsModel(tiny).eval()
+    digest = save_checkpoint(model, tmp_path / "v1", metadata={"note": "test"})
+    loaded, meta = load_checkpoint(tmp_path / "v1", expected_sha256=digest)
+    assert meta["note"] == "test" and loaded.config == tiny
+    for p, q in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(tmp_path / "v1", expected_sha256="0" * 64)
+    weights = tmp_path / "v1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "v1")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(tmp_path / "nothing")
+
+
+def test_adversarial_titles_change_distinguishing_words_with_same_category_words():
+    titles = ["Mirella HW trousers", "Mirella HW trousers", "Bella skirt denim", "Luna dress", "Rain coat"]
+    families = ["a", "a", "b", "c", "d"]
+    categories = [("W", "Bottoms"), ("W", "Bottoms"), ("W", "Bottoms"), ("W", "Bottoms"), ("M", "Coats")]
+    generator = AdversarialTitleGenerator(titles, families, categories, colours=["Black", "Red"], seed=1)
+    for _ in range(20):
+        rewritten = generator(0)
+        assert rewritten.lower() != titles[0].lower()
+        new_words = set(rewritten.split()) - set(titles[0].split()) - {"Black", "Red"}
+        assert new_words <= {"Bella", "skirt", "denim", "Luna", "dress"}, rewritten
+    assert generator(4) != titles[4]  # nothing in its category: another family's title
