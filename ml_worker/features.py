@@ -1,13 +1,15 @@
 """Frozen-backbone features, computed once per listing and cached (the CPU training path).
 
-For every listing: the EfficientNet-Lite0 maps (1280x7x7 and 112x14x14, float16), MiniLM token
-states of its title and of one adversarial rewrite of it (float16), masks. Cached as safetensors,
+For every listing: the EfficientNet-Lite0 maps (1280x7x7 and 112x14x14, float16) of its image and
+of one re-listing of it (a slight crop and a JPEG re-encode: the positive of the same-product loss),
+MiniLM token states of its title and of one adversarial rewrite of it (float16), masks. Cached as safetensors,
 keyed by the catalogue content and the backbone settings.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,24 +22,27 @@ from ml_worker.adversarial import AdversarialTitleGenerator
 from ml_worker.backbones import EfficientNetLite0, TextEncoder
 from ml_worker.catalogue import Listing
 from ml_worker.config import MapsConfig
-from ml_worker.images import load_image
+from ml_worker.images import augment, open_image, to_tensor
 from ml_worker.modeling_maps import MapsInputs
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 
 @dataclass
 class FeatureCache:
     top: torch.Tensor
     mid: torch.Tensor
+    top_aug: torch.Tensor
+    mid_aug: torch.Tensor
     has_image: torch.Tensor
     tokens: torch.Tensor
     token_mask: torch.Tensor
     adv_tokens: torch.Tensor
     adv_mask: torch.Tensor
 
-    def inputs(self, idx, *, adversarial: torch.Tensor | None = None) -> MapsInputs:
-        """Model inputs for rows `idx`; rows where `adversarial` is True get their rewritten title."""
+    def inputs(self, idx, *, adversarial: torch.Tensor | None = None, augmented: bool = False) -> MapsInputs:
+        """Model inputs for rows `idx`; rows where `adversarial` is True get their rewritten title;
+        `augmented` gives the re-listed (cropped, re-encoded) image."""
         tokens, mask = self.tokens[idx].float(), self.token_mask[idx]
         if adversarial is not None and adversarial.any():
             tokens = torch.where(adversarial[:, None, None], self.adv_tokens[idx].float(), tokens)
@@ -96,22 +101,31 @@ def extract_features(
     text_model = TextEncoder(config.text_model_dir, config.max_tokens).to(device)
     n = len(listings)
     size = config.image_size
-    top = torch.zeros(n, 1280, size // 32, size // 32, dtype=torch.float16)
-    mid = torch.zeros(n, 112, size // 16, size // 16, dtype=torch.float16)
+    maps = {
+        name: torch.zeros(n, channels, size // stride, size // stride, dtype=torch.float16)
+        for name, channels, stride in (
+            ("top", 1280, 32),
+            ("mid", 112, 16),
+            ("top_aug", 1280, 32),
+            ("mid_aug", 112, 16),
+        )
+    }
     has_image = torch.zeros(n, dtype=torch.bool)
+    rng = random.Random(seed)
     bar = tqdm(total=n, desc="image features", unit="img", disable=not progress)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             chunk = listings[start : start + batch_size]
-            tensors = [load_image(x.image, size) if x.image else None for x in chunk]
-            present = [i for i, t in enumerate(tensors) if t is not None]
+            images = [open_image(x.image) if x.image else None for x in chunk]
+            present = [i for i, im in enumerate(images) if im is not None]
             if present:
-                batch = torch.stack([tensors[i] for i in present]).to(device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                    out = image_model(batch)
                 rows = torch.tensor(present) + start
-                top[rows] = out.top.float().cpu().half()
-                mid[rows] = out.mid.float().cpu().half()
+                for suffix, view in (("", lambda im: im), ("_aug", lambda im: augment(im, rng))):
+                    batch = torch.stack([to_tensor(view(images[i]), size) for i in present]).to(device)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                        out = image_model(batch)
+                    maps["top" + suffix][rows] = out.top.float().cpu().half()
+                    maps["mid" + suffix][rows] = out.mid.float().cpu().half()
                 has_image[rows] = True
             bar.update(len(chunk))
     bar.close()
@@ -129,8 +143,7 @@ def extract_features(
         text_model, [generator(i) for i in range(n)], config, progress, "adversarial titles"
     )
     cache = FeatureCache(
-        top=top,
-        mid=mid,
+        **maps,
         has_image=has_image,
         tokens=tokens,
         token_mask=token_mask,

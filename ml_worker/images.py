@@ -31,14 +31,19 @@ def to_tensor(image: Image.Image, size: int = 224) -> torch.Tensor:
     return torch.from_numpy((array - 0.5) / 0.5).permute(2, 0, 1)
 
 
-def load_image(path: Path, size: int = 224) -> torch.Tensor | None:
-    """None when the file is missing or not a decodable image (the listing is scored by its title)."""
+def open_image(path: Path) -> Image.Image | None:
+    """The decoded RGB image, or None when the file is missing or not a decodable image (the listing is
+    then scored by its title)."""
     try:
         with Image.open(path) as image:
-            image.load()
-            return to_tensor(image, size)
+            return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
+
+
+def load_image(path: Path, size: int = 224) -> torch.Tensor | None:
+    image = open_image(path)
+    return None if image is None else to_tensor(image, size)
 
 
 def augment(image: Image.Image, rng: random.Random) -> Image.Image:

@@ -2,8 +2,9 @@
 
 A batch is P families x K listings. Per batch:
 - the family pair loss on the pair head, hard negatives = other families of the same category;
-- the same-product pair loss: each listing against a feature-space augmented view of itself (a
-  slight crop: an affine resample of both maps, plus noise), with its siblings as hard negatives;
+- the same-product pair loss: each listing against a re-listing of itself (its image cropped and
+  re-encoded before the backbone, then slightly resampled in feature space), with its siblings as
+  hard negatives;
 - the hierarchical proxy-anchor loss over family and category levels (k-means levels without a path);
 - TCL-style image-title alignment with intra-modal terms;
 - adversarial anchors: a share of listings get a rewritten title (seed 3) or a same-category image
@@ -152,7 +153,7 @@ def train_model(
         adversarial = torch.rand(b, generator=generator) < train_config.p_adversarial_title
         swapped = (torch.rand(b, generator=generator) < train_config.p_swapped_image) & ~adversarial
         x = features.inputs(idx, adversarial=adversarial)
-        view = augment_view(features.inputs(idx), generator)
+        view = augment_view(features.inputs(idx, augmented=True), generator)
         for i in torch.nonzero(swapped).flatten().tolist():
             pool = [
                 r

@@ -34,9 +34,13 @@ def random_features(config: MapsConfig, families: list[str], seed: int = 0) -> F
     base_mid = torch.randn(len(codes), config.mid_channels, 14, 14, generator=g)
     base_tok = torch.randn(len(codes), 4, config.text_dim, generator=g)
     fam = torch.tensor([codes[f] for f in families])
+    top = base_top[fam] + 0.3 * torch.randn(n, config.top_channels, 7, 7, generator=g)
+    mid = base_mid[fam] + 0.3 * torch.randn(n, config.mid_channels, 14, 14, generator=g)
     return FeatureCache(
-        top=(base_top[fam] + 0.3 * torch.randn(n, config.top_channels, 7, 7, generator=g)).half(),
-        mid=(base_mid[fam] + 0.3 * torch.randn(n, config.mid_channels, 14, 14, generator=g)).half(),
+        top=top.half(),
+        mid=mid.half(),
+        top_aug=(top + 0.05 * torch.randn(top.shape, generator=g)).half(),
+        mid_aug=(mid + 0.05 * torch.randn(mid.shape, generator=g)).half(),
         has_image=torch.ones(n, dtype=torch.bool),
         tokens=base_tok[fam].half(),
         token_mask=torch.ones(n, 4, dtype=torch.bool),
