@@ -9,8 +9,8 @@ keyed by the catalogue content and the backbone settings.
 from __future__ import annotations
 
 import hashlib
-import random
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 

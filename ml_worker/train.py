@@ -217,7 +217,7 @@ def train_model(
             "loss": loss.item(),
             "pair": loss_pair.item(),
             "product": loss_product.item(),
-            "proxy": float(loss_proxy),
+            "proxy": float(loss_proxy.detach()),
             "align": loss_align.item(),
         }
         history.append(record)
