@@ -41,11 +41,15 @@ class MapsInputs:
 @dataclass
 class MapsOutput:
     embedding: torch.Tensor  # (B, embed_dim) fused, L2-normalised
-    image_embedding: torch.Tensor  # (B, embed_dim) image branch alone, L2-normalised
+    image_embedding: torch.Tensor  # (B, embed_dim) the image alone (no title gating), L2-normalised
     title_embedding: torch.Tensor  # (B, embed_dim) title alone, L2-normalised
     spatial_attention: torch.Tensor  # (B, h, w), sums to 1 ("where")
     channel_attention: torch.Tensor  # (B, d_model) in (0, 1) ("what")
     crop_box: torch.Tensor  # (B, 4) attended region (cx, cy, half-width, half-height) in [-1, 1]
+    # parameter-free backbone descriptors (mean+max pooled map, mean-pooled tokens), L2-normalised:
+    # instance-level detail the learned embeddings pool away; the pair head gets their cosines
+    raw_image: torch.Tensor  # (B, 2 * top_channels)
+    raw_title: torch.Tensor  # (B, text_dim)
 
 
 class AttentionPooling(nn.Module):
@@ -83,6 +87,8 @@ class MapsModel(nn.Module):
         self.local_in = nn.Sequential(nn.Conv2d(config.mid_channels, d, 1), nn.GELU(), nn.Conv2d(d, d, 1))
         self.box_margin = nn.Parameter(torch.tensor(0.25))
         self.image_out = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.LayerNorm(d))
+        # the image alone, never gated by the title: what the intra-modal and cross-modal terms see
+        self.image_only = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.LayerNorm(d))
         self.missing_image = nn.Parameter(torch.zeros(d))
         self.fuse = nn.Sequential(
             nn.Dropout(config.dropout), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, config.embed_dim)
@@ -91,7 +97,10 @@ class MapsModel(nn.Module):
         self.title_proj = nn.Linear(d, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(2.3))  # exp(2.3) ~ 10: temperature for alignment
         e = config.embed_dim
-        self.pair_head = nn.Sequential(nn.Linear(6 * e, 2 * e), nn.GELU(), nn.Linear(2 * e, 2))
+        self.pair_head = nn.Sequential(nn.Linear(6 * e + 3, 2 * e), nn.GELU(), nn.Linear(2 * e, 2))
+        self.raw_scale = nn.Parameter(
+            torch.tensor(5.0)
+        )  # cosines of raw descriptors live near 1: spread them
 
     # --- the listing encoder ---------------------------------------------------------------------
 
@@ -121,17 +130,30 @@ class MapsModel(nn.Module):
         box = self._attended_box(where.view(batch, h, w))
         local = self._local_branch(x.mid, box) * what
         u = self.image_out(torch.cat([attended, pooled, local], dim=1))
-        u = torch.where(x.has_image.unsqueeze(1), u, self.missing_image.expand(batch, d))
+        visual = self.image_only(torch.cat([pooled, v.amax(1)], dim=1))
+        missing = ~x.has_image.unsqueeze(1)
+        u = torch.where(missing, self.missing_image.expand(batch, d), u)
+        visual = torch.where(missing, self.missing_image.expand(batch, d), visual)
         if cfg.modality == "title":
-            u = torch.zeros_like(u)
+            u, visual = torch.zeros_like(u), torch.zeros_like(visual)
         fused = self.fuse(torch.cat([u, t], dim=1))
+        raw_image = F.normalize(torch.cat([x.top.mean((2, 3)), x.top.amax((2, 3))], dim=1), dim=1)
+        raw_image = raw_image * x.has_image.unsqueeze(1)  # a title-only listing matches no image
+        token_weights = x.token_mask.unsqueeze(-1).to(x.tokens.dtype)
+        raw_title = F.normalize((x.tokens * token_weights).sum(1) / token_weights.sum(1).clamp(min=1), dim=1)
+        if cfg.modality == "image":
+            raw_title = torch.zeros_like(raw_title)
+        if cfg.modality == "title":
+            raw_image = torch.zeros_like(raw_image)
         return MapsOutput(
             embedding=F.normalize(fused, dim=1),
-            image_embedding=F.normalize(self.image_proj(u), dim=1),
+            image_embedding=F.normalize(self.image_proj(visual), dim=1),
             title_embedding=F.normalize(self.title_proj(t), dim=1),
             spatial_attention=where.view(batch, h, w),
             channel_attention=what,
             crop_box=box,
+            raw_image=raw_image,
+            raw_title=raw_title,
         )
 
     def _attended_box(self, where: torch.Tensor) -> torch.Tensor:
@@ -163,17 +185,17 @@ class MapsModel(nn.Module):
     def pair_logits(self, a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tensor:
         """Logits (..., 2) of [same family, same product] for listings a[ia] and b[ib] (all pairs when
         the indices are None and the batches are aligned)."""
-        ea, eb = (a.embedding, b.embedding) if ia is None else (a.embedding[ia], b.embedding[ib])
-        iea, ieb = (
-            (a.image_embedding, b.image_embedding)
-            if ia is None
-            else (a.image_embedding[ia], b.image_embedding[ib])
-        )
-        tea, teb = (
-            (a.title_embedding, b.title_embedding)
-            if ia is None
-            else (a.title_embedding[ia], b.title_embedding[ib])
-        )
+
+        def pick(out, idx, name):
+            value = getattr(out, name)
+            return value if idx is None else value[idx]
+
+        ea, eb = pick(a, ia, "embedding"), pick(b, ib, "embedding")
+        iea, ieb = pick(a, ia, "image_embedding"), pick(b, ib, "image_embedding")
+        tea, teb = pick(a, ia, "title_embedding"), pick(b, ib, "title_embedding")
+        raw_image = (pick(a, ia, "raw_image") * pick(b, ib, "raw_image")).sum(-1, keepdim=True)
+        raw_title = (pick(a, ia, "raw_title") * pick(b, ib, "raw_title")).sum(-1, keepdim=True)
+        raw = self.raw_scale * (torch.cat([raw_image, raw_title, raw_image * raw_title], dim=-1) - 0.5)
         cross_ab, cross_ba = iea * teb, ieb * tea  # does a's image fit b's title, and vice versa
         features = torch.cat(
             [
@@ -183,6 +205,7 @@ class MapsModel(nn.Module):
                 tea * teb,
                 (cross_ab + cross_ba) / 2,
                 (cross_ab - cross_ba).abs(),
+                raw,
             ],
             dim=-1,
         )

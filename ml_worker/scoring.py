@@ -2,8 +2,8 @@
 
 - wrong_variant_score(i) = 1 - mean over the other members j of i's family of P(same family | i, j):
   how little a listing agrees with the rest of its family (None for a one-listing family);
-- duplicate_score(i) = max over i's nearest neighbours j (any family) of P(same product | i, j), and
-  duplicate_of = that j.
+- duplicate_score(i) = max over i's nearest neighbours j (any family; by the learned embedding plus
+  the raw image and title descriptors) of P(same product | i, j), and duplicate_of = that j.
 """
 
 from __future__ import annotations
@@ -83,7 +83,12 @@ def score_listings(
         row_t = torch.as_tensor(rows)
         for start in range(0, len(rows), 512):
             r = row_t[start : start + 512]
-            sims = outputs.embedding[r] @ outputs.embedding.T
+            # candidates: the learned embedding plus the raw instance-level descriptors
+            sims = (
+                outputs.embedding[r] @ outputs.embedding.T
+                + outputs.raw_image[r] @ outputs.raw_image.T
+                + outputs.raw_title[r] @ outputs.raw_title.T
+            )
             sims[torch.arange(len(r)), r] = -2.0
             cand = sims.topk(k, dim=1).indices  # (R, k)
             ii = r[:, None].expand_as(cand).flatten()
