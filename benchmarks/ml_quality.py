@@ -30,26 +30,65 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/catalog-review-quality"))
     args = ap.parse_args()
     variants = [("MAPS", [])]
-    ablations = [("image only", ["--modality", "image"]), ("title only", ["--modality", "title"]),
-                 ("no attention (pooled concat)", ["--no-title-guidance"])]
+    ablations = [
+        ("image only", ["--modality", "image"]),
+        ("title only", ["--modality", "title"]),
+        ("no attention (pooled concat)", ["--no-title-guidance"]),
+    ]
     for n, seed in enumerate(args.seeds):
         data = args.work / f"hm-dev-2000-s{seed}"
         if not (data / "truth.json").exists():
-            subprocess.run([sys.executable, str(SHARED / "eval" / "inject.py"), str(SHARED / "data" / "hm-dev"),
-                            str(data), "--max-listings", "2000", "--seed", str(seed)], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(SHARED / "eval" / "inject.py"),
+                    str(SHARED / "data" / "hm-dev"),
+                    str(data),
+                    "--max-listings",
+                    "2000",
+                    "--seed",
+                    str(seed),
+                ],
+                check=True,
+                capture_output=True,
+            )
         for name, extra in variants + (ablations if args.ablations and n == 0 else []):
             scores = args.work / f"scores-s{seed}-{name.split()[0]}.jsonl"
             t0 = time.perf_counter()
-            cmd = [sys.executable, "-m", "ml_worker.evaluate", str(data), "--out", str(scores), "--train",
-                   "--cache-dir", str(args.work / "cache"), *extra]
+            cmd = [
+                sys.executable,
+                "-m",
+                "ml_worker.evaluate",
+                str(data),
+                "--out",
+                str(scores),
+                "--train",
+                "--cache-dir",
+                str(args.work / "cache"),
+                *extra,
+            ]
             if args.steps:
                 cmd += ["--steps", str(args.steps)]
             stderr = run(cmd)
             timing = json.loads(stderr.strip().splitlines()[-1])
-            metrics = subprocess.run([sys.executable, str(SHARED / "eval" / "metrics.py"), str(data), str(scores)],
-                                     check=True, capture_output=True, text=True).stdout
-            print(json.dumps({"seed": seed, "variant": name, "wall_s": round(time.perf_counter() - t0, 1),
-                              **timing, **json.loads(metrics)}), flush=True)
+            metrics = subprocess.run(
+                [sys.executable, str(SHARED / "eval" / "metrics.py"), str(data), str(scores)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            print(
+                json.dumps(
+                    {
+                        "seed": seed,
+                        "variant": name,
+                        "wall_s": round(time.perf_counter() - t0, 1),
+                        **timing,
+                        **json.loads(metrics),
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
