@@ -74,10 +74,21 @@ def augment_view(x: MapsInputs, generator: torch.Generator) -> MapsInputs:
 
 
 class FamilyBatchSampler:
-    """P families with 2+ training listings x K listings each (+ a few one-listing families)."""
+    """P families with 2+ training listings x K listings each (+ a few one-listing families), plus, for
+    some anchors, their look-alike from another family (mined by raw image similarity): the hard
+    negatives that teach the heads when a near-identical image is still another product."""
 
-    def __init__(self, family: np.ndarray, rows: np.ndarray, p: int, k: int, seed: int):
+    def __init__(
+        self,
+        family: np.ndarray,
+        rows: np.ndarray,
+        p: int,
+        k: int,
+        seed: int,
+        look_alikes: dict[int, np.ndarray] | None = None,
+    ):
         self.rng = np.random.default_rng(seed)
+        self.look_alikes = look_alikes or {}
         members = defaultdict(list)
         for r in rows:
             members[family[r]].append(r)
@@ -92,7 +103,29 @@ class FamilyBatchSampler:
         ]
         if len(self.single):
             batch.append(self.rng.choice(self.single, size=min(self.k * 2, len(self.single)), replace=False))
-        return np.unique(np.concatenate(batch))
+        anchors = np.concatenate(batch)
+        mined = [
+            self.rng.choice(self.look_alikes[a])
+            for a in anchors[: self.p]
+            if len(self.look_alikes.get(a, ()))
+        ]
+        return np.unique(np.concatenate([anchors, np.array(mined, dtype=anchors.dtype)]))
+
+
+def mine_look_alikes(features: FeatureCache, family: np.ndarray, rows: np.ndarray, per_row: int = 3) -> dict:
+    """For each training listing, its nearest training listings of other families by the raw
+    (mean+max pooled) image descriptor."""
+    top = features.top[torch.as_tensor(rows)].float()
+    raw = F.normalize(torch.cat([top.mean((2, 3)), top.amax((2, 3))], dim=1), dim=1)
+    result = {}
+    for start in range(0, len(rows), 1024):
+        sims = raw[start : start + 1024] @ raw.T
+        fam = torch.as_tensor(family[rows])
+        sims[fam[start : start + 1024, None] == fam[None, :]] = -2.0
+        nearest = sims.topk(min(per_row, len(rows) - 1), dim=1).indices
+        for offset, neighbours in enumerate(nearest.tolist()):
+            result[int(rows[start + offset])] = rows[neighbours]
+    return result
 
 
 def train_model(
@@ -134,6 +167,7 @@ def train_model(
         train_config.families_per_batch,
         train_config.listings_per_family,
         train_config.seed,
+        look_alikes=mine_look_alikes(features, labels.family, train_rows),
     )
     category_rows = defaultdict(list)
     for r in train_rows:
