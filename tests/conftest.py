@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from PIL import Image
 
 from catalog_review import runtime
 from catalog_review.celery import app as celery_app
+from catalog_review.management.commands.stack import worker_command
 from tests.factories import UserFactory
 
 ARTIFACTS = runtime.PROJECT_ROOT / "test-artifacts"
@@ -94,24 +94,7 @@ def celery_worker(django_db_setup, django_db_blocker, broker_url, media_root):
     hostname = f"test-{os.getpid()}@%h"
     log = open(media_root.parent / "worker.log", "w")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "catalog_review",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "--concurrency",
-            "2",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--hostname",
-            hostname,
-        ],
+        worker_command(concurrency=2, hostname=hostname),
         cwd=runtime.PROJECT_ROOT,
         env=env,
         stdout=log,

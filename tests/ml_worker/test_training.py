@@ -86,3 +86,15 @@ def test_adversarial_titles_change_distinguishing_words_with_same_category_words
         new_words = set(rewritten.split()) - set(titles[0].split()) - {"Black", "Red"}
         assert new_words <= {"Bella", "skirt", "denim", "Luna", "dress"}, rewritten
     assert generator(4) != titles[4]  # nothing in its category: another family's title
+
+
+def test_look_alikes_come_from_other_families_nearest_first(tiny):
+    from ml_worker.train import mine_look_alikes
+
+    families, features, labels = small_setup(tiny)
+    rows = np.arange(len(families))
+    mined = mine_look_alikes(features, labels.family, rows, per_row=2)
+    assert set(mined) == set(rows.tolist())
+    for anchor, neighbours in mined.items():
+        assert len(neighbours) == 2
+        assert all(labels.family[n] != labels.family[anchor] for n in neighbours)
