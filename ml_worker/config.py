@@ -58,7 +58,7 @@ class MapsConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 300
+    steps: int = 200
     families_per_batch: int = 24  # P
     listings_per_family: int = 3  # K
     lr: float = 1e-3
