@@ -102,7 +102,9 @@ class FamilyBatchSampler:
             self.rng.choice(self.multi[c], size=self.k, replace=len(self.multi[c]) < self.k) for c in chosen
         ]
         if len(self.single):
-            batch.append(self.rng.choice(self.single, size=min(self.k * 2, len(self.single)), replace=False))
+            # a catalogue of one-listing families only (e.g. a matching benchmark) still fills a batch
+            wanted = self.k * 2 if self.multi else self.p * self.k
+            batch.append(self.rng.choice(self.single, size=min(wanted, len(self.single)), replace=False))
         anchors = np.concatenate(batch)
         mined = [
             self.rng.choice(self.look_alikes[a])

@@ -98,3 +98,12 @@ def test_look_alikes_come_from_other_families_nearest_first(tiny):
     for anchor, neighbours in mined.items():
         assert len(neighbours) == 2
         assert all(labels.family[n] != labels.family[anchor] for n in neighbours)
+
+
+def test_trains_on_a_catalogue_of_one_listing_families(tiny):
+    families = [f"solo{i}" for i in range(12)]
+    features = random_features(tiny, families)
+    labels = Labels.build(families, [() for _ in families])
+    config = TrainConfig(steps=3, families_per_batch=3, listings_per_family=2)
+    model, info = train_model(features, labels, np.arange(12), tiny, config, progress=False)
+    assert np.isfinite(info["final_losses"]["loss"])
