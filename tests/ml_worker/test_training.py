@@ -105,5 +105,5 @@ def test_trains_on_a_catalogue_of_one_listing_families(tiny):
     features = random_features(tiny, families)
     labels = Labels.build(families, [() for _ in families])
     config = TrainConfig(steps=3, families_per_batch=3, listings_per_family=2)
-    model, info = train_model(features, labels, np.arange(12), tiny, config, progress=False)
+    _, info = train_model(features, labels, np.arange(12), tiny, config, progress=False)
     assert np.isfinite(info["final_losses"]["loss"])
