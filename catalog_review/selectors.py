@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, QuerySet
+from django.db.models import QuerySet
 
 from catalog_review.models import Category, Product, VariationFamily
 
@@ -24,11 +24,3 @@ def product_list(
 
 def family_members(*, family: VariationFamily) -> QuerySet[Product]:
     return family.products.select_related("category").order_by("sku")
-
-
-def catalogue_counts() -> dict:
-    return {
-        "products": Product.objects.count(),
-        "families": VariationFamily.objects.count(),
-        "multi_families": VariationFamily.objects.annotate(n=Count("products")).filter(n__gte=2).count(),
-    }

@@ -39,10 +39,6 @@ def encode_all(
     )
 
 
-def _subset(out: MapsOutput, idx) -> MapsOutput:
-    return MapsOutput(*(getattr(out, f)[idx] for f in MapsOutput.__dataclass_fields__))
-
-
 @torch.no_grad()
 def score_listings(
     model: MapsModel,
