@@ -12,6 +12,7 @@ app = Celery("catalog_review")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = (Queue("default"), Queue("gpu"))
 app.autodiscover_tasks(["catalog_review"])
+app.autodiscover_tasks(["catalog_review"], related_name="gpu_tasks")
 
 
 @app.on_after_configure.connect

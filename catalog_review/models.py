@@ -12,9 +12,11 @@ from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Upper
-from pgvector.django import HnswIndex, VectorField
+from pgvector.django import HalfVectorField, HnswIndex, VectorField
 
 EMBEDDING_DIM = 256
+RAW_IMAGE_DIM = 2560  # mean+max pooled EfficientNet-Lite0 head map
+RAW_TITLE_DIM = 384  # mean-pooled MiniLM token states
 
 
 class Category(models.Model):
@@ -143,13 +145,30 @@ class ModelVersion(models.Model):
 
 
 class ProductEmbedding(models.Model):
+    """What one model version computed for one listing: its vectors (pgvector; HNSW cosine indexes on
+    the fused, image and title embeddings), the backbone descriptors the pair head needs, the title-
+    guided attention map, and the listing's scores (written by the flagging stage)."""
+
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="embeddings")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="embeddings")
     vector = VectorField(dimensions=EMBEDDING_DIM)
+    image_vector = VectorField(dimensions=EMBEDDING_DIM, null=True)
+    title_vector = VectorField(dimensions=EMBEDDING_DIM, null=True)
+    raw_image = HalfVectorField(dimensions=RAW_IMAGE_DIM, null=True)
+    raw_title = VectorField(dimensions=RAW_TITLE_DIM, null=True)
+    attention = models.JSONField(default=list, blank=True, help_text="spatial attention map, rows x cols")
     # what the vector was computed from: a changed title or image makes it stale
     title_sha256 = models.CharField(max_length=64, blank=True, default="")
     image_sha256 = models.CharField(max_length=64, blank=True, default="")
+    # scores (DESIGN 4): null until the flagging stage ran, or where a score does not apply
+    wrong_variant_score = models.FloatField(null=True, blank=True)
+    duplicate_score = models.FloatField(null=True, blank=True)
+    duplicate_of = models.ForeignKey(
+        Product, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    evidence = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    scored_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -164,7 +183,21 @@ class ProductEmbedding(models.Model):
                 m=16,
                 ef_construction=64,
                 opclasses=["vector_cosine_ops"],
-            )
+            ),
+            HnswIndex(
+                name="embedding_image_hnsw_cosine",
+                fields=["image_vector"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            ),
+            HnswIndex(
+                name="embedding_title_hnsw_cosine",
+                fields=["title_vector"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            ),
         ]
 
     def __str__(self) -> str:
@@ -229,6 +262,31 @@ class Job(models.Model):
         return self.status in self.FINISHED
 
 
+class JobChunk(models.Model):
+    """One batch of a job's work. Marking it done is the idempotency guard: a re-delivered or retried
+    batch finds it done and writes nothing twice."""
+
+    class Stage(models.TextChoices):
+        EMBED = "embed", "embed"
+        FLAG = "flag", "flag"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="chunks")
+    stage = models.CharField(max_length=10, choices=Stage.choices)
+    index = models.PositiveIntegerField()
+    items = models.JSONField(default=list, help_text="product or family ids")
+    size = models.PositiveIntegerField(default=0, help_text="listings in this chunk")
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "stage", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "stage", "index"], name="one_chunk_per_job_stage_index")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stage} chunk {self.index} of job {self.job_id}"
+
+
 class Flag(models.Model):
     class Kind(models.TextChoices):
         WRONG_VARIANT = "wrong_variant", "wrong variant"
@@ -250,6 +308,12 @@ class Flag(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
     evidence = models.JSONField(default=dict, blank=True)
     heatmap = models.CharField(max_length=300, blank=True, default="")
+    # the listings as they were when flagged (sha256 of title + image sha256 of both): a rejected
+    # flag is raised again only when one of them changed
+    fingerprint = models.CharField(max_length=64, blank=True, default="")
+    last_job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", help_text="last asserted by"
+    )
     claimed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,

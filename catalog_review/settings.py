@@ -200,7 +200,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "catalog_review.tasks.*": {"queue": "default"},
-    "ml_worker.tasks.*": {"queue": "gpu"},
+    "catalog_review.gpu_tasks.*": {"queue": "gpu"},
 }
 CELERY_RESULT_BACKEND = None  # progress and results live in our Job table
 CELERY_TASK_IGNORE_RESULT = True
@@ -215,6 +215,22 @@ IMAGE_FETCH_TIMEOUT_S = env_float("IMAGE_FETCH_TIMEOUT_S", 15.0, minimum=0.1)
 IMAGE_FETCH_MAX_RETRIES = env_int("IMAGE_FETCH_MAX_RETRIES", 3)
 TITLE_MAX_CHARS = env_int("TITLE_MAX_CHARS", 500, minimum=1)
 CATALOGUE_PAGE_SIZE = env_int("CATALOGUE_PAGE_SIZE", 48, minimum=1)
+
+# --- Model, scoring, flags -----------------------------------------------------------------------
+# model versions (checkpoints) and cached backbone features; with several machines, shared storage
+MODEL_DIR = Path(env_str("MODEL_DIR", str(runtime.VAR_DIR / "models")))
+FEATURE_CACHE_DIR = Path(env_str("FEATURE_CACHE_DIR", str(runtime.VAR_DIR / "feature-cache")))
+ML_DEVICE = env_str("ML_DEVICE", "auto")  # auto = cuda when available, else cpu
+SCORE_CHUNK_LISTINGS = env_int("SCORE_CHUNK_LISTINGS", 256, minimum=1)  # listings per embedding task
+DUPLICATE_NEIGHBOURS = env_int("DUPLICATE_NEIGHBOURS", 20, minimum=1)  # kNN candidates per listing
+HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 100, minimum=1)
+FLAG_WRONG_VARIANT_THRESHOLD = env_float("FLAG_WRONG_VARIANT_THRESHOLD", 0.5)
+FLAG_DUPLICATE_THRESHOLD = env_float("FLAG_DUPLICATE_THRESHOLD", 0.5)
+TRAIN_STEPS = env_int("TRAIN_STEPS", 200, minimum=1)
+TRAIN_FOLDS = env_int("TRAIN_FOLDS", 2, minimum=1)
+# a new version is activated when its validation PR-AUC >= the active one's minus this tolerance
+PROMOTION_TOLERANCE = env_float("PROMOTION_TOLERANCE", 0.005)
+SCORE_ON_IMPORT = env_bool("SCORE_ON_IMPORT", True)  # import enqueues scoring of the changed families
 
 LOGGING = {
     "version": 1,

@@ -17,3 +17,24 @@ def fetch_product_image(self, *, product_id: int, url: str, job_id: int | None =
     except TransientFetchError as exc:
         # exponential backoff, capped at a minute
         raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from None
+
+
+@shared_task(acks_late=True)
+def flag_chunk(*, chunk_id: int) -> str:
+    """Stage 2 of a score job: duplicates (pgvector kNN + pair head) and flags for one chunk."""
+    from catalog_review.services.scoring import flag_chunk_run
+
+    return _run_chunk(flag_chunk_run, chunk_id)
+
+
+def _run_chunk(run, chunk_id: int) -> str:
+    from catalog_review.models import JobChunk
+    from catalog_review.services.jobs import job_fail
+
+    try:
+        return run(chunk_id)
+    except Exception as exc:
+        job_id = JobChunk.objects.filter(pk=chunk_id).values_list("job_id", flat=True).first()
+        if job_id:
+            job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+        raise

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--model", type=Path, help="score with this checkpoint instead of training")
     ap.add_argument("--save-model", type=Path, help="also train one model on all families and save it here")
-    ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument(
+        "--folds", type=int, default=2, help="cross-fitting folds; 1 = train on all families, score all"
+    )
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--modality", choices=["multimodal", "image", "title"], default="multimodal")
@@ -77,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         fold = family_folds(families, args.folds, args.seed)
         for k in range(args.folds):
+            # folds == 1: no cross-fitting, one model trained on every family scores every family
+            train_rows = np.nonzero(fold != k)[0] if args.folds > 1 else np.arange(len(listings))
             t = time.perf_counter()
             model, _ = train_model(
                 features,
                 labels,
-                np.nonzero(fold != k)[0],
+                train_rows,
                 config,
                 train_config,
                 device=device,

@@ -8,6 +8,7 @@ keyed by the catalogue content and the backbone settings.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -59,6 +60,17 @@ class FeatureCache:
         return self.top.shape[0]
 
 
+@functools.lru_cache(maxsize=2)
+def load_backbones(
+    image_weights: str | None, text_model_dir: str | None, max_tokens: int, device: str
+) -> tuple[EfficientNetLite0, TextEncoder]:
+    """The frozen backbones, loaded once per process (a worker keeps them between tasks)."""
+    image_model = EfficientNetLite0.pretrained(image_weights).to(device).eval()
+    if device.startswith("cuda"):
+        image_model = image_model.to(memory_format=torch.channels_last)
+    return image_model, TextEncoder(text_model_dir, max_tokens).to(device).eval()
+
+
 def cache_key(listings: list[Listing], config: MapsConfig) -> str:
     h = hashlib.sha256(
         json.dumps(
@@ -89,26 +101,29 @@ def extract_features(
     device: str = "cpu",
     seed: int = 0,
     progress: bool = True,
+    training: bool = True,
+    on_progress=None,
 ) -> FeatureCache:
+    """Backbone features of `listings`. `training=False` (scoring) skips the re-listing views and the
+    adversarial titles: one backbone pass per image; their fields then alias the plain ones (not cached:
+    the app scores in chunks whose content changes with the catalogue)."""
     cache_file = (
-        Path(cache_dir) / f"features-{cache_key(listings, config)}.safetensors" if cache_dir else None
+        Path(cache_dir) / f"features-{cache_key(listings, config)}.safetensors"
+        if cache_dir and training
+        else None
     )
     if cache_file and cache_file.exists():
         return FeatureCache(**load_file(str(cache_file)))
-    image_model = EfficientNetLite0.pretrained(config.image_weights).to(device)
-    if device.startswith("cuda"):
-        image_model = image_model.to(memory_format=torch.channels_last)
-    text_model = TextEncoder(config.text_model_dir, config.max_tokens).to(device)
+    image_model, text_model = load_backbones(
+        config.image_weights, config.text_model_dir, config.max_tokens, device
+    )
     n = len(listings)
     size = config.image_size
+    views = ("", "_aug") if training else ("",)
     maps = {
-        name: torch.zeros(n, channels, size // stride, size // stride, dtype=torch.float16)
-        for name, channels, stride in (
-            ("top", 1280, 32),
-            ("mid", 112, 16),
-            ("top_aug", 1280, 32),
-            ("mid_aug", 112, 16),
-        )
+        name + suffix: torch.zeros(n, channels, size // stride, size // stride, dtype=torch.float16)
+        for name, channels, stride in (("top", 1280, 32), ("mid", 112, 16))
+        for suffix in views
     }
     has_image = torch.zeros(n, dtype=torch.bool)
     rng = random.Random(seed)
@@ -120,7 +135,8 @@ def extract_features(
             present = [i for i, im in enumerate(images) if im is not None]
             if present:
                 rows = torch.tensor(present) + start
-                for suffix, view in (("", lambda im: im), ("_aug", lambda im: augment(im, rng))):
+                for suffix in views:
+                    view = (lambda im: im) if suffix == "" else (lambda im: augment(im, rng))
                     batch = torch.stack([to_tensor(view(images[i]), size) for i in present]).to(device)
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                         out = image_model(batch)
@@ -128,16 +144,29 @@ def extract_features(
                     maps["mid" + suffix][rows] = out.mid.float().cpu().half()
                 has_image[rows] = True
             bar.update(len(chunk))
+            if on_progress:
+                on_progress(start + len(chunk), n)
     bar.close()
+    tokens, token_mask = _encode_titles(
+        text_model, [x.title for x in listings], config, progress, "title features"
+    )
+    if not training:
+        return FeatureCache(
+            **maps,
+            top_aug=maps["top"],
+            mid_aug=maps["mid"],
+            has_image=has_image,
+            tokens=tokens,
+            token_mask=token_mask,
+            adv_tokens=tokens,
+            adv_mask=token_mask,
+        )
     generator = AdversarialTitleGenerator(
         [x.title for x in listings],
         [x.family for x in listings],
         [x.category for x in listings],
         colours=[str(x.attributes.get("colour", "")) for x in listings],
         seed=seed,
-    )
-    tokens, token_mask = _encode_titles(
-        text_model, [x.title for x in listings], config, progress, "title features"
     )
     adv_tokens, adv_mask = _encode_titles(
         text_model, [generator(i) for i in range(n)], config, progress, "adversarial titles"

@@ -52,6 +52,20 @@ class MapsOutput:
     raw_title: torch.Tensor  # (B, text_dim)
 
 
+def raw_descriptors(x: MapsInputs, modality: str = "multimodal") -> tuple[torch.Tensor, torch.Tensor]:
+    """Parameter-free descriptors, L2-normalised: the mean+max pooled head map of the image and the
+    mean-pooled title tokens (zero where a modality is absent or ablated)."""
+    raw_image = F.normalize(torch.cat([x.top.mean((2, 3)), x.top.amax((2, 3))], dim=1), dim=1)
+    raw_image = raw_image * x.has_image.unsqueeze(1)  # a title-only listing matches no image
+    token_weights = x.token_mask.unsqueeze(-1).to(x.tokens.dtype)
+    raw_title = F.normalize((x.tokens * token_weights).sum(1) / token_weights.sum(1).clamp(min=1), dim=1)
+    if modality == "image":
+        raw_title = torch.zeros_like(raw_title)
+    if modality == "title":
+        raw_image = torch.zeros_like(raw_image)
+    return raw_image, raw_title
+
+
 class AttentionPooling(nn.Module):
     """Self-attentive embedding: learned queries attend over the token states (one per head)."""
 
@@ -137,14 +151,7 @@ class MapsModel(nn.Module):
         if cfg.modality == "title":
             u, visual = torch.zeros_like(u), torch.zeros_like(visual)
         fused = self.fuse(torch.cat([u, t], dim=1))
-        raw_image = F.normalize(torch.cat([x.top.mean((2, 3)), x.top.amax((2, 3))], dim=1), dim=1)
-        raw_image = raw_image * x.has_image.unsqueeze(1)  # a title-only listing matches no image
-        token_weights = x.token_mask.unsqueeze(-1).to(x.tokens.dtype)
-        raw_title = F.normalize((x.tokens * token_weights).sum(1) / token_weights.sum(1).clamp(min=1), dim=1)
-        if cfg.modality == "image":
-            raw_title = torch.zeros_like(raw_title)
-        if cfg.modality == "title":
-            raw_image = torch.zeros_like(raw_image)
+        raw_image, raw_title = raw_descriptors(x, cfg.modality)
         return MapsOutput(
             embedding=F.normalize(fused, dim=1),
             image_embedding=F.normalize(self.image_proj(visual), dim=1),

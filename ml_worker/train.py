@@ -140,7 +140,9 @@ def train_model(
     device: str = "cpu",
     progress: bool = True,
     desc: str = "training",
+    on_step=None,
 ) -> tuple[MapsModel, dict]:
+    """Train a MAPS model on `train_rows`; `on_step(step, total)` is called every 10 steps (job progress)."""
     seed_everything(train_config.seed)
     generator = torch.Generator().manual_seed(train_config.seed)
     model = MapsModel(config).to(device)
@@ -259,6 +261,8 @@ def train_model(
         history.append(record)
         if step % 20 == 0:
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()})
+        if on_step and (step + 1) % 10 == 0:
+            on_step(step + 1, train_config.steps)
     model.eval()
     last = history[-min(50, len(history)) :]
     summary = {k: float(np.mean([h[k] for h in last])) for k in last[0]} if last else {}

@@ -1,0 +1,28 @@
+"""Celery tasks of the `gpu` queue: embedding and training. The model and the backbones are loaded
+lazily, once per worker process (never in the parent before fork)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from catalog_review.tasks import _run_chunk
+
+
+@shared_task(acks_late=True)
+def embed_chunk(*, chunk_id: int) -> str:
+    """Stage 1 of a score job: vectors, attention maps and wrong_variant scores for one chunk."""
+    from catalog_review.services.scoring import embed_chunk_run
+
+    return _run_chunk(embed_chunk_run, chunk_id)
+
+
+@shared_task(acks_late=True)
+def train_version(*, job_id: int) -> str:
+    from catalog_review.services.jobs import job_fail
+    from catalog_review.services.training import train_run
+
+    try:
+        return train_run(job_id)
+    except Exception as exc:
+        job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+        raise

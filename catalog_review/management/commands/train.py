@@ -1,0 +1,54 @@
+"""python manage.py train [--wait] [--activate] [--force] [--steps N]"""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from catalog_review.management.jobwait import require_worker, wait_for_job
+from catalog_review.services.training import TrainingError, train_start
+
+
+class Command(BaseCommand):
+    help = (
+        "Train a new model version from the catalogue's families (gpu queue) and print its validation "
+        "metrics next to the active version's on the same held-out data. --activate promotes it when it "
+        "is not worse (--force: regardless)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--wait", action="store_true", help="show a progress bar and return when done")
+        parser.add_argument(
+            "--activate", action="store_true", help="activate it if not worse than the active"
+        )
+        parser.add_argument("--force", action="store_true", help="with --activate: activate even if worse")
+        parser.add_argument("--steps", type=int, default=None, help="optimisation steps per model")
+        parser.add_argument("--no-progress", action="store_true")
+
+    def handle(self, *args, wait, activate, force, steps, no_progress, **options):
+        if force and not activate:
+            raise CommandError("--force only makes sense with --activate")
+        if steps is not None and steps < 1:
+            raise CommandError("--steps must be at least 1")
+        if wait:
+            require_worker("gpu")
+        try:
+            job = train_start(activate=activate, force=force, steps=steps)
+        except TrainingError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"Train job #{job.pk} queued.")
+        if not wait:
+            return
+        job = wait_for_job(job, desc="training", no_progress=no_progress)
+        c = job.counts
+        self.stdout.write(f"Model version {c['model_version']}")
+        self.stdout.write("validation (errors planted into held-out families), new vs active:")
+        new, old = c.get("validation") or {}, c.get("parent_on_same_data") or {}
+        for key in ("pr_auc", "wrong_variant_ap", "wrong_product_ap", "wrong_image_ap", "duplicate_ap"):
+            if key in new:
+                before = f"{old[key]:.4f}" if key in old else "-"
+                self.stdout.write(f"  {key:18s} {new[key]:.4f}   active {before}")
+        self.stdout.write(json.dumps({"validation": new, "active_on_same_data": old}))
+        style = self.style.SUCCESS if c.get("activated") else self.style.WARNING
+        self.stdout.write(style(("Activated: " if c.get("activated") else "Not activated: ") + c["gate"]))

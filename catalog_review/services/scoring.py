@@ -1,0 +1,549 @@
+"""Scoring a catalogue (or a scope of it) with a model version, in two stages of idempotent chunks.
+
+1. embed (gpu queue), one task per chunk of whole families: backbone features, the final model's
+   vectors + attention map -> ProductEmbedding (upsert: one row per listing and version), and each
+   listing's wrong_variant_score from the fold model that never trained on its family.
+2. flag (default queue), one task per chunk, once every embed chunk is done: duplicate candidates
+   from a pgvector HNSW kNN search over the whole catalogue (fused and image vectors), scored by the
+   final model's pair head; flags raised, updated in place, or marked stale; heatmaps rendered.
+
+A chunk is marked done in the same transaction that writes its results, so a re-delivered or
+retried task writes nothing twice, and a worker killed mid-chunk leaves nothing half-written (the
+message is re-delivered: acks_late + reject_on_worker_lost). The last chunk of a stage, under a row
+lock on the job, starts the next stage or finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+from pgvector import HalfVector
+
+from catalog_review.models import (
+    Flag,
+    ImageStatus,
+    Job,
+    JobChunk,
+    ModelVersion,
+    Product,
+    ProductEmbedding,
+    VariationFamily,
+)
+from catalog_review.services.jobs import job_create, job_mark_running
+from catalog_review.services.model_versions import active_version, load_model, ml_device
+from ml_worker.catalogue import Listing
+from ml_worker.features import extract_features
+from ml_worker.heatmap import render_heatmap
+from ml_worker.modeling_maps import MapsOutput
+
+log = logging.getLogger(__name__)
+
+
+class ScopeError(ValueError):
+    """A score scope that names nothing (unknown family, category or sku)."""
+
+
+# --- scope -----------------------------------------------------------------------------------------
+
+
+def scope_family_ids(scope: dict) -> list[int]:
+    """Families to score. Scopes: {} (everything), {"family": code}, {"category": path},
+    {"skus": [...]}, {"product_ids": [...]}; a listing is always scored with its whole family."""
+    families = VariationFamily.objects.all()
+    if "family" in scope:
+        families = families.filter(code=scope["family"])
+        if not families.exists():
+            raise ScopeError(f"no family with code {scope['family']!r}")
+    if "category" in scope:
+        path = scope["category"]
+        products = Product.objects.filter(Q(category__path=path) | Q(category__path__startswith=path + " > "))
+        if not products.exists():
+            raise ScopeError(f"no listing in category {path!r}")
+        families = families.filter(products__in=products)
+    if "skus" in scope:
+        skus = list(scope["skus"])
+        found = set(Product.objects.filter(sku__in=skus).values_list("sku", flat=True))
+        missing = [s for s in skus if s not in found]
+        if missing:
+            raise ScopeError(f"unknown sku(s): {', '.join(missing[:10])}")
+        families = families.filter(products__sku__in=skus)
+    if "product_ids" in scope:
+        families = families.filter(products__id__in=scope["product_ids"])
+    return list(families.order_by("id").values_list("id", flat=True).distinct())
+
+
+def _family_chunks(family_ids: list[int], chunk_listings: int) -> list[tuple[list[int], int]]:
+    sizes = dict(
+        Product.objects.filter(family_id__in=family_ids).values_list("family_id").annotate(n=Count("id"))
+    )
+    chunks, current, size = [], [], 0
+    for fid in family_ids:
+        n = sizes.get(fid, 0)
+        if current and size + n > chunk_listings:
+            chunks.append((current, size))
+            current, size = [], 0
+        current.append(fid)
+        size += n
+    if current:
+        chunks.append((current, size))
+    return chunks
+
+
+def score_start(*, scope: dict | None = None, requested_by=None, version: ModelVersion | None = None) -> Job:
+    """Create a score job and enqueue its embed chunks (after commit)."""
+    from catalog_review.gpu_tasks import embed_chunk
+
+    scope = dict(scope or {})
+    version = version or active_version()
+    family_ids = scope_family_ids(scope)
+    chunks = _family_chunks(family_ids, settings.SCORE_CHUNK_LISTINGS)
+    listings = sum(size for _, size in chunks)
+    with transaction.atomic():
+        job = job_create(
+            kind=Job.Kind.SCORE,
+            scope=scope | {"model_version": version.name, "model_version_id": version.pk},
+            total=2 * listings,  # each listing is embedded, then flagged
+            requested_by=requested_by,
+        )
+        rows = JobChunk.objects.bulk_create(
+            JobChunk(job=job, stage=JobChunk.Stage.EMBED, index=i, items=ids, size=size)
+            for i, (ids, size) in enumerate(chunks)
+        )
+        if not rows:
+            Job.objects.filter(pk=job.pk).update(
+                status=Job.Status.SUCCEEDED, finished_at=timezone.now(), counts={"listings": 0}
+            )
+        ids = [r.pk for r in rows]
+        transaction.on_commit(lambda: [embed_chunk.delay(chunk_id=i) for i in ids])
+    job.refresh_from_db()
+    return job
+
+
+# --- listings as the model sees them ----------------------------------------------------------------
+
+
+def product_listing(product: Product) -> Listing:
+    image = None
+    if product.image_status == ImageStatus.OK and product.image:
+        image = Path(settings.MEDIA_ROOT) / product.image
+    return Listing(
+        sku=product.sku,
+        title=product.title,
+        family=product.family.code,
+        category=tuple(product.category_path),
+        attributes=product.attributes,
+        image=image,
+    )
+
+
+def title_sha256(title: str) -> str:
+    return hashlib.sha256(title.encode("utf-8")).hexdigest()
+
+
+def _encode(model, inputs, batch_size: int = 128) -> MapsOutput:
+    parts = []
+    n = inputs.top.shape[0]
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            parts.append(model(inputs.index(slice(start, start + batch_size))))
+    return MapsOutput(
+        *(torch.cat([getattr(p, f).float().cpu() for p in parts]) for f in MapsOutput.__dataclass_fields__)
+    )
+
+
+def _claim(chunk_id: int) -> JobChunk | None:
+    chunk = JobChunk.objects.select_related("job").filter(pk=chunk_id).first()
+    if chunk is None or chunk.done_at is not None or chunk.job.is_finished:
+        return None
+    job_mark_running(job_id=chunk.job_id)
+    return chunk
+
+
+def _finish_chunk(chunk: JobChunk) -> bool:
+    """Inside the result transaction: mark the chunk done (False when another delivery already did)
+    and count its listings."""
+    if not JobChunk.objects.filter(pk=chunk.pk, done_at__isnull=True).update(done_at=timezone.now()):
+        return False
+    Job.objects.filter(pk=chunk.job_id).update(done=F("done") + chunk.size, heartbeat_at=timezone.now())
+    return True
+
+
+# --- stage 1: embed ---------------------------------------------------------------------------------
+
+
+def embed_chunk_run(chunk_id: int) -> str:
+    chunk = _claim(chunk_id)
+    if chunk is None:
+        return "nothing to do"
+    job = chunk.job
+    version = ModelVersion.objects.get(pk=job.scope["model_version_id"])
+    model = load_model(version)
+    device = ml_device()
+    products = list(
+        Product.objects.filter(family_id__in=chunk.items).select_related("family", "category").order_by("id")
+    )
+    rows = []
+    if products:
+        listings = [product_listing(p) for p in products]
+        features = extract_features(listings, model.config, device=device, progress=False, training=False)
+        inputs = features.inputs(torch.arange(len(products))).to(device)
+        out = _encode(model.final.to(device), inputs)
+        wrong_variant, evidence = _wrong_variant_scores(model, products, inputs, device)
+        now = timezone.now()
+        for i, p in enumerate(products):
+            rows.append(
+                ProductEmbedding(
+                    product=p,
+                    model_version=version,
+                    vector=out.embedding[i].numpy(),
+                    image_vector=out.image_embedding[i].numpy() if features.has_image[i] else None,
+                    title_vector=out.title_embedding[i].numpy(),
+                    raw_image=HalfVector(out.raw_image[i].numpy()),
+                    raw_title=out.raw_title[i].numpy(),
+                    attention=[[round(v, 5) for v in row] for row in out.spatial_attention[i].tolist()],
+                    title_sha256=title_sha256(p.title),
+                    image_sha256=p.image_sha256,
+                    wrong_variant_score=wrong_variant.get(p.pk),
+                    duplicate_score=None,
+                    duplicate_of=None,
+                    evidence=evidence.get(p.pk, {}),
+                    scored_at=now,
+                )
+            )
+    with transaction.atomic():
+        if not _finish_chunk(chunk):
+            return "already done"
+        ProductEmbedding.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["product", "model_version"],
+            update_fields=[
+                "vector",
+                "image_vector",
+                "title_vector",
+                "raw_image",
+                "raw_title",
+                "attention",
+                "title_sha256",
+                "image_sha256",
+                "wrong_variant_score",
+                "duplicate_score",
+                "duplicate_of",
+                "evidence",
+                "scored_at",
+            ],
+        )
+        _maybe_next_stage(chunk.job_id, JobChunk.Stage.EMBED)
+    return f"embedded {len(rows)}"
+
+
+def _wrong_variant_scores(model, products: list[Product], inputs, device: str) -> tuple[dict, dict]:
+    """1 - mean P(same family) against the other members, from the model that never saw the family."""
+    members = defaultdict(list)
+    for i, p in enumerate(products):
+        members[p.family.code].append(i)
+    by_model = defaultdict(list)
+    for code, idx in members.items():
+        if len(idx) > 1:
+            by_model[id(model.family_model(code))].append(code)
+    scores, evidence = {}, {}
+    for codes in by_model.values():
+        family_model = model.family_model(codes[0]).to(device)
+        rows = [i for code in codes for i in members[code]]
+        out = _encode(family_model, inputs.index(torch.as_tensor(rows)))
+        local = {r: k for k, r in enumerate(rows)}
+        for code in codes:
+            idx = members[code]
+            for i in idx:
+                others = [j for j in idx if j != i]
+                with torch.no_grad():
+                    p = torch.sigmoid(
+                        family_model.pair_logits(
+                            out,
+                            out,
+                            torch.as_tensor([local[i]] * len(others)),
+                            torch.as_tensor([local[j] for j in others]),
+                        )[:, 0]
+                    ).tolist()
+                scores[products[i].pk] = 1.0 - float(np.mean(p))
+                evidence[products[i].pk] = {
+                    "family_agreement": [
+                        {"sku": products[j].sku, "p_same_family": round(v, 4)}
+                        for j, v in zip(others, p, strict=True)
+                    ]
+                }
+    return scores, evidence
+
+
+def _maybe_next_stage(job_id: int, stage: str) -> None:
+    """Called in a chunk's result transaction: the last chunk of a stage starts the next one."""
+    job = Job.objects.select_for_update().get(pk=job_id)
+    if JobChunk.objects.filter(job=job, stage=stage, done_at__isnull=True).exists():
+        return
+    if stage == JobChunk.Stage.EMBED:
+        if JobChunk.objects.filter(job=job, stage=JobChunk.Stage.FLAG).exists():
+            return
+        embed_chunks = JobChunk.objects.filter(job=job, stage=JobChunk.Stage.EMBED).order_by("index")
+        flag_chunks = JobChunk.objects.bulk_create(
+            JobChunk(job=job, stage=JobChunk.Stage.FLAG, index=c.index, items=c.items, size=c.size)
+            for c in embed_chunks
+        )
+        from catalog_review.tasks import flag_chunk
+
+        ids = [c.pk for c in flag_chunks]
+        transaction.on_commit(lambda: [flag_chunk.delay(chunk_id=i) for i in ids])
+    else:
+        _finish_score_job(job)
+
+
+# --- stage 2: duplicates and flags ----------------------------------------------------------------
+
+_KNN_SQL = """
+SELECT q.product_id, c.product_id
+FROM catalog_review_productembedding q
+CROSS JOIN LATERAL (
+    SELECT e.product_id FROM catalog_review_productembedding e
+    WHERE e.model_version_id = q.model_version_id AND e.product_id <> q.product_id
+    ORDER BY e.{column} <=> q.{column}
+    LIMIT %s
+) c
+WHERE q.model_version_id = %s AND q.product_id = ANY(%s)
+"""
+
+
+def knn_candidates(version_id: int, product_ids: list[int], k: int) -> dict[int, set[int]]:
+    """Nearest listings of each product by the fused vector and by the image vector (pgvector HNSW)."""
+    candidates = defaultdict(set)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(settings.HNSW_EF_SEARCH, k)])
+        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        for column, limit in (("vector", k), ("image_vector", max(1, k // 2))):
+            cursor.execute(_KNN_SQL.format(column=column), [limit, version_id, product_ids])
+            for q, c in cursor.fetchall():
+                candidates[q].add(c)
+    return candidates
+
+
+def _outputs(embeddings: list[ProductEmbedding]) -> MapsOutput:
+    def stack(values):
+        return torch.as_tensor(np.stack([np.asarray(v, dtype=np.float32) for v in values]))
+
+    n = len(embeddings)
+    return MapsOutput(
+        embedding=stack([e.vector for e in embeddings]),
+        image_embedding=stack([e.image_vector for e in embeddings]),
+        title_embedding=stack([e.title_vector for e in embeddings]),
+        spatial_attention=torch.zeros(n, 1, 1),
+        channel_attention=torch.zeros(n, 1),
+        crop_box=torch.zeros(n, 4),
+        raw_image=stack([e.raw_image.to_numpy() for e in embeddings]),
+        raw_title=stack([e.raw_title for e in embeddings]),
+    )
+
+
+def flag_chunk_run(chunk_id: int) -> str:
+    chunk = _claim(chunk_id)
+    if chunk is None:
+        return "nothing to do"
+    job = chunk.job
+    version = ModelVersion.objects.get(pk=job.scope["model_version_id"])
+    model = load_model(version).final.cpu()
+    mine = {
+        e.product_id: e
+        for e in ProductEmbedding.objects.filter(
+            model_version=version, product__family_id__in=chunk.items
+        ).select_related("product", "product__family")
+    }
+    with transaction.atomic():  # SET LOCAL needs a transaction
+        candidates = knn_candidates(version.pk, list(mine), settings.DUPLICATE_NEIGHBOURS)
+    others = {c for cs in candidates.values() for c in cs} - set(mine)
+    pool = dict(mine)
+    pool.update(
+        (e.product_id, e)
+        for e in ProductEmbedding.objects.filter(model_version=version, product_id__in=others).select_related(
+            "product"
+        )
+    )
+    ids = list(pool)
+    position = {pid: i for i, pid in enumerate(ids)}
+    out = _outputs([pool[pid] for pid in ids])
+    best = {}
+    pairs_i, pairs_j = [], []
+    for pid, cs in candidates.items():
+        for c in cs:
+            pairs_i.append(position[pid])
+            pairs_j.append(position[c])
+    if pairs_i:
+        with torch.no_grad():
+            p = torch.sigmoid(
+                model.pair_logits(out, out, torch.as_tensor(pairs_i), torch.as_tensor(pairs_j))[:, 1]
+            ).tolist()
+        for a, b, v in zip(pairs_i, pairs_j, p, strict=True):
+            pid = ids[a]
+            if pid not in best or v > best[pid][1]:
+                best[pid] = (ids[b], v)
+
+    counts = defaultdict(int)
+    now = timezone.now()
+    with transaction.atomic():
+        if not _finish_chunk(chunk):
+            return "already done"
+        for pid, e in mine.items():
+            match = best.get(pid)
+            e.duplicate_of_id, e.duplicate_score = (match[0], match[1]) if match else (None, None)
+            e.scored_at = now
+        ProductEmbedding.objects.bulk_update(
+            list(mine.values()), ["duplicate_of", "duplicate_score", "scored_at"]
+        )
+        for pid, e in mine.items():
+            product = e.product
+            if (
+                e.wrong_variant_score is not None
+                and e.wrong_variant_score >= settings.FLAG_WRONG_VARIANT_THRESHOLD
+            ):
+                agreement = e.evidence.get("family_agreement", [])
+                agreeing = sum(1 for a in agreement if a["p_same_family"] >= 0.5)
+                outcome = assert_flag(
+                    kind=Flag.Kind.WRONG_VARIANT,
+                    product=product,
+                    counterpart=None,
+                    score=e.wrong_variant_score,
+                    version=version,
+                    job=job,
+                    evidence={
+                        "wrong_variant_score": round(e.wrong_variant_score, 4),
+                        "agrees_with": agreeing,
+                        "family_size": len(agreement) + 1,
+                        "family_agreement": agreement,
+                    },
+                    heatmap=_heatmap(product, e, version),
+                )
+                counts[f"wrong_variant_{outcome}"] += 1
+            match = best.get(pid)
+            if match and match[1] >= settings.FLAG_DUPLICATE_THRESHOLD:
+                other = pool[match[0]]
+                a, b = (e, other) if pid < match[0] else (other, e)
+                outcome = assert_flag(
+                    kind=Flag.Kind.DUPLICATE,
+                    product=a.product,
+                    counterpart=b.product,
+                    score=match[1],
+                    version=version,
+                    job=job,
+                    evidence={
+                        "duplicate_score": round(match[1], 4),
+                        "found_from": product.sku,
+                        "same_family": a.product.family_id == b.product.family_id,
+                        "image_cosine": round(
+                            float(np.dot(a.raw_image.to_numpy(), b.raw_image.to_numpy())), 4
+                        ),
+                        "title_cosine": round(float(np.dot(a.raw_title, b.raw_title)), 4),
+                        "counterpart_heatmap": _heatmap(b.product, b, version),
+                    },
+                    heatmap=_heatmap(a.product, a, version),
+                )
+                counts[f"duplicate_{outcome}"] += 1
+        if counts:
+            _add_counts(job.pk, counts)
+        _maybe_next_stage(job.pk, JobChunk.Stage.FLAG)
+    return f"flagged {dict(counts)}"
+
+
+def _add_counts(job_id: int, counts: dict) -> None:
+    job = Job.objects.select_for_update().get(pk=job_id)
+    merged = dict(job.counts)
+    for k, v in counts.items():
+        merged[k] = merged.get(k, 0) + v
+    Job.objects.filter(pk=job_id).update(counts=merged)
+
+
+def flag_fingerprint(product: Product, counterpart: Product | None) -> str:
+    parts = [product.title, product.image_sha256]
+    if counterpart is not None:
+        parts += [counterpart.title, counterpart.image_sha256]
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+
+
+def assert_flag(*, kind, product, counterpart, score, version, job, evidence, heatmap: str = "") -> str:
+    """Raise, update or suppress one flag. Returns "created", "updated" or "suppressed".
+
+    A flag a reviewer already decided for the same pair is never raised again unless one of the
+    listings changed (title or image); an open flag is updated in place."""
+    fingerprint = flag_fingerprint(product, counterpart)
+    same_pair = Flag.objects.filter(kind=kind, product=product, counterpart=counterpart)
+    if same_pair.filter(
+        status__in=[Flag.Status.CONFIRMED, Flag.Status.REJECTED], fingerprint=fingerprint
+    ).exists():
+        return "suppressed"
+    fields = {
+        "score": score,
+        "model_version": version,
+        "evidence": evidence,
+        "heatmap": heatmap,
+        "fingerprint": fingerprint,
+        "last_job": job,
+    }
+    existing = same_pair.select_for_update().filter(status=Flag.Status.OPEN).first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                Flag.objects.create(kind=kind, product=product, counterpart=counterpart, **fields)
+            return "created"
+        except IntegrityError:  # raised at the same moment by another chunk
+            existing = same_pair.select_for_update().get(status=Flag.Status.OPEN)
+    if existing.last_job_id == job.pk and existing.score > score:
+        return "updated"  # both directions of a duplicate pair: keep the higher score
+    for name, value in fields.items():
+        setattr(existing, name, value)
+    existing.save(update_fields=[*fields, "updated_at"])
+    return "updated"
+
+
+def _finish_score_job(job: Job) -> None:
+    """Open flags of the scope that this job did not assert no longer hold: stale."""
+    family_ids = [fid for c in job.chunks.filter(stage=JobChunk.Stage.FLAG) for fid in c.items]
+    open_flags = Flag.objects.filter(status=Flag.Status.OPEN).exclude(last_job=job)
+    stale = open_flags.filter(kind=Flag.Kind.WRONG_VARIANT, product__family_id__in=family_ids).update(
+        status=Flag.Status.STALE
+    )
+    stale += open_flags.filter(
+        kind=Flag.Kind.DUPLICATE,
+        product__family_id__in=family_ids,
+        counterpart__family_id__in=family_ids,
+    ).update(status=Flag.Status.STALE)
+    counts = dict(job.counts)
+    counts["stale"] = stale
+    counts["listings"] = job.total // 2
+    counts["open_flags"] = Flag.objects.filter(status=Flag.Status.OPEN, last_job=job).count()
+    Job.objects.filter(pk=job.pk).update(
+        status=Job.Status.SUCCEEDED, finished_at=timezone.now(), counts=counts, done=job.total
+    )
+
+
+def _heatmap(product: Product, embedding: ProductEmbedding, version: ModelVersion) -> str:
+    """Media path of the listing's title-guided attention heatmap (rendered once per image+version)."""
+    if product.image_status != ImageStatus.OK or not product.image or not embedding.attention:
+        return ""
+    key = f"{product.image_sha256[:16]}-{title_sha256(product.title)[:8]}"
+    relative = f"heatmaps/v{version.pk}/{product.pk}-{key}.png"
+    target = Path(settings.MEDIA_ROOT) / relative
+    if not target.exists():
+        try:
+            png = render_heatmap(Path(settings.MEDIA_ROOT) / product.image, np.asarray(embedding.attention))
+        except OSError as exc:
+            log.warning("heatmap of %s not rendered: %s", product.sku, exc)
+            return ""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(png)
+        tmp.replace(target)
+    return relative

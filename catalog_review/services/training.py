@@ -1,0 +1,149 @@
+"""Training a new model version from the catalogue (a `train` job on the gpu queue).
+
+The catalogue's families are the weak labels (reviewer labels join them with the review loop). The
+trainer builds a cross-fitted version (ml_worker.ensemble): fold models score the families they
+never saw, a final model gives the embeddings. Each fold model is validated on errors planted into
+its held-out families, and the active version is measured on exactly the same plants: the promotion
+gate compares the two.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from catalog_review.models import Job, ModelVersion, Product
+from catalog_review.services.jobs import job_create, job_mark_running, job_set_progress
+from catalog_review.services.model_versions import (
+    activate_version,
+    active_version,
+    load_model,
+    ml_device,
+    promotion_decision,
+)
+from catalog_review.services.scoring import product_listing
+from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.ensemble import save_cross_fit, train_cross_fit
+from ml_worker.features import extract_features
+
+MIN_FAMILIES = 4  # with 2+ listings each: fewer gives no negatives to learn from
+
+
+class TrainingError(Exception):
+    pass
+
+
+def train_start(
+    *, requested_by=None, activate: bool = False, force: bool = False, steps: int | None = None
+) -> Job:
+    from catalog_review.gpu_tasks import train_version
+
+    steps = steps or settings.TRAIN_STEPS
+    if steps < 1:
+        raise TrainingError("steps must be at least 1")
+    with transaction.atomic():
+        job = job_create(
+            kind=Job.Kind.TRAIN,
+            scope={"activate": activate, "force": force, "steps": steps, "folds": settings.TRAIN_FOLDS},
+            requested_by=requested_by,
+        )
+        transaction.on_commit(lambda: train_version.delay(job_id=job.pk))
+    return job
+
+
+def train_run(job_id: int) -> str:
+    job = Job.objects.get(pk=job_id)
+    if job.is_finished:
+        return "nothing to do"
+    job_mark_running(job_id=job.pk)
+    started = time.perf_counter()
+    products = list(Product.objects.select_related("family", "category").order_by("id"))
+    families = [p.family.code for p in products]
+    sizes = {}
+    for code in families:
+        sizes[code] = sizes.get(code, 0) + 1
+    trainable = sum(1 for n in sizes.values() if n >= 2)
+    if trainable < MIN_FAMILIES:
+        raise TrainingError(
+            f"the catalogue has {trainable} families with 2+ listings; training needs at least {MIN_FAMILIES}"
+        )
+    scope = job.scope
+    config = MapsConfig()
+    train_config = TrainConfig(steps=scope.get("steps", settings.TRAIN_STEPS), folds=scope.get("folds", 2))
+    runs = train_config.folds + 1 if train_config.folds > 1 else 1
+    n = len(products)
+    total = n + runs * train_config.steps
+    job_set_progress(job=job, done=0, total=total, counts={"phase": "features"})
+    device = ml_device()
+    features = extract_features(
+        [product_listing(p) for p in products],
+        config,
+        cache_dir=settings.FEATURE_CACHE_DIR,
+        device=device,
+        progress=False,
+        on_progress=lambda done, _n: job_set_progress(job=job, done=done),
+    )
+    features_s = time.perf_counter() - started
+    job_set_progress(job=job, done=n, counts={"phase": "training"})
+    parent = active_version()
+    model, info = train_cross_fit(
+        features,
+        families,
+        [tuple(p.category_path) for p in products],
+        config,
+        train_config,
+        device=device,
+        progress=False,
+        on_progress=lambda done, _t: job_set_progress(job=job, done=n + done),
+        baseline=load_model(parent),
+    )
+    name = f"maps-{timezone.now():%Y%m%d-%H%M%S}-j{job.pk}"
+    directory = settings.MODEL_DIR / name
+    digest = save_cross_fit(model, directory, metadata={"train": train_config.to_dict(), "job": job.pk})
+    validation = info.pop("validation")
+    baseline = info.pop("baseline_validation", None)
+    with transaction.atomic():
+        version = ModelVersion.objects.create(
+            name=name,
+            checkpoint_path=str(directory),
+            checkpoint_sha256=digest,
+            config={"kind": "maps-cross-fit", "model": config.to_dict(), "train": train_config.to_dict()},
+            metrics={
+                "validation": validation,
+                "parent_on_same_data": baseline,
+                "features_s": round(features_s, 1),
+                "total_s": round(time.perf_counter() - started, 1),
+                **info,
+            },
+            training_data={
+                "family_listings": n,
+                "families": len(sizes),
+                "trainable_families": trainable,
+                "review_pairs": 0,
+            },
+            parent=parent,
+            created_by=job.requested_by,
+        )
+        ok, reason = promotion_decision(validation, baseline)
+        activated = False
+        if scope.get("activate") and (ok or scope.get("force")):
+            activate_version(version)
+            activated = True
+            if not ok:
+                reason += " (activated anyway: forced)"
+        Job.objects.filter(pk=job.pk).update(
+            status=Job.Status.SUCCEEDED,
+            finished_at=timezone.now(),
+            done=total,
+            counts={
+                "model_version": name,
+                "activated": activated,
+                "gate": reason,
+                "validation": validation,
+                "parent_on_same_data": baseline,
+            },
+        )
+    return f"trained {name}"

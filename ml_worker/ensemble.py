@@ -1,0 +1,186 @@
+"""A model version as the app uses it: cross-fitted fold models plus one final model.
+
+The catalogue's families are the training labels, and they contain the errors we hunt: a model that
+trained on a wrong listing as a member of its family calls it consistent. Measured on hm-dev (seed 7,
+200 steps, BENCHMARKS.md): one model trained on every family and scoring every family reaches
+wrong_variant AP 0.684; 2-fold cross-fitting (each family scored by a model that never saw it) 0.751.
+So a version holds:
+- `folds[k]`: trained without the families of fold k; scores the wrong variants of fold k's families;
+- `final`: trained on every family; gives the stored embeddings (pgvector kNN, search), the duplicate
+  scores and the attention maps, which compare listings across families.
+A family's fold is a stable hash of its code, so it never changes between jobs or machines.
+
+On disk: `final/`, `fold-0/`, ... (each a safetensors checkpoint, ml_worker.checkpoint) and
+`manifest.json` with their sha256; the sha256 of the manifest identifies the version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
+from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.features import FeatureCache
+from ml_worker.train import Labels, train_model
+from ml_worker.validation import planted_validation
+from ml_worker.zero_shot import ZeroShotModel
+
+MANIFEST = "manifest.json"
+
+
+def family_fold(family_code: str, folds: int) -> int:
+    if folds <= 1:
+        return 0
+    return int(hashlib.sha256(family_code.encode("utf-8")).hexdigest()[:12], 16) % folds
+
+
+@dataclass
+class CrossFitModel:
+    final: nn.Module
+    folds: list[nn.Module] = field(default_factory=list)
+
+    @property
+    def config(self) -> MapsConfig:
+        return self.final.config
+
+    def family_model(self, family_code: str) -> nn.Module:
+        """The model that scores this family's wrong variants (one that never trained on it)."""
+        if not self.folds:
+            return self.final
+        return self.folds[family_fold(family_code, len(self.folds))]
+
+    @classmethod
+    def zero_shot(cls, config: MapsConfig | None = None) -> CrossFitModel:
+        return cls(final=ZeroShotModel(config or MapsConfig()))
+
+
+def save_cross_fit(model: CrossFitModel, directory: Path, *, metadata: dict | None = None) -> str:
+    """Write every member checkpoint and the manifest; return the manifest's sha256."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    members = {"final": model.final} | {f"fold-{k}": m for k, m in enumerate(model.folds)}
+    manifest = {
+        "members": {name: save_checkpoint(m, directory / name) for name, m in members.items()},
+        "folds": len(model.folds),
+        **(metadata or {}),
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return sha256_file(directory / MANIFEST)
+
+
+def load_cross_fit(directory: Path, *, expected_sha256: str | None = None) -> CrossFitModel:
+    """Load a saved version, refusing it when any file does not match its recorded sha256."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        raise CheckpointError(f"{directory}: not a model version (no {MANIFEST})")
+    digest = sha256_file(manifest_path)
+    if expected_sha256 and digest != expected_sha256:
+        raise CheckpointError(
+            f"{manifest_path}: sha256 {digest} does not match the recorded {expected_sha256}; "
+            "the model version is corrupt or was replaced"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    loaded = {
+        name: load_checkpoint(directory / name, expected_sha256=sha)[0]
+        for name, sha in manifest["members"].items()
+    }
+    return CrossFitModel(final=loaded["final"], folds=[loaded[f"fold-{k}"] for k in range(manifest["folds"])])
+
+
+def train_cross_fit(
+    features: FeatureCache,
+    family_codes: list[str],
+    categories: list[tuple[str, ...]],
+    config: MapsConfig,
+    train_config: TrainConfig,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+    baseline: CrossFitModel | None = None,
+) -> tuple[CrossFitModel, dict]:
+    """Train the fold models and the final model; validate every fold model on errors planted into
+    the families it never saw (and `baseline`, the active version, on exactly the same plants)."""
+    labels = Labels.build(family_codes, categories)
+    k = max(1, train_config.folds)
+    fold = np.array([family_fold(code, k) for code in family_codes])
+    runs = [*range(k), "final"] if k > 1 else ["final"]
+    total = len(runs) * train_config.steps
+    done = 0
+
+    def step(s: int, _total: int) -> None:
+        if on_progress:
+            on_progress(done + s, total)
+
+    fold_models, validation, baseline_validation = [], [], []
+    info = {"folds": k if k > 1 else 0, "listings": len(family_codes), "families": len(set(family_codes))}
+    for run in runs:
+        rows = np.nonzero(fold != run)[0] if run != "final" else np.arange(len(family_codes))
+        model, run_info = train_model(
+            features,
+            labels,
+            rows,
+            config,
+            train_config,
+            device=device,
+            progress=progress,
+            desc=f"fold {run + 1}/{k}" if run != "final" else "final model",
+            on_step=step,
+        )
+        done += train_config.steps
+        if run == "final":
+            info["final_losses"] = run_info["final_losses"]
+            final = model
+            continue
+        fold_models.append(model)
+        held_out = np.nonzero(fold == run)[0]
+        seed = train_config.seed + run
+        validation.append(
+            planted_validation(model, features, labels.family, labels.leaf_category, held_out, seed=seed)
+        )
+        if baseline is not None:
+            baseline_validation.append(
+                planted_validation(
+                    _fold_model_for(baseline, run, k),
+                    features,
+                    labels.family,
+                    labels.leaf_category,
+                    held_out,
+                    seed=seed,
+                )
+            )
+    if k == 1:  # no held-out families: validate on planted errors among all (optimistic; noted)
+        validation.append(
+            planted_validation(
+                final, features, labels.family, labels.leaf_category, np.arange(len(family_codes))
+            )
+        )
+    info["validation"] = _mean_metrics(validation)
+    if baseline is not None and baseline_validation:
+        info["baseline_validation"] = _mean_metrics(baseline_validation)
+    return CrossFitModel(final=final, folds=fold_models), info
+
+
+def _fold_model_for(model: CrossFitModel, fold: int, folds: int) -> nn.Module:
+    """The baseline's model for the families of `fold` (its own fold model when it has the same
+    number of folds, so it is measured on families it did not see either)."""
+    if len(model.folds) == folds:
+        return model.folds[fold]
+    return model.final
+
+
+def _mean_metrics(runs: list[dict]) -> dict:
+    keys = [k for k in runs[0] if all(isinstance(r.get(k), int | float) for r in runs)]
+    out = {}
+    for k in keys:
+        values = [r[k] for r in runs]
+        out[k] = sum(values) if k.startswith("validation_") else round(float(np.mean(values)), 4)
+    return out

@@ -1,0 +1,135 @@
+"""Validation without ground truth: errors planted into held-out families.
+
+A new model version is activated only if its validation PR-AUC is not worse than the active one's
+(DESIGN 8), but a live catalogue has no truth labels. So, like ../shared/eval/inject.py but in feature
+space, errors are planted into families the new model never trained on:
+- moved (wrong product): a listing scored against the members of another family of its category;
+- swapped image (wrong image): a listing shown with the image of another family's listing;
+- re-listed (duplicate): a listing next to its re-listing view (cropped, re-encoded image).
+Clean members are the negatives. Metrics are average precision (PR-AUC) per kind, and their mean
+is the number the promotion gate compares. Every model (trained or zero-shot) is measured on exactly
+the same planted set, so the comparison is like for like.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+
+from ml_worker.features import FeatureCache
+from ml_worker.modeling_maps import MapsInputs, MapsOutput
+
+
+def _encode(model, inputs: MapsInputs, batch_size: int = 256) -> MapsOutput:
+    parts = []
+    n = inputs.top.shape[0]
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            parts.append(model(inputs.index(slice(start, start + batch_size))))
+    return MapsOutput(*(torch.cat([getattr(p, f) for p in parts]) for f in MapsOutput.__dataclass_fields__))
+
+
+def _p(model, a: MapsOutput, b: MapsOutput, ia, ib, head: int) -> np.ndarray:
+    with torch.no_grad():
+        logits = model.pair_logits(a, b, torch.as_tensor(ia), torch.as_tensor(ib))[:, head]
+    return torch.sigmoid(logits).numpy()
+
+
+def planted_validation(
+    model,
+    features: FeatureCache,
+    family: np.ndarray,
+    leaf_category: np.ndarray,
+    rows: np.ndarray,
+    *,
+    seed: int = 0,
+    max_families: int = 400,
+    neighbours: int = 10,
+) -> dict:
+    """PR-AUC of `model` on errors planted among `rows` (listings of held-out families)."""
+    model = model.cpu().eval()
+    rng = np.random.default_rng(seed)
+    members = defaultdict(list)
+    for r in rows:
+        members[int(family[r])].append(int(r))
+    fams = [f for f, m in members.items() if len(m) >= 2]
+    if len(fams) < 4:
+        return {"validation_families": len(fams), "note": "too few held-out families with 2+ listings"}
+    fams = [fams[i] for i in rng.permutation(len(fams))[:max_families]]
+    local_rows = np.array(sorted({r for f in fams for r in members[f]}))
+    position = {int(r): i for i, r in enumerate(local_rows)}
+    out = _encode(model, features.inputs(torch.as_tensor(local_rows)))
+    by_category = defaultdict(list)
+    for f in fams:
+        by_category[int(leaf_category[members[f][0]])].append(f)
+
+    def other_family(f: int) -> int:
+        same = [g for g in by_category[int(leaf_category[members[f][0]])] if g != f]
+        pool = same or [g for g in fams if g != f]
+        return pool[rng.integers(len(pool))]
+
+    def disagreement(a_out, a_index: int, others: list[int]) -> float:
+        ib = [position[j] for j in others]
+        return 1.0 - float(_p(model, a_out, out, [a_index] * len(ib), ib, head=0).mean())
+
+    negatives, moved, swapped = [], [], []
+    for f in fams:
+        for i in members[f]:
+            negatives.append(disagreement(out, position[i], [j for j in members[f] if j != i]))
+    swap_rows, swap_donors, swap_families = [], [], []
+    for k, f in enumerate(fams):
+        i = members[f][rng.integers(len(members[f]))]
+        g = other_family(f)
+        if k % 2 == 0:  # moved: i scored as if it were listed in family g
+            moved.append(disagreement(out, position[i], members[g]))
+        else:  # swapped image: i's title with the image of a listing of family g
+            swap_rows.append(i)
+            swap_donors.append(members[g][rng.integers(len(members[g]))])
+            swap_families.append(f)
+    if swap_rows:
+        x = features.inputs(torch.as_tensor(swap_rows))
+        donor = features.inputs(torch.as_tensor(swap_donors))
+        x = MapsInputs(
+            top=donor.top, mid=donor.mid, has_image=donor.has_image, tokens=x.tokens, token_mask=x.token_mask
+        )
+        swapped_out = _encode(model, x)
+        for k, (i, f) in enumerate(zip(swap_rows, swap_families, strict=True)):
+            swapped.append(disagreement(swapped_out, k, [j for j in members[f] if j != i]))
+
+    def ap(positives: list[float]) -> float:
+        y = np.r_[np.zeros(len(negatives)), np.ones(len(positives))]
+        return float(average_precision_score(y, np.r_[negatives, positives]))
+
+    # duplicates: half the sampled listings get a re-listing among the candidates
+    twins = rng.permutation(len(local_rows))[: len(local_rows) // 4]
+    aug = features.inputs(torch.as_tensor(local_rows[twins]), augmented=True)
+    twin_out = _encode(model, aug)
+    all_out = MapsOutput(
+        *(torch.cat([getattr(out, f), getattr(twin_out, f)]) for f in MapsOutput.__dataclass_fields__)
+    )
+    n = len(local_rows)
+    sims = (
+        out.embedding @ all_out.embedding.T
+        + out.raw_image @ all_out.raw_image.T
+        + out.raw_title @ all_out.raw_title.T
+    )
+    sims[torch.arange(n), torch.arange(n)] = -9.0
+    k = min(neighbours, all_out.embedding.shape[0] - 1)
+    cand = sims.topk(k, dim=1).indices
+    probs = _p(model, out, all_out, np.repeat(np.arange(n), k), cand.flatten().numpy(), head=1)
+    duplicate_score = probs.reshape(n, k).max(1)
+    is_twin = np.zeros(n, dtype=bool)
+    is_twin[twins] = True
+    metrics = {
+        "wrong_variant_ap": ap(moved + swapped),
+        "wrong_product_ap": ap(moved),
+        "wrong_image_ap": ap(swapped),
+        "duplicate_ap": float(average_precision_score(is_twin, duplicate_score)),
+        "validation_families": len(fams),
+        "validation_listings": n,
+    }
+    metrics["pr_auc"] = (metrics["wrong_variant_ap"] + metrics["duplicate_ap"]) / 2
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}

@@ -1,0 +1,78 @@
+"""The zero-shot model: what a new installation scores with before any training.
+
+Backbone descriptors only (mean+max pooled image map, mean-pooled title tokens), no learned weights.
+It speaks the same interface as `MapsModel` (`forward` -> `MapsOutput`, `pair_logits`), so the app
+treats both alike:
+- embeddings: fixed, seeded Gaussian projections of the descriptors to `embed_dim` (Johnson-
+  Lindenstrauss: cosines approximately preserved), so they fit the pgvector column;
+- "where" map: the activation energy of the image map (the backbone's own saliency), not title-guided;
+- pair logits: affine maps of the mean of the image and title cosines (fixed calibration; only the
+  ranking matters for review queues and average precision).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml_worker.config import MapsConfig
+from ml_worker.modeling_maps import MapsInputs, MapsOutput, raw_descriptors
+
+# logit = scale * (similarity - centre); similarity = mean of the image and title cosines
+FAMILY_CALIBRATION = (15.0, 0.8)
+PRODUCT_CALIBRATION = (25.0, 0.92)
+
+
+class ZeroShotModel(nn.Module):
+    kind = "zero-shot"
+
+    def __init__(self, config: MapsConfig, seed: int = 0):
+        super().__init__()
+        self.config = config
+        generator = torch.Generator().manual_seed(seed)
+        e = config.embed_dim
+        self.register_buffer(
+            "image_projection", torch.randn(2 * config.top_channels, e, generator=generator) / e**0.5
+        )
+        self.register_buffer(
+            "title_projection", torch.randn(config.text_dim, e, generator=generator) / e**0.5
+        )
+
+    def forward(self, x: MapsInputs) -> MapsOutput:
+        raw_image, raw_title = raw_descriptors(x, self.config.modality)
+        image_embedding = F.normalize(raw_image @ self.image_projection, dim=1)
+        title_embedding = F.normalize(raw_title @ self.title_projection, dim=1)
+        energy = x.top.float().pow(2).sum(1).sqrt()  # (B, h, w)
+        batch = energy.shape[0]
+        where = energy / energy.flatten(1).sum(1).clamp(min=1e-12).view(batch, 1, 1)
+        uniform = torch.full_like(where, 1.0 / where[0].numel()) if batch else where
+        where = torch.where(x.has_image.view(batch, 1, 1), where, uniform)
+        return MapsOutput(
+            embedding=F.normalize(image_embedding + title_embedding, dim=1),
+            image_embedding=image_embedding,
+            title_embedding=title_embedding,
+            spatial_attention=where,
+            channel_attention=torch.ones(batch, self.config.d_model),
+            crop_box=torch.zeros(batch, 4),
+            raw_image=raw_image,
+            raw_title=raw_title,
+        )
+
+    def pair_logits(self, a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tensor:
+        def pick(out, idx, name):
+            value = getattr(out, name)
+            return value if idx is None else value[idx]
+
+        image_a, image_b = pick(a, ia, "raw_image"), pick(b, ib, "raw_image")
+        cos_image = (image_a * image_b).sum(-1)
+        cos_title = (pick(a, ia, "raw_title") * pick(b, ib, "raw_title")).sum(-1)
+        both_images = (image_a.norm(dim=-1) > 0) & (image_b.norm(dim=-1) > 0)
+        similarity = torch.where(both_images, (cos_image + cos_title) / 2, cos_title)
+        return torch.stack(
+            [
+                FAMILY_CALIBRATION[0] * (similarity - FAMILY_CALIBRATION[1]),
+                PRODUCT_CALIBRATION[0] * (similarity - PRODUCT_CALIBRATION[1]),
+            ],
+            dim=-1,
+        )
