@@ -47,5 +47,5 @@ def render_heatmap(
     weight = (alpha * upsampled**0.7)[..., None]
     blended = base * (1 - weight) + colours * weight
     buffer = io.BytesIO()
-    Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(buffer, "PNG", optimize=True)
+    Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(buffer, "PNG", compress_level=3)
     return buffer.getvalue()

@@ -29,6 +29,9 @@ from django.utils import timezone
 from pgvector import HalfVector
 
 from catalog_review.models import (
+    EMBEDDING_DIM,
+    RAW_IMAGE_DIM,
+    RAW_TITLE_DIM,
     Flag,
     ImageStatus,
     Job,
@@ -334,19 +337,24 @@ def knn_candidates(version_id: int, product_ids: list[int], k: int) -> dict[int,
 
 
 def _outputs(embeddings: list[ProductEmbedding]) -> MapsOutput:
-    def stack(values):
-        return torch.as_tensor(np.stack([np.asarray(v, dtype=np.float32) for v in values]))
+    def stack(values, dim: int):
+        """Vectors as one float32 tensor; a missing vector (no image) is zeros."""
+        out = np.zeros((len(values), dim), dtype=np.float32)
+        for i, v in enumerate(values):
+            if v is not None:
+                out[i] = v
+        return torch.as_tensor(out)
 
     n = len(embeddings)
     return MapsOutput(
-        embedding=stack([e.vector for e in embeddings]),
-        image_embedding=stack([e.image_vector for e in embeddings]),
-        title_embedding=stack([e.title_vector for e in embeddings]),
+        embedding=stack([e.vector for e in embeddings], EMBEDDING_DIM),
+        image_embedding=stack([e.image_vector for e in embeddings], EMBEDDING_DIM),
+        title_embedding=stack([e.title_vector for e in embeddings], EMBEDDING_DIM),
         spatial_attention=torch.zeros(n, 1, 1),
         channel_attention=torch.zeros(n, 1),
         crop_box=torch.zeros(n, 4),
-        raw_image=stack([e.raw_image.to_numpy() for e in embeddings]),
-        raw_title=stack([e.raw_title for e in embeddings]),
+        raw_image=stack([e.raw_image for e in embeddings], RAW_IMAGE_DIM),
+        raw_title=stack([e.raw_title for e in embeddings], RAW_TITLE_DIM),
     )
 
 
@@ -444,7 +452,13 @@ def flag_chunk_run(chunk_id: int) -> str:
                         "found_from": product.sku,
                         "same_family": a.product.family_id == b.product.family_id,
                         "image_cosine": round(
-                            float(np.dot(a.raw_image.to_numpy(), b.raw_image.to_numpy())), 4
+                            float(
+                                np.dot(
+                                    np.asarray(a.raw_image, dtype=np.float32),
+                                    np.asarray(b.raw_image, dtype=np.float32),
+                                )
+                            ),
+                            4,
                         ),
                         "title_cosine": round(float(np.dot(a.raw_title, b.raw_title)), 4),
                         "counterpart_heatmap": _heatmap(b.product, b, version),

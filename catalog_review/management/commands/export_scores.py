@@ -19,14 +19,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--output", type=Path, required=True)
-        parser.add_argument("--version", help="export this model version instead of the active one")
+        parser.add_argument("--model-version", help="export this model version instead of the active one")
         parser.add_argument(
             "--partial",
             action="store_true",
             help="write listings not scored yet (null scores) instead of failing",
         )
 
-    def handle(self, *args, output: Path, version: str | None, partial: bool, **options):
+    def handle(self, *args, output: Path, model_version: str | None, partial: bool, **options):
+        version = model_version
         if version:
             found = ModelVersion.objects.filter(name=version).first()
             if found is None:

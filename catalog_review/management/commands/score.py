@@ -21,10 +21,11 @@ class Command(BaseCommand):
         parser.add_argument("--family", help="only this family (its code)")
         parser.add_argument("--category", help="only this category path, e.g. 'Food > Fruit' (and below)")
         parser.add_argument("--sku", action="append", default=[], help="only the families of these skus")
-        parser.add_argument("--version", help="score with this model version instead of the active one")
+        parser.add_argument("--model-version", help="score with this model version instead of the active one")
         parser.add_argument("--no-progress", action="store_true")
 
-    def handle(self, *args, wait, family, category, sku, version, no_progress, **options):
+    def handle(self, *args, wait, family, category, sku, model_version, no_progress, **options):
+        version = model_version
         scope = {}
         if family:
             scope["family"] = family

@@ -1,4 +1,4 @@
-"""python manage.py stack [--no-web]: services + a Celery worker (+ the web server), in the foreground.
+"""python manage.py stack [--no-web]: services + Celery workers (+ the web server), in the foreground.
 
 Ctrl-C or SIGTERM stops everything this command started, embedded services included (services
 that were already running when it started are left running).
@@ -20,7 +20,7 @@ from catalog_review import runtime
 
 
 class Command(BaseCommand):
-    help = "Run the embedded services, a Celery worker on the default and gpu queues, and the web server."
+    help = "Run the embedded services, Celery workers (gpu queue: one process; default) and the web server."
 
     def add_arguments(self, parser):
         parser.add_argument("--no-web", action="store_true", help="services and worker only")
@@ -28,7 +28,9 @@ class Command(BaseCommand):
             "--bind", default="127.0.0.1:8000", help="web server address (default %(default)s)"
         )
         parser.add_argument("--web-workers", type=int, default=3, help="gunicorn worker processes")
-        parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+        parser.add_argument(
+            "--concurrency", type=int, default=2, help="Celery worker processes for the default queue"
+        )
         parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
 
     def handle(
@@ -47,10 +49,18 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         try:
-            children.append(subprocess.Popen(worker_command(concurrency=concurrency), env=os.environ.copy()))
-            self.stdout.write(
-                f"worker: celery, queues default,gpu, concurrency {concurrency} (pid {children[-1].pid})"
-            )
+            # the gpu queue gets its own single-process worker (the model and backbones use every core,
+            # or the GPU); the default queue (flags, downloads, exports) runs beside it
+            for queues, processes in (("gpu", 1), ("default", concurrency)):
+                children.append(
+                    subprocess.Popen(
+                        worker_command(concurrency=processes, queues=queues, hostname=f"{queues}@%h"),
+                        env=os.environ.copy(),
+                    )
+                )
+                self.stdout.write(
+                    f"worker: celery, queue {queues}, concurrency {processes} (pid {children[-1].pid})"
+                )
             if not no_web:
                 children.append(
                     subprocess.Popen(
