@@ -48,9 +48,10 @@ class FeatureCache:
         if adversarial is not None and adversarial.any():
             tokens = torch.where(adversarial[:, None, None], self.adv_tokens[idx].float(), tokens)
             mask = torch.where(adversarial[:, None], self.adv_mask[idx], mask)
+        top, mid = (self.top_aug, self.mid_aug) if augmented else (self.top, self.mid)
         return MapsInputs(
-            top=self.top[idx].float(),
-            mid=self.mid[idx].float(),
+            top=top[idx].float(),
+            mid=mid[idx].float(),
             has_image=self.has_image[idx],
             tokens=tokens,
             token_mask=mask,

@@ -56,7 +56,7 @@ def planted_validation(
     for r in rows:
         members[int(family[r])].append(int(r))
     fams = [f for f, m in members.items() if len(m) >= 2]
-    if len(fams) < 4:
+    if len(fams) < 2:
         return {"validation_families": len(fams), "note": "too few held-out families with 2+ listings"}
     fams = [fams[i] for i in rng.permutation(len(fams))[:max_families]]
     local_rows = np.array(sorted({r for f in fams for r in members[f]}))

@@ -28,6 +28,8 @@ def media_root(tmp_path_factory) -> Path:
     """One media directory per test session, shared with the worker process."""
     root = tmp_path_factory.mktemp("media")
     settings.MEDIA_ROOT = root
+    settings.MODEL_DIR = root.parent / "models"
+    settings.FEATURE_CACHE_DIR = root.parent / "feature-cache"
     return root
 
 
@@ -85,6 +87,8 @@ def celery_worker(django_db_setup, django_db_blocker, broker_url, media_root):
     env = os.environ | {
         "DATABASE_NAME": database,
         "MEDIA_ROOT": str(media_root),
+        "MODEL_DIR": str(settings.MODEL_DIR),
+        "FEATURE_CACHE_DIR": str(settings.FEATURE_CACHE_DIR),
         "CELERY_BROKER_URL": broker_url,
         "IMAGE_FETCH_TIMEOUT_S": "3",
         "IMAGE_FETCH_MAX_RETRIES": "1",

@@ -60,6 +60,10 @@ class ImportReport:
     warnings: list[RowError] = field(default_factory=list)  # row kept, image problem
     job_id: int | None = None
     fetch_job_id: int | None = None
+    score_job_id: int | None = None
+    changed_family_ids: set[int] = field(
+        default_factory=set
+    )  # families gaining, losing or changing a listing
 
     @property
     def skipped(self) -> int:
@@ -146,14 +150,37 @@ def catalogue_import(
         if chunk:
             importer.apply(chunk)
         report.fetch_job_id = importer.enqueue_downloads(requested_by=requested_by)
+        report.score_job_id = _enqueue_scoring(report, requested_by)
     except Exception as exc:
         job_service.job_fail(job_id=job.pk, error=f"{type(exc).__name__}: {exc}")
         raise
     job_service.job_set_progress(job=job, done=report.rows, total=report.rows, counts=report.counts())
-    job_service.job_finish(job=job, counts=report.counts() | {"fetch_job": report.fetch_job_id})
+    job_service.job_finish(
+        job=job,
+        counts=report.counts() | {"fetch_job": report.fetch_job_id, "score_job": report.score_job_id},
+    )
     if progress:
         progress(report.rows, report.rows)
     return report
+
+
+def _enqueue_scoring(report: ImportReport, requested_by) -> int | None:
+    """Incremental scoring: the families that changed, with the active model version (only once a
+    version is active: a catalogue that was never scored waits for its first `score`)."""
+    from catalog_review.models import ModelVersion
+    from catalog_review.services.scoring import score_start
+
+    if not settings.SCORE_ON_IMPORT or not report.changed_family_ids:
+        return None
+    version = ModelVersion.objects.filter(is_active=True).first()
+    if version is None:
+        return None
+    job = score_start(
+        scope={"family_ids": sorted(report.changed_family_ids), "reason": "import"},
+        requested_by=requested_by,
+        version=version,
+    )
+    return job.pk
 
 
 class _Importer:
@@ -187,6 +214,7 @@ class _Importer:
                     product = Product(sku=listing.sku, **wanted)
                     to_create.append(product)
                 elif any(getattr(product, name) != value for name, value in wanted.items()):
+                    self.report.changed_family_ids.add(product.family_id)  # the family it may leave
                     for name, value in wanted.items():
                         setattr(product, name, value)
                     to_update.append(product)
@@ -208,6 +236,7 @@ class _Importer:
                 )
             self.report.created += len(to_create)
             self.report.updated += len(to_update)
+            self.report.changed_family_ids.update(p.family_id for p in [*to_create, *to_update])
             self.downloads.extend((product.pk, url) for product, url in queued)
 
     def _image(self, listing: ListingInput, current: Product | None) -> _ImageOutcome:

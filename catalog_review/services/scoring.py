@@ -60,7 +60,8 @@ class ScopeError(ValueError):
 
 def scope_family_ids(scope: dict) -> list[int]:
     """Families to score. Scopes: {} (everything), {"family": code}, {"category": path},
-    {"skus": [...]}, {"product_ids": [...]}; a listing is always scored with its whole family."""
+    {"skus": [...]}, {"product_ids": [...]}, {"family_ids": [...]}; a listing is always scored with
+    its whole family."""
     families = VariationFamily.objects.all()
     if "family" in scope:
         families = families.filter(code=scope["family"])
@@ -81,6 +82,8 @@ def scope_family_ids(scope: dict) -> list[int]:
         families = families.filter(products__sku__in=skus)
     if "product_ids" in scope:
         families = families.filter(products__id__in=scope["product_ids"])
+    if "family_ids" in scope:
+        families = families.filter(id__in=scope["family_ids"])
     return list(families.order_by("id").values_list("id", flat=True).distinct())
 
 
@@ -113,7 +116,15 @@ def score_start(*, scope: dict | None = None, requested_by=None, version: ModelV
     with transaction.atomic():
         job = job_create(
             kind=Job.Kind.SCORE,
-            scope=scope | {"model_version": version.name, "model_version_id": version.pk},
+            scope=scope
+            | {
+                "model_version": version.name,
+                "model_version_id": version.pk,
+                "thresholds": {
+                    "wrong_variant": settings.FLAG_WRONG_VARIANT_THRESHOLD,
+                    "duplicate": settings.FLAG_DUPLICATE_THRESHOLD,
+                },
+            },
             total=2 * listings,  # each listing is embedded, then flagged
             requested_by=requested_by,
         )
@@ -402,6 +413,7 @@ def flag_chunk_run(chunk_id: int) -> str:
 
     counts = defaultdict(int)
     now = timezone.now()
+    thresholds = job.scope["thresholds"]
     with transaction.atomic():
         if not _finish_chunk(chunk):
             return "already done"
@@ -437,7 +449,7 @@ def flag_chunk_run(chunk_id: int) -> str:
                 )
                 counts[f"wrong_variant_{outcome}"] += 1
             match = best.get(pid)
-            if match and match[1] >= settings.FLAG_DUPLICATE_THRESHOLD:
+            if match and match[1] >= thresholds["duplicate"]:
                 other = pool[match[0]]
                 a, b = (e, other) if pid < match[0] else (other, e)
                 outcome = assert_flag(

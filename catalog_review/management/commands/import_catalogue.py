@@ -91,3 +91,8 @@ class Command(BaseCommand):
         )
         if report.fetch_job_id:
             self.stdout.write(f"Image downloads run as job #{report.fetch_job_id} on the default queue.")
+        if report.score_job_id:
+            self.stdout.write(
+                f"The {len(report.changed_family_ids)} changed families are re-scored as job "
+                f"#{report.score_job_id}."
+            )

@@ -1,0 +1,307 @@
+"""Scoring in the app, end to end through a real Celery worker, real Postgres+pgvector and the real
+(pretrained) backbones: embeddings, flags, heatmaps, idempotent chunks, a killed worker, decided
+flags surviving re-scoring, corrupt checkpoints, training jobs, incremental scoring on import."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+
+import psutil
+import pytest
+from django.core.management import CommandError, call_command
+from PIL import Image, ImageDraw
+
+from catalog_review.models import Flag, Job, JobChunk, ModelVersion, Product, ProductEmbedding
+from catalog_review.services.catalogue_import import catalogue_import
+from catalog_review.services.model_versions import active_version, load_model, promotion_decision
+from catalog_review.services.scoring import score_start
+from catalog_review.services.training import train_start
+from ml_worker.checkpoint import CheckpointError
+from ml_worker.config import MapsConfig
+from ml_worker.ensemble import CrossFitModel, save_cross_fit
+from ml_worker.modeling_maps import MapsModel
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+SHAPES = ["circle", "square", "triangle", "cross", "ring", "bar"]
+COLOURS = {"red": (200, 30, 30), "blue": (30, 60, 200), "green": (40, 160, 60), "yellow": (230, 200, 40)}
+
+
+def draw(shape: str, colour: tuple, size: int = 112) -> bytes:
+    image = Image.new("RGB", (size, size), (245, 245, 245))
+    d = ImageDraw.Draw(image)
+    box = (20, 20, size - 20, size - 20)
+    if shape == "circle":
+        d.ellipse(box, fill=colour)
+    elif shape == "square":
+        d.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        d.polygon([(size // 2, 15), (15, size - 15), (size - 15, size - 15)], fill=colour)
+    elif shape == "cross":
+        d.rectangle((size // 2 - 10, 15, size // 2 + 10, size - 15), fill=colour)
+        d.rectangle((15, size // 2 - 10, size - 15, size // 2 + 10), fill=colour)
+    elif shape == "ring":
+        d.ellipse(box, outline=colour, width=12)
+    else:
+        d.rectangle((15, size // 2 - 12, size - 15, size // 2 + 12), fill=colour)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def write_catalogue(directory, *, families: int = 6, colours: int = 3, extra_title: str = "") -> list[dict]:
+    """`families` products in `colours` colours each, one planted wrong listing (a bar lamp in the
+    circle family) and one re-listed duplicate of circle/red under another family code."""
+    rows = []
+    directory.mkdir(parents=True, exist_ok=True)
+    for f, shape in enumerate(SHAPES[:families]):
+        for name in list(COLOURS)[:colours]:
+            sku = f"{shape}-{name}"
+            (directory / f"{sku}.jpg").write_bytes(draw(shape, COLOURS[name]))
+            rows.append(
+                {
+                    "sku": sku,
+                    "title": f"{shape.title()} lamp, {name}",
+                    "family": f"FAM-{shape}",
+                    "category": ["Home", "Lamps"],
+                    "image": f"{sku}.jpg",
+                }
+            )
+    (directory / "planted.jpg").write_bytes(draw("bar", COLOURS["yellow"]))
+    rows.append(
+        {
+            "sku": "PLANTED",
+            "title": "Bar shelf, yellow",
+            "family": "FAM-circle",
+            "category": ["Home", "Lamps"],
+            "image": "planted.jpg",
+        }
+    )
+    rows.append({**rows[0], "sku": "DUP", "family": "FAM-relisted", "title": rows[0]["title"] + extra_title})
+    (directory / "catalogue.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return rows
+
+
+@pytest.fixture
+def catalogue(tmp_path):
+    rows = write_catalogue(tmp_path / "catalogue")
+    catalogue_import(path=tmp_path / "catalogue" / "catalogue.jsonl")
+    return rows
+
+
+def finished(job_id: int, timeout: float = 240) -> Job:
+    job = wait_for(
+        lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(),
+        timeout=timeout,
+        message=f"job {job_id} to finish",
+    )
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    return job
+
+
+def test_score_job_embeds_flags_and_exports(celery_worker, catalogue, media_root, tmp_path):
+    job = score_start()
+    version = ModelVersion.objects.get(is_active=True)
+    assert version.name == "zero-shot", "a fresh installation scores with the zero-shot version"
+    job = finished(job.pk)
+    products = Product.objects.count()
+    assert (job.done, job.total) == (2 * products, 2 * products)
+    assert job.counts["listings"] == products
+    embeddings = ProductEmbedding.objects.filter(model_version=version)
+    assert embeddings.count() == products
+    assert not embeddings.filter(scored_at__isnull=True).exists()
+    assert len(embeddings.first().vector) == 256
+
+    dup = ProductEmbedding.objects.get(product__sku="DUP", model_version=version)
+    assert dup.duplicate_of.sku == "circle-red", "the re-listing's best match is the original"
+    flag = Flag.objects.get(kind=Flag.Kind.DUPLICATE, status=Flag.Status.OPEN, product__sku="circle-red")
+    assert flag.counterpart.sku == "DUP"
+    assert flag.model_version == version
+    assert flag.evidence["duplicate_score"] >= 0.5
+    assert (media_root / flag.heatmap).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (media_root / flag.evidence["counterpart_heatmap"]).exists()
+    planted = ProductEmbedding.objects.get(product__sku="PLANTED", model_version=version)
+    members = ProductEmbedding.objects.filter(product__family__code="FAM-circle").exclude(product__sku="PLANTED")
+    assert planted.wrong_variant_score > max(m.wrong_variant_score for m in members)
+    assert len(planted.evidence["family_agreement"]) == 3
+    assert not Flag.objects.exclude(model_version=version).exists()
+
+    out = tmp_path / "scores.jsonl"
+    call_command("export_scores", output=out)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == products
+    assert set(lines[0]) == {
+        "sku",
+        "family",
+        "wrong_variant_score",
+        "duplicate_score",
+        "duplicate_of",
+        "model_version",
+    }
+    by_sku = {x["sku"]: x for x in lines}
+    assert by_sku["DUP"]["duplicate_of"] == "circle-red"
+    assert by_sku["DUP"]["wrong_variant_score"] is None, "a one-listing family has no wrong_variant score"
+    assert by_sku["PLANTED"]["model_version"] == "zero-shot"
+
+
+def test_rescoring_keeps_decisions_updates_open_flags_and_marks_stale(celery_worker, catalogue):
+    finished(score_start().pk)
+    dup_flag = Flag.objects.get(kind=Flag.Kind.DUPLICATE, product__sku="circle-red", counterpart__sku="DUP")
+    dup_flag.status = Flag.Status.REJECTED  # a reviewer said: not a duplicate
+    dup_flag.save()
+    calm = ProductEmbedding.objects.filter(wrong_variant_score__lt=0.2).select_related("product").first()
+    old_open = Flag.objects.create(
+        kind=Flag.Kind.WRONG_VARIANT, product=calm.product, score=0.9, model_version=calm.model_version
+    )
+    open_before = {f.pk: f.score for f in Flag.objects.filter(status=Flag.Status.OPEN).exclude(pk=old_open.pk)}
+
+    job = finished(score_start().pk)
+    dup_flag.refresh_from_db()
+    assert dup_flag.status == Flag.Status.REJECTED, "decided flags are never touched"
+    assert not Flag.objects.filter(
+        kind=Flag.Kind.DUPLICATE, product__sku="circle-red", counterpart__sku="DUP", status=Flag.Status.OPEN
+    ).exists(), "a rejected pair is not raised again while neither listing changed"
+    assert job.counts.get("duplicate_suppressed", 0) >= 1
+    old_open.refresh_from_db()
+    assert old_open.status == Flag.Status.STALE
+    for pk in open_before:  # open flags still holding were updated in place, not duplicated
+        assert Flag.objects.get(pk=pk).last_job_id == job.pk
+
+    # the re-listing changes its title: the pair is a new question for the reviewers
+    Product.objects.filter(sku="DUP").update(title="Circle lamp, red (new)")
+    finished(score_start(scope={"skus": ["DUP"]}).pk)
+    assert Flag.objects.filter(
+        kind=Flag.Kind.DUPLICATE, product__sku="circle-red", counterpart__sku="DUP", status=Flag.Status.OPEN
+    ).exists()
+
+
+def test_redelivered_chunks_write_nothing_twice(celery_worker, catalogue):
+    from catalog_review.gpu_tasks import embed_chunk
+
+    job = score_start()
+    for chunk in JobChunk.objects.filter(job=job):  # every embed chunk delivered twice, concurrently
+        embed_chunk.delay(chunk_id=chunk.pk)
+    job = finished(job.pk)
+    scored = dict(ProductEmbedding.objects.values_list("pk", "scored_at"))
+    for chunk in JobChunk.objects.filter(job=job, stage=JobChunk.Stage.EMBED):  # and re-delivered late
+        embed_chunk.delay(chunk_id=chunk.pk)
+    wait_for(lambda: True, timeout=1)
+    import time
+
+    time.sleep(3)
+    job.refresh_from_db()
+    assert job.done == job.total
+    assert ProductEmbedding.objects.count() == Product.objects.count()
+    assert dict(ProductEmbedding.objects.values_list("pk", "scored_at")) == scored
+    assert Flag.objects.filter(status=Flag.Status.OPEN).count() == job.counts["open_flags"]
+
+
+def test_a_worker_killed_mid_job_loses_and_doubles_nothing(celery_worker, catalogue, settings):
+    settings.SCORE_CHUNK_LISTINGS = 3  # many chunks, so the kill lands mid-job
+    job = score_start()
+    chunks = JobChunk.objects.filter(job=job, stage=JobChunk.Stage.EMBED)
+    assert chunks.count() >= 5
+    wait_for(
+        lambda: chunks.filter(done_at__isnull=False).exists(), timeout=120, message="a first chunk"
+    )
+    job.refresh_from_db()
+    assert not job.is_finished, "the job finished before the kill: make it bigger"
+    pool = psutil.Process(celery_worker.pid).children()
+    for child in pool:  # SIGKILL every pool process, mid-task; the worker forks new ones
+        child.send_signal(signal.SIGKILL)
+    job = finished(job.pk, timeout=300)
+    assert job.done == job.total
+    assert ProductEmbedding.objects.count() == Product.objects.count()
+    assert not JobChunk.objects.filter(job=job, done_at__isnull=True).exists()
+
+
+def test_a_corrupt_checkpoint_is_refused(celery_worker, catalogue, settings):
+    directory = settings.MODEL_DIR / "tampered"
+    digest = save_cross_fit(CrossFitModel(final=MapsModel(MapsConfig())), directory)
+    version = ModelVersion.objects.create(
+        name="tampered",
+        checkpoint_path=str(directory),
+        checkpoint_sha256=digest,
+        config={"kind": "maps-cross-fit", "model": MapsConfig().to_dict()},
+    )
+    weights = directory / "final" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+    with pytest.raises(CheckpointError, match="corrupt or was replaced"):
+        load_model(version)
+    job = wait_for(
+        lambda: Job.objects.filter(pk=score_start(version=version).pk).first(), message="job row"
+    )
+    job = wait_for(
+        lambda: Job.objects.filter(pk=job.pk, status=Job.Status.FAILED).first(),
+        timeout=120,
+        message="the job to fail",
+    )
+    assert "corrupt or was replaced" in job.error
+    assert not ProductEmbedding.objects.filter(model_version=version).exists()
+
+
+def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, catalogue):
+    zero_shot = active_version()
+    job = finished(train_start(steps=2, activate=True).pk, timeout=300)
+    version = ModelVersion.objects.get(name=job.counts["model_version"])
+    assert version.parent == zero_shot
+    assert version.training_data["family_listings"] == Product.objects.count()
+    validation = version.metrics["validation"]
+    assert 0 <= validation["pr_auc"] <= 1
+    assert version.metrics["parent_on_same_data"]["pr_auc"] is not None
+    ok, _reason = promotion_decision(validation, version.metrics["parent_on_same_data"])
+    assert job.counts["activated"] == ok
+    version.refresh_from_db()
+    assert version.is_active == ok
+
+    forced = finished(train_start(steps=1, activate=True, force=True).pk, timeout=300)
+    assert forced.counts["activated"] is True
+    trained = ModelVersion.objects.get(is_active=True)
+    assert trained.name == forced.counts["model_version"]
+    assert ModelVersion.objects.filter(is_active=True).count() == 1
+
+    finished(score_start().pk)  # the cross-fitted version scores (fold models for wrong variants)
+    assert ProductEmbedding.objects.filter(model_version=trained).count() == Product.objects.count()
+
+
+def test_import_rescores_only_the_changed_families(celery_worker, catalogue, tmp_path):
+    finished(score_start().pk)
+    version = active_version()
+    before = dict(
+        ProductEmbedding.objects.filter(model_version=version).values_list("product__sku", "scored_at")
+    )
+    rows = write_catalogue(tmp_path / "catalogue")
+    rows[3]["title"] = "Square lamp, red, now with a dimmer"  # family FAM-square changes
+    (tmp_path / "catalogue" / "catalogue.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    report = catalogue_import(path=tmp_path / "catalogue" / "catalogue.jsonl")
+    assert report.updated == 1 and report.score_job_id
+    job = finished(report.score_job_id)
+    assert job.counts["listings"] == 3
+    after = dict(
+        ProductEmbedding.objects.filter(model_version=version).values_list("product__sku", "scored_at")
+    )
+    changed = {sku for sku in after if after[sku] != before[sku]}
+    assert changed == {"square-red", "square-blue", "square-green"}
+
+
+def test_commands_refuse_bad_requests(catalogue, tmp_path):
+    with pytest.raises(CommandError, match="not scored by model version zero-shot yet"):
+        call_command("export_scores", output=tmp_path / "s.jsonl")
+    call_command("export_scores", output=tmp_path / "s.jsonl", partial=True)
+    assert len((tmp_path / "s.jsonl").read_text().splitlines()) == Product.objects.count()
+    with pytest.raises(CommandError, match="directory does not exist"):
+        call_command("export_scores", output=tmp_path / "nope" / "s.jsonl")
+    with pytest.raises(CommandError, match="no family with code 'nope'"):
+        call_command("score", family="nope")
+    with pytest.raises(CommandError, match="unknown sku"):
+        call_command("score", sku=["circle-red", "ghost"])
+    with pytest.raises(CommandError, match="no model version named 'v9'"):
+        call_command("score", model_version="v9")
+    with pytest.raises(CommandError, match="--force only makes sense with --activate"):
+        call_command("train", force=True)

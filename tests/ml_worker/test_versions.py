@@ -1,0 +1,123 @@
+"""Zero-shot model, cross-fitted versions (save/load/tamper), planted validation, feature views."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ml_worker.checkpoint import CheckpointError
+from ml_worker.config import TrainConfig
+from ml_worker.ensemble import CrossFitModel, family_fold, load_cross_fit, save_cross_fit, train_cross_fit
+from ml_worker.modeling_maps import MapsModel
+from ml_worker.validation import planted_validation
+from ml_worker.zero_shot import ZeroShotModel
+from tests.ml_worker.conftest import families_of, random_features, random_inputs
+
+
+def test_zero_shot_speaks_the_model_interface(tiny):
+    model = ZeroShotModel(tiny)
+    x = random_inputs(tiny, batch=4)
+    out = model(x)
+    assert out.embedding.shape == (4, tiny.embed_dim)
+    assert torch.allclose(out.embedding[:3].norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(out.spatial_attention.sum((1, 2)), torch.ones(4), atol=1e-5)
+    # the listing without an image (last) has no image vector and a uniform attention map
+    assert out.image_embedding[-1].abs().sum() == 0
+    assert torch.allclose(out.spatial_attention[-1], torch.full((7, 7), 1 / 49))
+    logits = model.pair_logits(out, out, torch.tensor([0, 1]), torch.tensor([1, 0]))
+    assert torch.allclose(logits[0], logits[1]), "symmetric"
+    self_logits = model.pair_logits(out, out, torch.tensor([0]), torch.tensor([0]))
+    assert (self_logits > logits[:1]).all(), "a listing matches itself best"
+
+
+def test_zero_shot_is_deterministic(tiny):
+    x = random_inputs(tiny, batch=3)
+    assert torch.equal(ZeroShotModel(tiny)(x).embedding, ZeroShotModel(tiny)(x).embedding)
+
+
+def test_family_fold_is_stable_and_spreads_families():
+    folds = [family_fold(f"family-{i}", 2) for i in range(200)]
+    assert folds == [family_fold(f"family-{i}", 2) for i in range(200)]
+    assert 70 < sum(folds) < 130
+    assert family_fold("anything", 1) == 0
+
+
+def test_cross_fit_round_trip_and_tampering(tiny, tmp_path):
+    torch.manual_seed(0)
+    model = CrossFitModel(final=MapsModel(tiny).eval(), folds=[MapsModel(tiny).eval(), MapsModel(tiny).eval()])
+    digest = save_cross_fit(model, tmp_path / "v1", metadata={"note": "test"})
+    loaded = load_cross_fit(tmp_path / "v1", expected_sha256=digest)
+    x = random_inputs(tiny)
+    assert torch.allclose(loaded.final(x).embedding, model.final(x).embedding)
+    assert len(loaded.folds) == 2
+    code = "some-family"
+    assert loaded.family_model(code) is loaded.folds[family_fold(code, 2)]
+
+    with pytest.raises(CheckpointError, match="does not match the recorded"):
+        load_cross_fit(tmp_path / "v1", expected_sha256="0" * 64)
+    weights = tmp_path / "v1" / "fold-1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt or was replaced"):
+        load_cross_fit(tmp_path / "v1", expected_sha256=digest)
+    with pytest.raises(CheckpointError, match="not a model version"):
+        load_cross_fit(tmp_path / "nothing-here")
+
+
+def test_planted_validation_separates_a_good_model_from_a_blind_one(tiny):
+    """Zero-shot on features where families are clearly apart sees the planted errors; a model whose
+    outputs ignore the input cannot (AP near the positive share)."""
+    families = families_of(30, 3)
+    features = random_features(tiny, families, seed=1)
+    family = np.array([int(f[1:]) for f in families])
+    leaf = family % 3
+    rows = np.arange(len(families))
+    good = planted_validation(ZeroShotModel(tiny), features, family, leaf, rows, seed=0)
+
+    class Blind(ZeroShotModel):
+        def pair_logits(self, a, b, ia=None, ib=None):
+            n = len(ia) if ia is not None else a.embedding.shape[0]
+            return torch.zeros(n, 2)
+
+    blind = planted_validation(Blind(tiny), features, family, leaf, rows, seed=0)
+    assert good["wrong_product_ap"] > 0.9
+    assert good["duplicate_ap"] > 0.9
+    assert good["pr_auc"] > blind["pr_auc"] + 0.3
+    assert good["validation_families"] == 30
+
+
+def test_planted_validation_says_when_there_is_too_little_data(tiny):
+    families = families_of(2, 2) + ["F2"]
+    features = random_features(tiny, families)
+    family = np.array([0, 0, 1, 1, 2])
+    out = planted_validation(ZeroShotModel(tiny), features, family, np.zeros(5), np.array([0, 1, 4]))
+    assert "too few" in out["note"]
+
+
+def test_train_cross_fit_validates_fold_models_against_a_baseline(tiny):
+    families = families_of(16, 3)
+    features = random_features(tiny, families)
+    model, info = train_cross_fit(
+        features,
+        families,
+        [("A", "B")] * len(families),
+        tiny,
+        TrainConfig(steps=3, folds=2, families_per_batch=4),
+        progress=False,
+        baseline=CrossFitModel.zero_shot(tiny),
+    )
+    assert len(model.folds) == 2 and model.final is not None
+    assert info["folds"] == 2 and info["families"] == 16
+    for key in ("pr_auc", "wrong_variant_ap", "duplicate_ap"):
+        assert 0 <= info["validation"][key] <= 1
+        assert 0 <= info["baseline_validation"][key] <= 1
+    json.dumps(info)  # recorded in the database as JSON
+
+
+def test_augmented_inputs_are_the_relisting_view(tiny):
+    features = random_features(tiny, families_of(2, 2))
+    idx = torch.arange(4)
+    assert torch.equal(features.inputs(idx, augmented=True).top, features.top_aug[idx].float())
+    assert not torch.equal(features.inputs(idx).top, features.inputs(idx, augmented=True).top)
