@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import time
 
 import psutil
 import pytest
@@ -57,7 +58,7 @@ def write_catalogue(directory, *, families: int = 6, colours: int = 3, extra_tit
     circle family) and one re-listed duplicate of circle/red under another family code."""
     rows = []
     directory.mkdir(parents=True, exist_ok=True)
-    for f, shape in enumerate(SHAPES[:families]):
+    for _f, shape in enumerate(SHAPES[:families]):
         for name in list(COLOURS)[:colours]:
             sku = f"{shape}-{name}"
             (directory / f"{sku}.jpg").write_bytes(draw(shape, COLOURS[name]))
@@ -124,7 +125,9 @@ def test_score_job_embeds_flags_and_exports(celery_worker, catalogue, media_root
     assert (media_root / flag.heatmap).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (media_root / flag.evidence["counterpart_heatmap"]).exists()
     planted = ProductEmbedding.objects.get(product__sku="PLANTED", model_version=version)
-    members = ProductEmbedding.objects.filter(product__family__code="FAM-circle").exclude(product__sku="PLANTED")
+    members = ProductEmbedding.objects.filter(product__family__code="FAM-circle").exclude(
+        product__sku="PLANTED"
+    )
     assert planted.wrong_variant_score > max(m.wrong_variant_score for m in members)
     assert len(planted.evidence["family_agreement"]) == 3
     assert not Flag.objects.exclude(model_version=version).exists()
@@ -156,7 +159,8 @@ def test_rescoring_keeps_decisions_updates_open_flags_and_marks_stale(celery_wor
     old_open = Flag.objects.create(
         kind=Flag.Kind.WRONG_VARIANT, product=calm.product, score=0.9, model_version=calm.model_version
     )
-    open_before = {f.pk: f.score for f in Flag.objects.filter(status=Flag.Status.OPEN).exclude(pk=old_open.pk)}
+    still_open = Flag.objects.filter(status=Flag.Status.OPEN).exclude(pk=old_open.pk)
+    open_before = {f.pk: f.score for f in still_open}
 
     job = finished(score_start().pk)
     dup_flag.refresh_from_db()
@@ -188,10 +192,7 @@ def test_redelivered_chunks_write_nothing_twice(celery_worker, catalogue):
     scored = dict(ProductEmbedding.objects.values_list("pk", "scored_at"))
     for chunk in JobChunk.objects.filter(job=job, stage=JobChunk.Stage.EMBED):  # and re-delivered late
         embed_chunk.delay(chunk_id=chunk.pk)
-    wait_for(lambda: True, timeout=1)
-    import time
-
-    time.sleep(3)
+    time.sleep(3)  # let the late deliveries run
     job.refresh_from_db()
     assert job.done == job.total
     assert ProductEmbedding.objects.count() == Product.objects.count()
@@ -204,9 +205,7 @@ def test_a_worker_killed_mid_job_loses_and_doubles_nothing(celery_worker, catalo
     job = score_start()
     chunks = JobChunk.objects.filter(job=job, stage=JobChunk.Stage.EMBED)
     assert chunks.count() >= 5
-    wait_for(
-        lambda: chunks.filter(done_at__isnull=False).exists(), timeout=120, message="a first chunk"
-    )
+    wait_for(lambda: chunks.filter(done_at__isnull=False).exists(), timeout=120, message="a first chunk")
     job.refresh_from_db()
     assert not job.is_finished, "the job finished before the kill: make it bigger"
     pool = psutil.Process(celery_worker.pid).children()
@@ -234,9 +233,7 @@ def test_a_corrupt_checkpoint_is_refused(celery_worker, catalogue, settings):
 
     with pytest.raises(CheckpointError, match="corrupt or was replaced"):
         load_model(version)
-    job = wait_for(
-        lambda: Job.objects.filter(pk=score_start(version=version).pk).first(), message="job row"
-    )
+    job = wait_for(lambda: Job.objects.filter(pk=score_start(version=version).pk).first(), message="job row")
     job = wait_for(
         lambda: Job.objects.filter(pk=job.pk, status=Job.Status.FAILED).first(),
         timeout=120,

@@ -45,7 +45,8 @@ def test_family_fold_is_stable_and_spreads_families():
 
 def test_cross_fit_round_trip_and_tampering(tiny, tmp_path):
     torch.manual_seed(0)
-    model = CrossFitModel(final=MapsModel(tiny).eval(), folds=[MapsModel(tiny).eval(), MapsModel(tiny).eval()])
+    folds = [MapsModel(tiny).eval(), MapsModel(tiny).eval()]
+    model = CrossFitModel(final=MapsModel(tiny).eval(), folds=folds)
     digest = save_cross_fit(model, tmp_path / "v1", metadata={"note": "test"})
     loaded = load_cross_fit(tmp_path / "v1", expected_sha256=digest)
     x = random_inputs(tiny)
@@ -89,7 +90,7 @@ def test_planted_validation_separates_a_good_model_from_a_blind_one(tiny):
 
 
 def test_planted_validation_says_when_there_is_too_little_data(tiny):
-    families = families_of(2, 2) + ["F2"]
+    families = [*families_of(2, 2), "F2"]
     features = random_features(tiny, families)
     family = np.array([0, 0, 1, 1, 2])
     out = planted_validation(ZeroShotModel(tiny), features, family, np.zeros(5), np.array([0, 1, 4]))
