@@ -1,8 +1,9 @@
 """python manage.py demo: everything `make demo` does after installing.
 
 Starts the embedded services, migrates, creates the demo reviewer and admin (printing their
-credentials), imports the bundled sample catalogue, then runs the worker and the web server in the
-foreground until Ctrl-C.
+credentials), imports the bundled sample catalogue, queues a score job (the active model version;
+zero-shot on a fresh install), then runs the workers and the web server in the foreground until
+Ctrl-C.
 """
 
 from django.core.management import call_command
@@ -32,6 +33,8 @@ class Command(BaseCommand):
                 f"Importing the sample catalogue {SAMPLE_CATALOGUE.relative_to(PROJECT_ROOT)} ..."
             )
             call_command("import_catalogue", str(SAMPLE_CATALOGUE), no_progress=True)
+            # queued now, run by the worker the stack starts: flags appear within a minute or two
+            call_command("score")
             if not setup_only:
                 call_command("stack", bind=bind, no_migrate=True)
         finally:
