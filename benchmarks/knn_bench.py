@@ -11,6 +11,7 @@ Uses its own database (catalog_review_bench_knn) on the embedded PostgreSQL; pri
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -61,7 +62,8 @@ def main() -> None:
         t = time.perf_counter()
         conn.execute("SET maintenance_work_mem = '1GB'")
         conn.execute(
-            "CREATE INDEX items_hnsw ON items USING hnsw (v vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+            "CREATE INDEX items_hnsw ON items USING hnsw (v vector_cosine_ops) "
+            "WITH (m = 16, ef_construction = 64)"
         )
         build_s = time.perf_counter() - t
         rng = np.random.default_rng(1)
@@ -79,7 +81,7 @@ def main() -> None:
                     "dim": DIM,
                     "copy_s": round(load_s, 1),
                     "index_build_s": round(build_s, 1),
-                    "machine": f"{platform.machine()} {platform.processor() or ''} cores={__import__('os').cpu_count()}",
+                    "machine": f"{platform.machine()} cores={os.cpu_count()}",
                     "date": time.strftime("%Y-%m-%d"),
                 }
             )
