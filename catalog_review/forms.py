@@ -1,6 +1,6 @@
 from django import forms
 
-from catalog_review.models import Category, ImageStatus
+from catalog_review.models import Category, Flag, ImageStatus, ModelVersion, ReviewDecision
 
 
 class CatalogueFilterForm(forms.Form):
@@ -22,3 +22,46 @@ class CatalogueFilterForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["category"].label_from_instance = lambda c: ("\u2003" * (c.depth - 1)) + c.name
+
+
+class QueueFilterForm(forms.Form):
+    """GET filters of the review queue."""
+
+    kind = forms.ChoiceField(choices=[("", "All kinds"), *Flag.Kind.choices], required=False)
+    category = forms.ModelChoiceField(
+        queryset=Category.objects.all(), required=False, empty_label="All categories"
+    )
+    family = forms.CharField(required=False, max_length=200)
+    min_score = forms.FloatField(required=False, min_value=0, max_value=1, label="Min score")
+    max_score = forms.FloatField(required=False, min_value=0, max_value=1, label="Max score")
+    model_version = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.all(),
+        required=False,
+        empty_label="Any model version",
+        to_field_name="name",
+    )
+    order = forms.ChoiceField(
+        choices=[("score", "Highest score first"), ("uncertain", "Most uncertain first")], required=False
+    )
+    page = forms.IntegerField(required=False, min_value=1)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["category"].label_from_instance = lambda c: ("\u2003" * (c.depth - 1)) + c.name
+
+    def clean(self):
+        data = super().clean()
+        low, high = data.get("min_score"), data.get("max_score")
+        if low is not None and high is not None and low > high:
+            raise forms.ValidationError("the minimum score is above the maximum")
+        return data
+
+
+class DecisionForm(forms.Form):
+    decision = forms.ChoiceField(
+        choices=[
+            (d, label) for d, label in ReviewDecision.Decision.choices if d != ReviewDecision.Decision.UNDO
+        ]
+    )
+    note = forms.CharField(required=False, max_length=2000)
+    client_request_id = forms.CharField(required=False, max_length=100)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import F, Func, QuerySet, Value
 
-from catalog_review.models import Category, Product, VariationFamily
+from catalog_review.models import Category, Flag, ModelVersion, Product, VariationFamily
 
 
 def product_list(
@@ -24,3 +24,42 @@ def product_list(
 
 def family_members(*, family: VariationFamily) -> QuerySet[Product]:
     return family.products.select_related("category").order_by("sku")
+
+
+def flag_queue(
+    *,
+    kind: str = "",
+    category: Category | None = None,
+    family: str = "",
+    min_score: float | None = None,
+    max_score: float | None = None,
+    model_version: ModelVersion | None = None,
+    order: str = "score",
+) -> QuerySet[Flag]:
+    """Open flags, highest score first (or nearest the 0.5 decision boundary first)."""
+    flags = Flag.objects.filter(status=Flag.Status.OPEN).select_related(
+        "product", "product__family", "counterpart", "model_version", "claimed_by"
+    )
+    if kind:
+        flags = flags.filter(kind=kind)
+    if category is not None:
+        flags = flags.filter(product__in=Product.objects.in_category(category))
+    if family:
+        flags = flags.filter(product__family__code=family)
+    if min_score is not None:
+        flags = flags.filter(score__gte=min_score)
+    if max_score is not None:
+        flags = flags.filter(score__lte=max_score)
+    if model_version is not None:
+        flags = flags.filter(model_version=model_version)
+    if order == "uncertain":
+        distance = Func(F("score") - Value(0.5), function="ABS")
+        return flags.annotate(uncertainty=distance).order_by("uncertainty", "id")
+    return flags.order_by("-score", "id")
+
+
+def flag_family(flag: Flag) -> list[Product]:
+    """The flagged listing's family, the flagged listing first."""
+    members = list(flag.product.family.products.select_related("category", "family").order_by("sku"))
+    members.sort(key=lambda p: p.pk != flag.product_id)
+    return members

@@ -215,6 +215,8 @@ IMAGE_FETCH_TIMEOUT_S = env_float("IMAGE_FETCH_TIMEOUT_S", 15.0, minimum=0.1)
 IMAGE_FETCH_MAX_RETRIES = env_int("IMAGE_FETCH_MAX_RETRIES", 3)
 TITLE_MAX_CHARS = env_int("TITLE_MAX_CHARS", 500, minimum=1)
 CATALOGUE_PAGE_SIZE = env_int("CATALOGUE_PAGE_SIZE", 48, minimum=1)
+REVIEW_PAGE_SIZE = env_int("REVIEW_PAGE_SIZE", 50, minimum=1)
+REVIEW_CLAIM_SECONDS = env_int("REVIEW_CLAIM_SECONDS", 300, minimum=10)  # a flag page renews it while open
 
 # --- Model, scoring, flags -----------------------------------------------------------------------
 # model versions (checkpoints) and cached backbone features; with several machines, shared storage

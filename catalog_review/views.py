@@ -5,14 +5,18 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.paginator import Paginator
-from django.http import Http404
-from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET
+from django.db.models import Count
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
 from django.views.static import serve
 
 from catalog_review import selectors
-from catalog_review.forms import CatalogueFilterForm
-from catalog_review.models import Job, Product, VariationFamily
+from catalog_review.forms import CatalogueFilterForm, DecisionForm, QueueFilterForm
+from catalog_review.models import Flag, Job, ModelVersion, Product, VariationFamily
+from catalog_review.services import review
 
 
 @require_GET
@@ -62,4 +66,161 @@ def media_file(request, path: str):
     except SuspiciousFileOperation:
         raise Http404("no such file") from None
     response["Cache-Control"] = "private, max-age=86400, immutable"  # content-addressed names
+    return response
+
+
+# --- review -------------------------------------------------------------------------------------
+
+
+def _queue_filters(request) -> tuple[QueueFilterForm, dict]:
+    form = QueueFilterForm(request.GET)
+    filters = form.cleaned_data if form.is_valid() else {}
+    return form, {k: v for k, v in filters.items() if k != "page" and v not in (None, "")}
+
+
+def _queue_query(request) -> str:
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()
+
+
+@require_GET
+def review_queue(request):
+    form, filters = _queue_filters(request)
+    flags = selectors.flag_queue(**filters)
+    page = Paginator(flags, settings.REVIEW_PAGE_SIZE).get_page(request.GET.get("page") or 1)
+    counts = dict(
+        Flag.objects.filter(status=Flag.Status.OPEN).values_list("kind").annotate(n=Count("id")).order_by()
+    )
+    context = {
+        "form": form,
+        "page": page,
+        "query": _queue_query(request),
+        "counts": {label: counts.get(kind, 0) for kind, label in Flag.Kind.choices},
+        "active_version": ModelVersion.objects.filter(is_active=True).first(),
+        "now": timezone.now(),
+    }
+    template = "catalog_review/queue.html#results" if request.htmx else "catalog_review/queue.html"
+    return render(request, template, context)
+
+
+@require_GET
+def review_next(request):
+    """Claim the next flag of the (filtered) queue and open it."""
+    _form, filters = _queue_filters(request)
+    flag = review.next_flag(user=request.user, queue=selectors.flag_queue(**filters))
+    if flag is None:
+        return render(request, "catalog_review/queue_done.html", {"query": _queue_query(request)})
+    return redirect(f"{reverse('flag', args=[flag.pk])}?{_queue_query(request)}")
+
+
+def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
+    if flag.status == Flag.Status.OPEN:
+        review.claim(flag=flag, user=request.user)
+    members = selectors.flag_family(flag)
+    evidence = flag.evidence or {}
+    agreement = {a["sku"]: a["p_same_family"] for a in evidence.get("family_agreement", [])}
+    for member in members:
+        member.p_same_family = agreement.get(member.sku)
+    history = flag.decisions.select_related("reviewer", "undoes").order_by("created_at", "id")
+    return {
+        "flag": flag,
+        "members": members,
+        "evidence": evidence,
+        "history": history,
+        "held_by_other": flag.claimed_by_id not in (None, request.user.pk)
+        and flag.claim_expires_at
+        and flag.claim_expires_at > timezone.now(),
+        "query": _queue_query(request),
+        "message": message,
+        "claim_seconds": settings.REVIEW_CLAIM_SECONDS,
+    }
+
+
+def _flag_or_404(flag_id: int) -> Flag:
+    return get_object_or_404(
+        Flag.objects.select_related(
+            "product", "product__family", "counterpart", "model_version", "claimed_by"
+        ),
+        pk=flag_id,
+    )
+
+
+@require_GET
+def flag_detail(request, flag_id: int):
+    flag = _flag_or_404(flag_id)
+    return render(request, "catalog_review/flag.html", _flag_context(request, flag))
+
+
+@require_POST
+def flag_decide(request, flag_id: int):
+    form = DecisionForm(request.POST)
+    flag = _flag_or_404(flag_id)
+    if not form.is_valid():
+        context = _flag_context(request, flag, message="Choose confirm, reject or skip.")
+        return render(request, _flag_template(request), context, status=400)
+    try:
+        review.decide(
+            flag_id=flag.pk,
+            user=request.user,
+            decision=form.cleaned_data["decision"],
+            note=form.cleaned_data["note"],
+            client_request_id=form.cleaned_data["client_request_id"] or None,
+        )
+    except review.ReviewConflict as exc:
+        flag = _flag_or_404(flag_id)
+        return render(
+            request, _flag_template(request), _flag_context(request, flag, message=str(exc)), status=409
+        )
+    return _to_next_flag(request, after=flag)
+
+
+@require_POST
+def flag_undo(request, flag_id: int):
+    flag = _flag_or_404(flag_id)
+    try:
+        review.undo(flag_id=flag.pk, user=request.user)
+    except review.NothingToUndo as exc:
+        return render(
+            request, _flag_template(request), _flag_context(request, flag, message=str(exc)), status=409
+        )
+    flag = _flag_or_404(flag_id)
+    response = render(
+        request, _flag_template(request), _flag_context(request, flag, message="Decision undone.")
+    )
+    if request.htmx:
+        response["HX-Push-Url"] = f"{reverse('flag', args=[flag.pk])}?{_queue_query(request)}"
+    return response
+
+
+@require_POST
+def flag_claim(request, flag_id: int):
+    """Renew the claim while the page is open (htmx, every minute)."""
+    flag = _flag_or_404(flag_id)
+    if flag.status == Flag.Status.OPEN and review.claim(flag=flag, user=request.user):
+        return HttpResponse(status=204)
+    return HttpResponse("claimed by another reviewer or decided", status=409)
+
+
+def _flag_template(request) -> str:
+    return "catalog_review/flag.html#panel" if request.htmx else "catalog_review/flag.html"
+
+
+def _to_next_flag(request, *, after: Flag):
+    """After a decision: the next flag of the same queue, in place (htmx) or by redirect."""
+    _form, filters = _queue_filters(request)
+    query = _queue_query(request)
+    flag = review.next_flag(user=request.user, queue=selectors.flag_queue(**filters), after=after)
+    if flag is None:
+        if request.htmx:
+            response = render(request, "catalog_review/queue_done.html#done", {"query": query})
+            response["HX-Push-Url"] = f"{reverse('review_next')}?{query}"
+            return response
+        return redirect(f"{reverse('review_next')}?{query}")
+    url = f"{reverse('flag', args=[flag.pk])}?{query}"
+    if not request.htmx:
+        return redirect(url)
+    flag = _flag_or_404(flag.pk)
+    response = render(request, "catalog_review/flag.html#panel", _flag_context(request, flag))
+    response["HX-Push-Url"] = url
     return response

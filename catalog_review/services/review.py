@@ -1,0 +1,188 @@
+"""Review: claims (leases), decisions, undo, and the labelled pairs every decision writes.
+
+Every decision is an append-only ReviewDecision row written in one transaction with the flag's new
+status and its LabelledPairs; the flag row is locked first, so of two reviewers deciding the same
+flag exactly one wins and the other is told who decided. Undo is a new row that reopens the flag
+and retracts the pairs (a retraction row per pair, never a delete).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from catalog_review.models import Flag, LabelledPair, Product, ReviewDecision
+
+D = ReviewDecision.Decision
+R = LabelledPair.Relation
+
+
+class ReviewConflict(Exception):
+    """The flag was decided by someone else (or is no longer open)."""
+
+    def __init__(self, flag: Flag, message: str):
+        super().__init__(message)
+        self.flag = flag
+
+
+class NothingToUndo(Exception):
+    pass
+
+
+def lease() -> timedelta:
+    return timedelta(seconds=settings.REVIEW_CLAIM_SECONDS)
+
+
+def claimable(user) -> Q:
+    """Open flags nobody else holds a live claim on."""
+    now = timezone.now()
+    return Q(status=Flag.Status.OPEN) & (
+        Q(claimed_by__isnull=True) | Q(claimed_by=user) | Q(claim_expires_at__lt=now)
+    )
+
+
+def _held_by_other(flag: Flag, user) -> bool:
+    return (
+        flag.claimed_by_id not in (None, user.pk)
+        and flag.claim_expires_at is not None
+        and flag.claim_expires_at > timezone.now()
+    )
+
+
+def claim(*, flag: Flag, user) -> bool:
+    """Claim (or renew) the flag for `user`; False when another reviewer holds a live claim."""
+    now = timezone.now()
+    updated = Flag.objects.filter(Q(pk=flag.pk) & claimable(user)).update(
+        claimed_by=user, claim_expires_at=now + lease()
+    )
+    if updated:
+        flag.claimed_by, flag.claim_expires_at = user, now + lease()
+    return bool(updated)
+
+
+def release(*, flag: Flag, user) -> None:
+    Flag.objects.filter(pk=flag.pk, claimed_by=user).update(claimed_by=None, claim_expires_at=None)
+
+
+def next_flag(*, user, queue: QuerySet[Flag], after: Flag | None = None) -> Flag | None:
+    """The first flag of `queue` the user can claim (skipping what they skipped), claimed for them."""
+    skipped = ReviewDecision.objects.filter(reviewer=user, decision=D.SKIP).values("flag_id")
+    candidates = queue.filter(claimable(user)).exclude(pk__in=skipped)
+    if after is not None:
+        candidates = candidates.exclude(pk=after.pk)
+    for flag in candidates[:20]:  # claims race: try the next one when someone was faster
+        if claim(flag=flag, user=user):
+            return flag
+    return None
+
+
+@dataclass
+class DecisionResult:
+    decision: ReviewDecision
+    created: bool  # False: an idempotent retry of the same client request
+
+
+def decide(
+    *, flag_id: int, user, decision: str, note: str = "", client_request_id: str | None = None
+) -> DecisionResult:
+    if decision not in (D.CONFIRM, D.REJECT, D.SKIP):
+        raise ValueError(f"unknown decision {decision!r}: use confirm, reject or skip")
+    if client_request_id:
+        earlier = ReviewDecision.objects.filter(client_request_id=client_request_id).first()
+        if earlier is not None:
+            return DecisionResult(earlier, created=False)
+    try:
+        with transaction.atomic():
+            flag = Flag.objects.select_for_update().select_related("product", "counterpart").get(pk=flag_id)
+            if flag.status != Flag.Status.OPEN:
+                last = flag.decisions.exclude(decision__in=[D.SKIP, D.UNDO]).select_related("reviewer").last()
+                who = f" by {last.reviewer.get_username()}" if last else ""
+                raise ReviewConflict(flag, f"this flag was already {flag.status}{who}")
+            # a confirm/reject from anyone counts (the first one wins); skipping someone else's live
+            # claim makes no sense
+            if decision == D.SKIP and _held_by_other(flag, user):
+                raise ReviewConflict(flag, f"{flag.claimed_by.get_username()} is reviewing this flag")
+            row = ReviewDecision.objects.create(
+                flag=flag,
+                reviewer=user,
+                decision=decision,
+                note=note.strip(),
+                client_request_id=client_request_id,
+            )
+            if decision == D.SKIP:
+                Flag.objects.filter(pk=flag.pk).update(claimed_by=None, claim_expires_at=None)
+            else:
+                flag.status = Flag.Status.CONFIRMED if decision == D.CONFIRM else Flag.Status.REJECTED
+                flag.claimed_by, flag.claim_expires_at = None, None
+                flag.save(update_fields=["status", "claimed_by", "claim_expires_at", "updated_at"])
+                LabelledPair.objects.bulk_create(_pairs(flag, decision, row))
+    except IntegrityError:
+        if client_request_id:  # the same request raced itself: the first one won
+            return DecisionResult(
+                ReviewDecision.objects.get(client_request_id=client_request_id), created=False
+            )
+        raise
+    return DecisionResult(row, created=True)
+
+
+def _pairs(flag: Flag, decision: str, row: ReviewDecision) -> list[LabelledPair]:
+    """The labelled pairs a decision teaches (DESIGN 8)."""
+    source = LabelledPair.Source.REVIEW
+    if flag.kind == Flag.Kind.DUPLICATE:
+        if flag.counterpart_id is None:
+            return []
+        relation = R.SAME_PRODUCT if decision == D.CONFIRM else R.DIFFERENT
+        return [
+            LabelledPair(
+                a_id=flag.product_id, b_id=flag.counterpart_id, relation=relation, source=source, decision=row
+            )
+        ]
+    members = (
+        Product.objects.filter(family_id=flag.product.family_id)
+        .exclude(pk=flag.product_id)
+        .values_list("pk", flat=True)
+    )
+    relation = R.DIFFERENT if decision == D.CONFIRM else R.SAME_FAMILY
+    return [
+        LabelledPair(a_id=flag.product_id, b_id=member, relation=relation, source=source, decision=row)
+        for member in members
+    ]
+
+
+def undo(*, flag_id: int, user) -> ReviewDecision:
+    """Undo the flag's latest confirm/reject (or the user's skip): a new row, the flag reopened, the
+    decision's labelled pairs retracted."""
+    with transaction.atomic():
+        flag = Flag.objects.select_for_update().get(pk=flag_id)
+        undone = set(
+            ReviewDecision.objects.filter(flag=flag, decision=D.UNDO).values_list("undoes_id", flat=True)
+        )
+        last = (
+            ReviewDecision.objects.filter(flag=flag)
+            .exclude(decision=D.UNDO)
+            .exclude(pk__in=undone)
+            .filter(Q(decision__in=[D.CONFIRM, D.REJECT]) | Q(reviewer=user))
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        if last is None:
+            raise NothingToUndo("there is no decision on this flag to undo")
+        if last.decision != D.SKIP and flag.status not in (Flag.Status.CONFIRMED, Flag.Status.REJECTED):
+            raise NothingToUndo("this flag is not decided")
+        row = ReviewDecision.objects.create(flag=flag, reviewer=user, decision=D.UNDO, undoes=last)
+        if last.decision != D.SKIP:
+            flag.status = Flag.Status.OPEN
+            flag.claimed_by, flag.claim_expires_at = user, timezone.now() + lease()
+            flag.save(update_fields=["status", "claimed_by", "claim_expires_at", "updated_at"])
+            LabelledPair.objects.bulk_create(
+                LabelledPair(
+                    a_id=p.a_id, b_id=p.b_id, relation=p.relation, source=p.source, decision=row, retracts=p
+                )
+                for p in last.labelled_pairs.all()
+            )
+    return row
