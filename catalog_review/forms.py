@@ -35,7 +35,7 @@ class QueueFilterForm(forms.Form):
     min_score = forms.FloatField(required=False, min_value=0, max_value=1, label="Min score")
     max_score = forms.FloatField(required=False, min_value=0, max_value=1, label="Max score")
     model_version = forms.ModelChoiceField(
-        queryset=ModelVersion.objects.all(),
+        queryset=ModelVersion.objects.only("id", "name"),
         required=False,
         empty_label="Any model version",
         to_field_name="name",

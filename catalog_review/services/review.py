@@ -98,7 +98,11 @@ def decide(
             return DecisionResult(earlier, created=False)
     try:
         with transaction.atomic():
-            flag = Flag.objects.select_for_update().select_related("product", "counterpart").get(pk=flag_id)
+            flag = (
+                Flag.objects.select_for_update(of=("self",))
+                .select_related("product", "counterpart")
+                .get(pk=flag_id)
+            )
             if flag.status != Flag.Status.OPEN:
                 last = flag.decisions.exclude(decision__in=[D.SKIP, D.UNDO]).select_related("reviewer").last()
                 who = f" by {last.reviewer.get_username()}" if last else ""

@@ -1,0 +1,223 @@
+"""Review: queue, flag page, decisions (+ labelled pairs), conflicts, idempotent retries, undo, claims."""
+
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from catalog_review.models import Flag, LabelledPair, ModelVersion, ReviewDecision
+from catalog_review.services import review
+from tests.factories import FamilyFactory, ProductFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+R = LabelledPair.Relation
+
+
+@pytest.fixture
+def flags():
+    version = ModelVersion.objects.create(name="v1", is_active=True)
+    family = FamilyFactory(code="FAM-1")
+    wrong = ProductFactory(sku="W", title="Bar shelf <b>yellow</b>", family=family)
+    members = [ProductFactory(sku=f"M{i}", title=f"Circle lamp {i}", family=family) for i in range(3)]
+    other = ProductFactory(sku="O", title="Circle lamp copy")
+    made = {
+        "wrong_variant": Flag.objects.create(
+            kind=Flag.Kind.WRONG_VARIANT,
+            product=wrong,
+            score=0.9,
+            model_version=version,
+            evidence={
+                "agrees_with": 0,
+                "family_size": 4,
+                "family_agreement": [{"sku": m.sku, "p_same_family": 0.1} for m in members],
+            },
+        ),
+        "duplicate": Flag.objects.create(
+            kind=Flag.Kind.DUPLICATE,
+            product=members[0],
+            counterpart=other,
+            score=0.7,
+            model_version=version,
+            evidence={
+                "duplicate_score": 0.7,
+                "image_cosine": 0.98,
+                "title_cosine": 0.95,
+                "same_family": False,
+            },
+        ),
+    }
+    made["low"] = Flag.objects.create(
+        kind=Flag.Kind.WRONG_VARIANT, product=members[1], score=0.55, model_version=version
+    )
+    return made
+
+
+REVIEW_PAGES = [("review_queue", {}), ("review_next", {}), ("flag", {"flag_id": 0})]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), REVIEW_PAGES)
+def test_review_pages_need_login(client, flags, name, kwargs):
+    kwargs = {k: flags["duplicate"].pk for k in kwargs}
+    response = client.get(reverse(name, kwargs=kwargs))
+    assert response.status_code == 302 and response.url.startswith(reverse("login"))
+
+
+def test_decision_endpoints_refuse_get(reviewer_client, flags):
+    for name in ("flag_decide", "flag_undo", "flag_claim"):
+        assert reviewer_client.get(reverse(name, args=[flags["duplicate"].pk])).status_code == 405
+
+
+def test_queue_lists_open_flags_by_score_and_filters(reviewer_client, flags, django_assert_num_queries):
+    # session, user, count, page, counts by kind, active version, the category and version choices
+    with django_assert_num_queries(8):
+        response = reviewer_client.get(reverse("review_queue"))
+    assert response.status_code == 200
+    assert [f.pk for f in response.context["page"].object_list] == [
+        flags["wrong_variant"].pk,
+        flags["duplicate"].pk,
+        flags["low"].pk,
+    ]
+    assert b"Bar shelf &lt;b&gt;yellow&lt;/b&gt;" in response.content
+    response = reviewer_client.get(reverse("review_queue"), {"kind": "duplicate"})
+    assert [f.pk for f in response.context["page"].object_list] == [flags["duplicate"].pk]
+    response = reviewer_client.get(reverse("review_queue"), {"order": "uncertain"})
+    assert response.context["page"].object_list[0].pk == flags["low"].pk
+    response = reviewer_client.get(reverse("review_queue"), {"min_score": "0.6", "max_score": "0.8"})
+    assert [f.pk for f in response.context["page"].object_list] == [flags["duplicate"].pk]
+
+
+def test_bad_queue_filters_are_reported(reviewer_client, flags):
+    response = reviewer_client.get(reverse("review_queue"), {"min_score": "0.9", "max_score": "0.1"})
+    assert response.status_code == 200
+    assert b"the minimum score is above the maximum" in response.content
+    response = reviewer_client.get(reverse("review_queue"), {"min_score": "lots"})
+    assert response.status_code == 200 and b"Enter a number" in response.content
+
+
+def test_flag_page_shows_family_and_evidence_and_claims(reviewer_client, reviewer, flags):
+    flag = flags["wrong_variant"]
+    response = reviewer_client.get(reverse("flag", args=[flag.pk]))
+    assert response.status_code == 200
+    assert b"agrees with <strong>0 of 3</strong>" in response.content
+    assert response.context["members"][0].sku == "W"
+    flag.refresh_from_db()
+    assert flag.claimed_by == reviewer and flag.claim_expires_at > timezone.now()
+
+
+def test_confirm_writes_decision_pairs_and_serves_the_next_flag_in_place(reviewer_client, reviewer, flags):
+    flag = flags["wrong_variant"]
+    response = reviewer_client.post(
+        reverse("flag_decide", args=[flag.pk]),
+        {"decision": "confirm", "note": "a shelf"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 200
+    assert response["HX-Push-Url"].startswith(reverse("flag", args=[flags["duplicate"].pk]))
+    assert b'id="flag-panel"' in response.content and b"<html" not in response.content
+    flag.refresh_from_db()
+    assert flag.status == Flag.Status.CONFIRMED
+    decision = ReviewDecision.objects.get(flag=flag)
+    assert (decision.reviewer, decision.decision, decision.note) == (reviewer, "confirm", "a shelf")
+    pairs = LabelledPair.objects.filter(decision=decision)
+    assert {(p.a.sku, p.b.sku, p.relation) for p in pairs} == {("W", f"M{i}", R.DIFFERENT) for i in range(3)}
+
+
+@pytest.mark.parametrize(
+    ("kind", "decision", "relation", "count"),
+    [
+        ("wrong_variant", "reject", R.SAME_FAMILY, 3),
+        ("duplicate", "confirm", R.SAME_PRODUCT, 1),
+        ("duplicate", "reject", R.DIFFERENT, 1),
+    ],
+)
+def test_each_decision_teaches_its_pairs(reviewer, flags, kind, decision, relation, count):
+    result = review.decide(flag_id=flags[kind].pk, user=reviewer, decision=decision)
+    pairs = LabelledPair.objects.filter(decision=result.decision)
+    assert pairs.count() == count and {p.relation for p in pairs} == {relation}
+
+
+def test_skip_leaves_the_flag_open_and_out_of_my_queue(reviewer_client, reviewer, flags):
+    flag = flags["wrong_variant"]
+    response = reviewer_client.post(reverse("flag_decide", args=[flag.pk]), {"decision": "skip"})
+    assert response.status_code == 302
+    flag.refresh_from_db()
+    assert flag.status == Flag.Status.OPEN and flag.claimed_by is None
+    assert not LabelledPair.objects.exists()
+    nxt = review.next_flag(user=reviewer, queue=Flag.objects.filter(status="open").order_by("-score"))
+    assert nxt.pk != flag.pk
+
+
+def test_second_decision_gets_409_naming_who_decided(reviewer_client, flags):
+    flag = flags["duplicate"]
+    other = UserFactory(username="alice")
+    review.decide(flag_id=flag.pk, user=other, decision="reject")
+    response = reviewer_client.post(reverse("flag_decide", args=[flag.pk]), {"decision": "confirm"})
+    assert response.status_code == 409
+    assert b"already rejected by alice" in response.content
+    assert ReviewDecision.objects.filter(flag=flag).count() == 1
+
+
+def test_a_retried_request_is_recorded_once(reviewer_client, flags):
+    flag = flags["duplicate"]
+    for _ in range(2):
+        response = reviewer_client.post(
+            reverse("flag_decide", args=[flag.pk]), {"decision": "confirm", "client_request_id": "req-1"}
+        )
+        assert response.status_code == 302
+    assert ReviewDecision.objects.filter(flag=flag).count() == 1
+    assert LabelledPair.objects.count() == 1
+
+
+def test_bad_decision_is_a_400(reviewer_client, flags):
+    response = reviewer_client.post(
+        reverse("flag_decide", args=[flags["duplicate"].pk]), {"decision": "maybe"}
+    )
+    assert response.status_code == 400
+    assert not ReviewDecision.objects.exists()
+
+
+def test_undo_reopens_and_retracts_pairs(reviewer_client, reviewer, flags):
+    flag = flags["wrong_variant"]
+    review.decide(flag_id=flag.pk, user=reviewer, decision="confirm")
+    response = reviewer_client.post(reverse("flag_undo", args=[flag.pk]))
+    assert response.status_code == 200 and b"Decision undone." in response.content
+    flag.refresh_from_db()
+    assert flag.status == Flag.Status.OPEN
+    undo = ReviewDecision.objects.get(decision="undo")
+    assert undo.undoes.decision == "confirm"
+    retractions = LabelledPair.objects.filter(retracts__isnull=False)
+    assert retractions.count() == 3 and all(p.decision == undo for p in retractions)
+    assert LabelledPair.objects.count() == 6, "append-only: nothing deleted"
+    assert b"undid" in response.content  # the history shows it
+    assert reviewer_client.post(reverse("flag_undo", args=[flag.pk])).status_code == 409
+
+
+def test_claimed_flags_are_not_served_to_another_reviewer_until_the_lease_expires(reviewer, flags):
+    queue = Flag.objects.filter(status="open").order_by("-score", "id")
+    alice = UserFactory(username="alice")
+    first = review.next_flag(user=reviewer, queue=queue)
+    second = review.next_flag(user=alice, queue=queue)
+    assert first.pk == flags["wrong_variant"].pk and second.pk != first.pk
+    Flag.objects.filter(pk=first.pk).update(claim_expires_at=timezone.now() - timedelta(seconds=1))
+    assert review.next_flag(user=alice, queue=queue.exclude(pk=second.pk)).pk == first.pk
+
+
+def test_claim_renewal(reviewer_client, flags):
+    flag = flags["duplicate"]
+    assert reviewer_client.post(reverse("flag_claim", args=[flag.pk])).status_code == 204
+    alice = Client()
+    alice.force_login(UserFactory(username="alice"))
+    assert alice.post(reverse("flag_claim", args=[flag.pk])).status_code == 409
+
+
+def test_next_redirects_to_a_claimed_flag_then_says_done(reviewer_client, reviewer, flags):
+    response = reviewer_client.get(reverse("review_next"))
+    assert response.status_code == 302 and response.url.startswith(
+        reverse("flag", args=[flags["wrong_variant"].pk])
+    )
+    for flag in flags.values():
+        review.decide(flag_id=flag.pk, user=reviewer, decision="reject")
+    response = reviewer_client.get(reverse("review_next"))
+    assert response.status_code == 200 and b"Nothing left to review" in response.content
