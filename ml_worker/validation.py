@@ -5,7 +5,8 @@ A new model version is activated only if its validation PR-AUC is not worse than
 space, errors are planted into families the new model never trained on:
 - moved (wrong product): a listing scored against the members of another family of its category;
 - swapped image (wrong image): a listing shown with the image of another family's listing;
-- re-listed (duplicate): a listing next to its re-listing view (cropped, re-encoded image).
+- re-listed (duplicate): a listing next to its re-listing (cropped, re-encoded image; about a third
+  of the title's tokens dropped).
 Clean members are the negatives. Metrics are average precision (PR-AUC) per kind, and their mean
 is the number the promotion gate compares. Every model (trained or zero-shot) is measured on exactly
 the same planted set, so the comparison is like for like.
@@ -106,6 +107,10 @@ def planted_validation(
     # duplicates: half the sampled listings get a re-listing among the candidates
     twins = rng.permutation(len(local_rows))[: len(local_rows) // 4]
     aug = features.inputs(torch.as_tensor(local_rows[twins]), augmented=True)
+    # a re-listing rarely copies the title verbatim: drop about a third of its words (tokens)
+    drop = torch.as_tensor(rng.random(tuple(aug.token_mask.shape)) < 0.35)
+    drop[:, 0] = False  # keep the first token, so no title is empty
+    aug = MapsInputs(aug.top, aug.mid, aug.has_image, aug.tokens, aug.token_mask & ~drop)
     twin_out = _encode(model, aug)
     all_out = MapsOutput(
         *(torch.cat([getattr(out, f), getattr(twin_out, f)]) for f in MapsOutput.__dataclass_fields__)

@@ -84,7 +84,7 @@ def test_planted_validation_separates_a_good_model_from_a_blind_one(tiny):
 
     blind = planted_validation(Blind(tiny), features, family, leaf, rows, seed=0)
     assert good["wrong_product_ap"] > 0.9
-    assert good["duplicate_ap"] > 0.9
+    assert good["duplicate_ap"] > blind["duplicate_ap"] + 0.2
     assert good["pr_auc"] > blind["pr_auc"] + 0.3
     assert good["validation_families"] == 30
 
