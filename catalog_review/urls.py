@@ -12,6 +12,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/", views.job_detail, name="job"),
     path("review/", views.review_queue, name="review_queue"),
     path("review/next/", views.review_next, name="review_next"),
+    path("review/undo/", views.review_undo, name="review_undo"),
     path("flags/<int:flag_id>/", views.flag_detail, name="flag"),
     path("flags/<int:flag_id>/decide/", views.flag_decide, name="flag_decide"),
     path("flags/<int:flag_id>/undo/", views.flag_undo, name="flag_undo"),

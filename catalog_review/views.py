@@ -10,6 +10,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
 from django.views.decorators.http import require_GET, require_POST
 from django.views.static import serve
 
@@ -190,6 +191,28 @@ def flag_undo(request, flag_id: int):
     )
     if request.htmx:
         response["HX-Push-Url"] = f"{reverse('flag', args=[flag.pk])}?{_queue_query(request)}"
+    return response
+
+
+@require_POST
+def review_undo(request):
+    """Undo my last decision (the `u` key) and show that flag again."""
+    try:
+        row = review.undo_last(user=request.user)
+    except review.NothingToUndo as exc:
+        if request.htmx:
+            return HttpResponse(f'<p class="notice" role="status">{escape(str(exc))}</p>', status=409)
+        return redirect(f"{reverse('review_queue')}")
+    flag = _flag_or_404(row.flag_id)
+    url = f"{reverse('flag', args=[flag.pk])}?{_queue_query(request)}"
+    if not request.htmx:
+        return redirect(url)
+    response = render(
+        request, "catalog_review/flag.html#panel", _flag_context(request, flag, message="Decision undone.")
+    )
+    response["HX-Push-Url"] = url
+    response["HX-Retarget"] = "#flag-panel"
+    response["HX-Reswap"] = "outerHTML"
     return response
 
 

@@ -190,3 +190,17 @@ def undo(*, flag_id: int, user) -> ReviewDecision:
                 for p in last.labelled_pairs.all()
             )
     return row
+
+
+def undo_last(*, user) -> ReviewDecision:
+    """Undo the user's most recent decision that is still in force (the `u` key)."""
+    undone = ReviewDecision.objects.filter(decision=D.UNDO).values("undoes_id")
+    last = (
+        ReviewDecision.objects.filter(reviewer=user, decision__in=[D.CONFIRM, D.REJECT, D.SKIP])
+        .exclude(pk__in=undone)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if last is None:
+        raise NothingToUndo("you have no decision to undo")
+    return undo(flag_id=last.flag_id, user=user)

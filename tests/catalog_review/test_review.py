@@ -221,3 +221,17 @@ def test_next_redirects_to_a_claimed_flag_then_says_done(reviewer_client, review
         review.decide(flag_id=flag.pk, user=reviewer, decision="reject")
     response = reviewer_client.get(reverse("review_next"))
     assert response.status_code == 200 and b"Nothing left to review" in response.content
+
+
+def test_u_undoes_my_last_decision_and_shows_that_flag(reviewer_client, reviewer, flags):
+    review.decide(flag_id=flags["wrong_variant"].pk, user=reviewer, decision="confirm")
+    review.decide(flag_id=flags["duplicate"].pk, user=reviewer, decision="reject")
+    response = reviewer_client.post(reverse("review_undo"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert response["HX-Push-Url"].startswith(reverse("flag", args=[flags["duplicate"].pk]))
+    assert Flag.objects.get(pk=flags["duplicate"].pk).status == Flag.Status.OPEN
+    assert Flag.objects.get(pk=flags["wrong_variant"].pk).status == Flag.Status.CONFIRMED
+    reviewer_client.post(reverse("review_undo"))
+    assert Flag.objects.get(pk=flags["wrong_variant"].pk).status == Flag.Status.OPEN
+    response = reviewer_client.post(reverse("review_undo"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 409 and b"no decision to undo" in response.content
