@@ -226,8 +226,8 @@ ML_DEVICE = env_str("ML_DEVICE", "auto")  # auto = cuda when available, else cpu
 SCORE_CHUNK_LISTINGS = env_int("SCORE_CHUNK_LISTINGS", 256, minimum=1)  # listings per embedding task
 DUPLICATE_NEIGHBOURS = env_int("DUPLICATE_NEIGHBOURS", 20, minimum=1)  # kNN candidates per listing
 HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 100, minimum=1)
-FLAG_WRONG_VARIANT_THRESHOLD = env_float("FLAG_WRONG_VARIANT_THRESHOLD", 0.5)
-FLAG_DUPLICATE_THRESHOLD = env_float("FLAG_DUPLICATE_THRESHOLD", 0.5)
+FLAG_WRONG_VARIANT_THRESHOLD = env_float("FLAG_WRONG_VARIANT_THRESHOLD", 0.7)
+FLAG_DUPLICATE_THRESHOLD = env_float("FLAG_DUPLICATE_THRESHOLD", 0.9)
 TRAIN_STEPS = env_int("TRAIN_STEPS", 200, minimum=1)
 TRAIN_FOLDS = env_int("TRAIN_FOLDS", 2, minimum=1)
 # a new version is activated when its validation PR-AUC >= the active one's minus this tolerance

@@ -20,9 +20,10 @@ from ml_worker.config import MapsConfig
 from ml_worker.modeling_maps import MapsInputs, MapsOutput, raw_descriptors
 
 # logit = scale * (similarity - centre); similarity = mean of the image and title cosines. Centres set
-# so that, on hm-dev, about 5% of listings reach a score of 0.5 (the default flag thresholds).
-FAMILY_CALIBRATION = (15.0, 0.77)
-PRODUCT_CALIBRATION = (25.0, 0.96)
+# so that, on hm-dev, about 5% of listings reach the default flag thresholds (wrong_variant_score 0.7,
+# duplicate_score 0.9).
+FAMILY_CALIBRATION = (15.0, 0.83)
+PRODUCT_CALIBRATION = (25.0, 0.87)
 
 
 class ZeroShotModel(nn.Module):

@@ -121,7 +121,7 @@ def test_score_job_embeds_flags_and_exports(celery_worker, catalogue, media_root
     flag = Flag.objects.get(kind=Flag.Kind.DUPLICATE, status=Flag.Status.OPEN, product__sku="circle-red")
     assert flag.counterpart.sku == "DUP"
     assert flag.model_version == version
-    assert flag.evidence["duplicate_score"] >= 0.5
+    assert flag.evidence["duplicate_score"] >= job.scope["thresholds"]["duplicate"]
     assert (media_root / flag.heatmap).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (media_root / flag.evidence["counterpart_heatmap"]).exists()
     planted = ProductEmbedding.objects.get(product__sku="PLANTED", model_version=version)
@@ -150,7 +150,8 @@ def test_score_job_embeds_flags_and_exports(celery_worker, catalogue, media_root
     assert by_sku["PLANTED"]["model_version"] == "zero-shot"
 
 
-def test_rescoring_keeps_decisions_updates_open_flags_and_marks_stale(celery_worker, catalogue):
+def test_rescoring_keeps_decisions_updates_open_flags_and_marks_stale(celery_worker, catalogue, settings):
+    settings.FLAG_DUPLICATE_THRESHOLD = 0.5  # the edited re-listing below must still count as a duplicate
     finished(score_start().pk)
     dup_flag = Flag.objects.get(kind=Flag.Kind.DUPLICATE, product__sku="circle-red", counterpart__sku="DUP")
     dup_flag.status = Flag.Status.REJECTED  # a reviewer said: not a duplicate
