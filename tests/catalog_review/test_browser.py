@@ -116,3 +116,111 @@ def test_titles_are_rendered_escaped(page, tmp_path):
     log_in(page)
     assert page.locator(".card .title").inner_text() == "<img src=x onerror=alert(1)> Dress"
     assert dialogs == []
+
+
+def _flags_on_the_sample(media_root):
+    """Flags on the real sample catalogue (as a score job would raise them), with heatmaps."""
+    import numpy as np
+
+    from catalog_review.models import Flag, ModelVersion
+    from ml_worker.heatmap import render_heatmap
+
+    catalogue_import(path=SAMPLE)
+    version = ModelVersion.objects.create(name="maps-demo", is_active=True)
+    flags = []
+    attention = np.outer(np.hanning(7), np.hanning(7))
+    for sku, score in (("GS-021", 0.93), ("GS-028", 0.88), ("GS-071", 0.81)):  # the planted errors
+        product = Product.objects.select_related("family").get(sku=sku)
+        heat = f"heatmaps/test/{product.pk}.png"
+        (media_root / heat).parent.mkdir(parents=True, exist_ok=True)
+        (media_root / heat).write_bytes(render_heatmap(media_root / product.image, attention))
+        members = product.family.products.exclude(pk=product.pk)
+        flags.append(
+            Flag.objects.create(
+                kind=Flag.Kind.WRONG_VARIANT,
+                product=product,
+                score=score,
+                model_version=version,
+                heatmap=heat,
+                evidence={
+                    "agrees_with": 0,
+                    "family_size": members.count() + 1,
+                    "family_agreement": [{"sku": m.sku, "p_same_family": 0.12} for m in members],
+                },
+            )
+        )
+    return flags
+
+
+def test_reviewer_works_through_the_queue_with_the_keyboard(page, media_root):
+    from catalog_review.models import Flag, ReviewDecision
+
+    UserFactory(username="reviewer")
+    flags = _flags_on_the_sample(media_root)
+    log_in(page)
+    page.goto("/review/")
+    assert page.locator("table.queue tbody tr").count() == 3
+    shot(page, "review-queue")
+    page.keyboard.press("Enter")  # start reviewing
+    page.wait_for_url(f"**/flags/{flags[0].pk}/**")
+    page.wait_for_function("document.querySelector('.rcard.flagged img.photo').complete")
+    page.evaluate("window.__no_reload = true")
+    page.keyboard.press("h")  # heatmap on
+    assert page.locator("body.heat-on").count() == 1
+    shot(page, "review-flag")
+    page.keyboard.press("?")
+    assert page.locator("#keys-help").is_visible()
+    shot(page, "review-keys")
+    page.keyboard.press("Escape")
+
+    page.keyboard.press("y")  # confirm: the next flag loads in place
+    page.wait_for_url(f"**/flags/{flags[1].pk}/**")
+    page.wait_for_selector(f"#flag-panel[data-flag='{flags[1].pk}']")
+    page.keyboard.press("n")  # reject
+    page.wait_for_selector(f"#flag-panel[data-flag='{flags[2].pk}']")
+    assert page.evaluate("window.__no_reload") is True, "decisions never reload the page"
+    page.keyboard.press("u")  # undo the reject: back on flag 2, open again
+    page.wait_for_selector(f"#flag-panel[data-flag='{flags[1].pk}'][data-status='open']")
+    assert "Decision undone." in page.locator("#flag-panel").inner_text()
+    page.keyboard.press("/")
+    page.keyboard.type("juice is not milk")
+    page.keyboard.press("Escape")
+    page.keyboard.press("y")
+    page.wait_for_selector(f"#flag-panel[data-flag='{flags[2].pk}']")
+    page.keyboard.press("s")  # skip the last one: nothing left for me
+    page.wait_for_selector("text=Nothing left to review here")
+
+    statuses = {f.pk: Flag.objects.get(pk=f.pk).status for f in flags}
+    assert statuses == {flags[0].pk: "confirmed", flags[1].pk: "confirmed", flags[2].pk: "open"}
+    assert ReviewDecision.objects.filter(flag=flags[1], decision="confirm").get().note == "juice is not milk"
+    assert list(ReviewDecision.objects.filter(flag=flags[1]).values_list("decision", flat=True)) == [
+        "reject",
+        "undo",
+        "confirm",
+    ]
+
+
+def test_two_reviewers_on_one_flag_exactly_one_decision_wins(browser, live_server, media_root):
+    from catalog_review.models import Flag, ReviewDecision
+
+    UserFactory(username="reviewer")
+    UserFactory(username="alice")
+    flag = _flags_on_the_sample(media_root)[0]
+    pages = []
+    for name in ("reviewer", "alice"):
+        context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=live_server.url)
+        p = context.new_page()
+        log_in(p, username=name)
+        p.goto(f"/flags/{flag.pk}/")
+        pages.append(p)
+    first, second = pages
+    assert "reviewer is reviewing this flag right now" in second.locator("#flag-panel").inner_text()
+    shot(second, "review-claimed")
+    first.keyboard.press("y")
+    first.wait_for_selector(f"#flag-panel:not([data-flag='{flag.pk}'])")
+    second.keyboard.press("n")
+    second.wait_for_selector("text=this flag was already confirmed by reviewer")
+    assert Flag.objects.get(pk=flag.pk).status == "confirmed"
+    assert ReviewDecision.objects.filter(flag=flag).count() == 1
+    for p in pages:
+        p.context.close()

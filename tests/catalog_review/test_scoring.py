@@ -156,7 +156,13 @@ def test_rescoring_keeps_decisions_updates_open_flags_and_marks_stale(celery_wor
     dup_flag = Flag.objects.get(kind=Flag.Kind.DUPLICATE, product__sku="circle-red", counterpart__sku="DUP")
     dup_flag.status = Flag.Status.REJECTED  # a reviewer said: not a duplicate
     dup_flag.save()
-    calm = ProductEmbedding.objects.filter(wrong_variant_score__lt=0.2).select_related("product").first()
+    calm = (
+        ProductEmbedding.objects.filter(wrong_variant_score__isnull=False)
+        .select_related("product")
+        .order_by("wrong_variant_score")
+        .first()
+    )
+    assert calm.wrong_variant_score < settings.FLAG_WRONG_VARIANT_THRESHOLD
     old_open = Flag.objects.create(
         kind=Flag.Kind.WRONG_VARIANT, product=calm.product, score=0.9, model_version=calm.model_version
     )
