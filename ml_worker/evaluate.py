@@ -23,6 +23,7 @@ from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.features import extract_features
 from ml_worker.scoring import encode_all, score_listings
 from ml_worker.train import Labels, train_model
+from ml_worker.zero_shot import ZeroShotModel
 
 
 def family_folds(families: list[str], folds: int, seed: int) -> np.ndarray:
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         "--train", action="store_true", help="train on the catalogue itself (k-fold cross-fitting)"
     )
     ap.add_argument("--model", type=Path, help="score with this checkpoint instead of training")
+    ap.add_argument("--zero-shot", action="store_true", help="score with the untrained zero-shot model")
     ap.add_argument("--save-model", type=Path, help="also train one model on all families and save it here")
     ap.add_argument(
         "--folds", type=int, default=2, help="cross-fitting folds; 1 = train on all families, score all"
@@ -53,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=Path("var/feature-cache"))
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = ap.parse_args(argv)
-    if not args.train and not args.model:
-        ap.error("pass --train (train on the catalogue) or --model DIR (a checkpoint)")
+    if not args.train and not args.model and not args.zero_shot:
+        ap.error("pass --train (train on the catalogue), --model DIR (a checkpoint) or --zero-shot")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -73,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     scores = {}
     t1 = time.perf_counter()
     train_s = 0.0
-    if args.model:
+    if args.zero_shot:
+        model = ZeroShotModel(config)
+        scores = score_listings(model, encode_all(model, features, device=device), families)
+        version = "zero-shot"
+    elif args.model:
         scores = score_listings(model, encode_all(model, features, device=device), families)
         version = args.model.name
     else:

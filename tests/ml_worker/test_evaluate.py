@@ -101,3 +101,15 @@ def test_train_score_save_and_rescore_with_the_checkpoint(catalogue, tmp_path):
 def test_refuses_to_run_without_a_model_or_training(catalogue, tmp_path):
     with pytest.raises(SystemExit):
         main([str(catalogue), "--out", str(tmp_path / "x.jsonl")])
+
+
+def test_zero_shot_and_no_cross_fitting(catalogue, tmp_path):
+    out = tmp_path / "zs.jsonl"
+    assert main([str(catalogue), "--out", str(out), "--zero-shot", "--cache-dir", str(tmp_path / "c")]) == 0
+    lines = read(out)
+    assert {x["model_version"] for x in lines} == {"zero-shot"}
+    assert len(lines) == 10
+    out = tmp_path / "f1.jsonl"
+    args = [str(catalogue), "--out", str(out), "--train", "--steps", "2", "--folds", "1"]
+    assert main([*args, "--cache-dir", str(tmp_path / "c")]) == 0
+    assert all(x["wrong_variant_score"] is not None for x in read(out) if x["sku"] != "text-only")
