@@ -3,7 +3,8 @@
 - wrong_variant_score(i) = 1 - mean over the other members j of i's family of P(same family | i, j):
   how little a listing agrees with the rest of its family (None for a one-listing family);
 - duplicate_score(i) = max over i's nearest neighbours j (any family; by the learned embedding plus
-  the raw image and title descriptors) of P(same product | i, j), and duplicate_of = that j.
+  the raw image and title descriptors) of P(same product | i, j) (ml_worker.zero_shot.
+  duplicate_probability: learned head and descriptor formula averaged), and duplicate_of = that j.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from ml_worker.features import FeatureCache
 from ml_worker.modeling_maps import MapsModel, MapsOutput
+from ml_worker.zero_shot import duplicate_probability
 
 
 @dataclass
@@ -88,7 +90,7 @@ def score_listings(
             sims[torch.arange(len(r)), r] = -2.0
             cand = sims.topk(k, dim=1).indices  # (R, k)
             ii = r[:, None].expand_as(cand).flatten()
-            p = torch.sigmoid(model.pair_logits(outputs, outputs, ii, cand.flatten())[:, 1]).view(len(r), k)
+            p = duplicate_probability(model, outputs, outputs, ii, cand.flatten()).view(len(r), k)
             best = p.argmax(1)
             for a, b_i, score in zip(
                 r.tolist(),

@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score
 
 from ml_worker.features import FeatureCache
 from ml_worker.modeling_maps import MapsInputs, MapsOutput
+from ml_worker.zero_shot import duplicate_probability
 
 
 def _encode(model, inputs: MapsInputs, batch_size: int = 256) -> MapsOutput:
@@ -124,7 +125,9 @@ def planted_validation(
     sims[torch.arange(n), torch.arange(n)] = -9.0
     k = min(neighbours, all_out.embedding.shape[0] - 1)
     cand = sims.topk(k, dim=1).indices
-    probs = _p(model, out, all_out, np.repeat(np.arange(n), k), cand.flatten().numpy(), head=1)
+    probs = duplicate_probability(
+        model, out, all_out, torch.as_tensor(np.repeat(np.arange(n), k)), cand.flatten()
+    ).numpy()
     duplicate_score = probs.reshape(n, k).max(1)
     is_twin = np.zeros(n, dtype=bool)
     is_twin[twins] = True

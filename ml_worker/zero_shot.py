@@ -62,19 +62,37 @@ class ZeroShotModel(nn.Module):
         )
 
     def pair_logits(self, a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tensor:
-        def pick(out, idx, name):
-            value = getattr(out, name)
-            return value if idx is None else value[idx]
+        return formula_logits(a, b, ia, ib)
 
-        image_a, image_b = pick(a, ia, "raw_image"), pick(b, ib, "raw_image")
-        cos_image = (image_a * image_b).sum(-1)
-        cos_title = (pick(a, ia, "raw_title") * pick(b, ib, "raw_title")).sum(-1)
-        both_images = (image_a.norm(dim=-1) > 0) & (image_b.norm(dim=-1) > 0)
-        similarity = torch.where(both_images, (cos_image + cos_title) / 2, cos_title)
-        return torch.stack(
-            [
-                FAMILY_CALIBRATION[0] * (similarity - FAMILY_CALIBRATION[1]),
-                PRODUCT_CALIBRATION[0] * (similarity - PRODUCT_CALIBRATION[1]),
-            ],
-            dim=-1,
-        )
+
+def formula_logits(a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tensor:
+    """Logits (..., 2) of [same family, same product] from the descriptor cosines alone."""
+
+    def pick(out, idx, name):
+        value = getattr(out, name)
+        return value if idx is None else value[idx]
+
+    image_a, image_b = pick(a, ia, "raw_image"), pick(b, ib, "raw_image")
+    cos_image = (image_a * image_b).sum(-1)
+    cos_title = (pick(a, ia, "raw_title") * pick(b, ib, "raw_title")).sum(-1)
+    both_images = (image_a.norm(dim=-1) > 0) & (image_b.norm(dim=-1) > 0)
+    similarity = torch.where(both_images, (cos_image + cos_title) / 2, cos_title)
+    return torch.stack(
+        [
+            FAMILY_CALIBRATION[0] * (similarity - FAMILY_CALIBRATION[1]),
+            PRODUCT_CALIBRATION[0] * (similarity - PRODUCT_CALIBRATION[1]),
+        ],
+        dim=-1,
+    )
+
+
+def duplicate_probability(model, a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tensor:
+    """P(same product) of listing pairs: the mean of the model's product head and the descriptor
+    formula. Measured on hm-dev seed 7 (2-fold cross-fit, 200 steps, BENCHMARKS.md): duplicate AP
+    learned head 0.875, formula 0.918, this mean 0.909; the mean keeps a learned part, which
+    reviewer labels can improve."""
+    with torch.no_grad():
+        formula = torch.sigmoid(formula_logits(a, b, ia, ib)[..., 1])
+        if isinstance(model, ZeroShotModel):
+            return formula
+        return (torch.sigmoid(model.pair_logits(a, b, ia, ib)[..., 1]) + formula) / 2

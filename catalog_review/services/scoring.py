@@ -47,6 +47,7 @@ from ml_worker.catalogue import Listing
 from ml_worker.features import extract_features
 from ml_worker.heatmap import render_heatmap
 from ml_worker.modeling_maps import MapsOutput
+from ml_worker.zero_shot import duplicate_probability
 
 log = logging.getLogger(__name__)
 
@@ -402,10 +403,9 @@ def flag_chunk_run(chunk_id: int) -> str:
             pairs_i.append(position[pid])
             pairs_j.append(position[c])
     if pairs_i:
-        with torch.no_grad():
-            p = torch.sigmoid(
-                model.pair_logits(out, out, torch.as_tensor(pairs_i), torch.as_tensor(pairs_j))[:, 1]
-            ).tolist()
+        p = duplicate_probability(
+            model, out, out, torch.as_tensor(pairs_i), torch.as_tensor(pairs_j)
+        ).tolist()
         for a, b, v in zip(pairs_i, pairs_j, p, strict=True):
             pid = ids[a]
             if pid not in best or v > best[pid][1]:

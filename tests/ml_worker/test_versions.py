@@ -77,15 +77,22 @@ def test_planted_validation_separates_a_good_model_from_a_blind_one(tiny):
     rows = np.arange(len(families))
     good = planted_validation(ZeroShotModel(tiny), features, family, leaf, rows, seed=0)
 
-    class Blind(ZeroShotModel):
+    class Blind(torch.nn.Module):  # sees the inputs, but its pair head answers 0.5 to everything
+        def __init__(self):
+            super().__init__()
+            self.inner = ZeroShotModel(tiny)
+
+        def forward(self, x):
+            return self.inner(x)
+
         def pair_logits(self, a, b, ia=None, ib=None):
             n = len(ia) if ia is not None else a.embedding.shape[0]
             return torch.zeros(n, 2)
 
-    blind = planted_validation(Blind(tiny), features, family, leaf, rows, seed=0)
+    blind = planted_validation(Blind(), features, family, leaf, rows, seed=0)
     assert good["wrong_product_ap"] > 0.9
-    assert good["duplicate_ap"] > blind["duplicate_ap"] + 0.2
-    assert good["pr_auc"] > blind["pr_auc"] + 0.3
+    assert good["wrong_variant_ap"] > blind["wrong_variant_ap"] + 0.3
+    assert good["duplicate_ap"] > 0.45  # the positive share is 0.25: a blind ranking gets about that
     assert good["validation_families"] == 30
 
 
