@@ -65,3 +65,30 @@ class DecisionForm(forms.Form):
     )
     note = forms.CharField(required=False, max_length=2000)
     client_request_id = forms.CharField(required=False, max_length=100)
+
+
+class ScoreJobForm(forms.Form):
+    """Re-score: everything, a category, or a family."""
+
+    category = forms.ModelChoiceField(
+        queryset=Category.objects.all(), required=False, empty_label="Whole catalogue"
+    )
+    family = forms.CharField(required=False, max_length=200, label="or one family (code)")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["category"].label_from_instance = lambda c: ("\u2003" * (c.depth - 1)) + c.name
+
+    def scope(self) -> dict:
+        scope = {}
+        if self.cleaned_data.get("family"):
+            scope["family"] = self.cleaned_data["family"]
+        elif self.cleaned_data.get("category"):
+            scope["category"] = self.cleaned_data["category"].path
+        return scope
+
+
+class TrainJobForm(forms.Form):
+    steps = forms.IntegerField(required=False, min_value=1, max_value=100_000, help_text="per model")
+    activate = forms.BooleanField(required=False, initial=True, label="activate if not worse")
+    force = forms.BooleanField(required=False, label="activate even if worse")

@@ -18,11 +18,13 @@ def embed_chunk(*, chunk_id: int) -> str:
 
 @shared_task(acks_late=True)
 def train_version(*, job_id: int) -> str:
-    from catalog_review.services.jobs import job_fail
+    from catalog_review.services.jobs import JobCancelled, job_fail
     from catalog_review.services.training import train_run
 
     try:
         return train_run(job_id)
+    except JobCancelled:
+        return "cancelled"
     except Exception as exc:
         job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
         raise

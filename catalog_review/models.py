@@ -261,6 +261,27 @@ class Job(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
+    @property
+    def scope_label(self) -> str:
+        """What the job covers, in words (job tables)."""
+        scope = self.scope or {}
+        if self.kind == self.Kind.SCORE:
+            what = (
+                f"family {scope['family']}"
+                if "family" in scope
+                else f"category {scope['category']}"
+                if "category" in scope
+                else f"{len(scope['skus'])} skus"
+                if "skus" in scope
+                else f"{len(scope['family_ids'])} changed families"
+                if "family_ids" in scope
+                else "whole catalogue"
+            )
+            return f"{what} · {scope.get('model_version', '')}"
+        if self.kind == self.Kind.TRAIN:
+            return f"{scope.get('steps')} steps" + (", activate" if scope.get("activate") else "")
+        return str(scope.get("file", ""))
+
 
 class JobChunk(models.Model):
     """One batch of a job's work. Marking it done is the idempotency guard: a re-delivered or retried

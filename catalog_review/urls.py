@@ -19,5 +19,13 @@ urlpatterns = [
     path("flags/<int:flag_id>/claim/", views.flag_claim, name="flag_claim"),
     path("login/", auth_views.LoginView.as_view(template_name="catalog_review/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("manage/jobs/", views.manage_jobs, name="manage_jobs"),
+    path("manage/jobs/score/", views.manage_start_score, name="manage_start_score"),
+    path("manage/jobs/train/", views.manage_start_train, name="manage_start_train"),
+    path("manage/jobs/<int:job_id>/cancel/", views.manage_cancel_job, name="manage_cancel_job"),
+    path("manage/models/", views.manage_models, name="manage_models"),
+    path(
+        "manage/models/<int:version_id>/activate/", views.manage_activate_model, name="manage_activate_model"
+    ),
     path("admin/", admin.site.urls),
 ]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import wraps
+
 from django.conf import settings
-from django.core.exceptions import SuspiciousFileOperation
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, SuspiciousFileOperation
 from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import Http404, HttpResponse
@@ -15,9 +18,19 @@ from django.views.decorators.http import require_GET, require_POST
 from django.views.static import serve
 
 from catalog_review import selectors
-from catalog_review.forms import CatalogueFilterForm, DecisionForm, QueueFilterForm
+from catalog_review.forms import (
+    CatalogueFilterForm,
+    DecisionForm,
+    QueueFilterForm,
+    ScoreJobForm,
+    TrainJobForm,
+)
 from catalog_review.models import Flag, Job, ModelVersion, Product, VariationFamily
 from catalog_review.services import review
+from catalog_review.services.jobs import job_cancel
+from catalog_review.services.model_versions import activate_version, promotion_decision
+from catalog_review.services.scoring import ScopeError, score_start
+from catalog_review.services.training import train_start
 
 
 @require_GET
@@ -247,3 +260,101 @@ def _to_next_flag(request, *, after: Flag):
     response = render(request, "catalog_review/flag.html#panel", _flag_context(request, flag))
     response["HX-Push-Url"] = url
     return response
+
+
+# --- admin (staff) --------------------------------------------------------------------------------
+
+
+def staff_required(view):
+    """Admins only: a reviewer gets a 403, not a login loop."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_staff:
+            raise PermissionDenied("admins only")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@require_GET
+@staff_required
+def manage_jobs(request):
+    jobs = Job.objects.select_related("requested_by").order_by("-created_at")[:50]
+    context = {
+        "jobs": jobs,
+        "score_form": ScoreJobForm(),
+        "train_form": TrainJobForm(),
+        "running": any(not j.is_finished for j in jobs),
+    }
+    template = (
+        "catalog_review/manage_jobs.html#job-table" if request.htmx else "catalog_review/manage_jobs.html"
+    )
+    return render(request, template, context)
+
+
+@require_POST
+@staff_required
+def manage_start_score(request):
+    form = ScoreJobForm(request.POST)
+    if form.is_valid():
+        try:
+            job = score_start(scope=form.scope(), requested_by=request.user)
+        except ScopeError as exc:
+            form.add_error(None, str(exc))
+        else:
+            return redirect("job", job_id=job.pk)
+    jobs = Job.objects.order_by("-created_at")[:50]
+    context = {"jobs": jobs, "score_form": form, "train_form": TrainJobForm()}
+    return render(request, "catalog_review/manage_jobs.html", context, status=400)
+
+
+@require_POST
+@staff_required
+def manage_start_train(request):
+    form = TrainJobForm(request.POST)
+    if not form.is_valid():
+        jobs = Job.objects.order_by("-created_at")[:50]
+        context = {"jobs": jobs, "score_form": ScoreJobForm(), "train_form": form}
+        return render(request, "catalog_review/manage_jobs.html", context, status=400)
+    job = train_start(
+        requested_by=request.user,
+        activate=form.cleaned_data["activate"],
+        force=form.cleaned_data["force"],
+        steps=form.cleaned_data["steps"],
+    )
+    return redirect("job", job_id=job.pk)
+
+
+@require_POST
+@staff_required
+def manage_cancel_job(request, job_id: int):
+    job = get_object_or_404(Job, pk=job_id)
+    job_cancel(job_id=job.pk)
+    return redirect("job", job_id=job.pk)
+
+
+@require_GET
+@staff_required
+def manage_models(request):
+    versions = ModelVersion.objects.select_related("parent", "created_by").order_by("-created_at")
+    return render(request, "catalog_review/manage_models.html", {"versions": versions})
+
+
+@require_POST
+@staff_required
+def manage_activate_model(request, version_id: int):
+    version = get_object_or_404(ModelVersion, pk=version_id)
+    force = request.POST.get("force") == "1"
+    active = ModelVersion.objects.filter(is_active=True).first()
+    ok, reason = promotion_decision(
+        version.metrics.get("validation") or {},
+        (version.metrics.get("parent_on_same_data") if active and version.parent_id == active.pk else None)
+        or (active.metrics.get("validation") if active and active.metrics else None),
+    )
+    if version.name == "zero-shot" or ok or force:
+        activate_version(version)
+        messages.success(request, f"{version.name} is now the active model version.")
+    else:
+        messages.error(request, f"Not activated: {reason}. Use “activate anyway” to override.")
+    return redirect("manage_models")

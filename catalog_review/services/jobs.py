@@ -66,3 +66,22 @@ def job_fail(*, job_id: int, error: str) -> None:
         Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
             status=Job.Status.FAILED, error=error[:10_000], finished_at=timezone.now()
         )
+
+
+class JobCancelled(Exception):
+    """Raised inside long work when its job was cancelled meanwhile."""
+
+
+def job_cancel(*, job_id: int) -> bool:
+    """Cancel a queued or running job: chunks not started yet are skipped, a running training stops
+    at its next progress report. Returns False when the job had already ended."""
+    return bool(
+        Job.objects.filter(pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+            status=Job.Status.CANCELLED, finished_at=timezone.now(), error="cancelled by a user"
+        )
+    )
+
+
+def job_raise_if_cancelled(job_id: int) -> None:
+    if Job.objects.filter(pk=job_id, status=Job.Status.CANCELLED).exists():
+        raise JobCancelled(f"job {job_id} was cancelled")

@@ -302,8 +302,8 @@ def _wrong_variant_scores(model, products: list[Product], inputs, device: str) -
 def _maybe_next_stage(job_id: int, stage: str) -> None:
     """Called in a chunk's result transaction: the last chunk of a stage starts the next one."""
     job = Job.objects.select_for_update().get(pk=job_id)
-    if JobChunk.objects.filter(job=job, stage=stage, done_at__isnull=True).exists():
-        return
+    if job.is_finished or JobChunk.objects.filter(job=job, stage=stage, done_at__isnull=True).exists():
+        return  # cancelled meanwhile, or other chunks still to come
     if stage == JobChunk.Stage.EMBED:
         if JobChunk.objects.filter(job=job, stage=JobChunk.Stage.FLAG).exists():
             return
@@ -550,7 +550,7 @@ def _finish_score_job(job: Job) -> None:
     counts["stale"] = stale
     counts["listings"] = job.total // 2
     counts["open_flags"] = Flag.objects.filter(status=Flag.Status.OPEN, last_job=job).count()
-    Job.objects.filter(pk=job.pk).update(
+    Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
         status=Job.Status.SUCCEEDED, finished_at=timezone.now(), counts=counts, done=job.total
     )
 

@@ -16,7 +16,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog_review.models import Job, ModelVersion, Product
-from catalog_review.services.jobs import job_create, job_mark_running, job_set_progress
+from catalog_review.services.jobs import (
+    job_create,
+    job_mark_running,
+    job_raise_if_cancelled,
+    job_set_progress,
+)
 from catalog_review.services.model_versions import (
     activate_version,
     active_version,
@@ -84,7 +89,7 @@ def train_run(job_id: int) -> str:
         cache_dir=settings.FEATURE_CACHE_DIR,
         device=device,
         progress=False,
-        on_progress=lambda done, _n: job_set_progress(job=job, done=done),
+        on_progress=lambda done, _n: _progress(job, done),
     )
     features_s = time.perf_counter() - started
     job_set_progress(job=job, done=n, counts={"phase": "training"})
@@ -97,7 +102,7 @@ def train_run(job_id: int) -> str:
         train_config,
         device=device,
         progress=False,
-        on_progress=lambda done, _t: job_set_progress(job=job, done=n + done),
+        on_progress=lambda done, _t: _progress(job, n + done),
         baseline=load_model(parent),
     )
     name = f"maps-{timezone.now():%Y%m%d-%H%M%S}-j{job.pk}"
@@ -147,3 +152,8 @@ def train_run(job_id: int) -> str:
             },
         )
     return f"trained {name}"
+
+
+def _progress(job: Job, done: int) -> None:
+    job_raise_if_cancelled(job.pk)  # a cancelled training stops at its next report
+    job_set_progress(job=job, done=done)

@@ -1,0 +1,91 @@
+"""Admin pages: jobs (re-score, train, cancel, live table) and model versions (gate, activation)."""
+
+import pytest
+from django.urls import reverse
+
+from catalog_review.models import Job, ModelVersion
+from tests.factories import FamilyFactory, ProductFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client(client, admin_user):
+    client.force_login(admin_user)
+    return client
+
+
+STAFF_GETS = ["manage_jobs", "manage_models"]
+STAFF_POSTS = [
+    ("manage_start_score", {}),
+    ("manage_start_train", {}),
+    ("manage_cancel_job", {"job_id": 1}),
+    ("manage_activate_model", {"version_id": 1}),
+]
+
+
+@pytest.mark.parametrize("name", STAFF_GETS)
+def test_reviewers_get_403(reviewer_client, name):
+    assert reviewer_client.get(reverse(name)).status_code == 403
+
+
+@pytest.mark.parametrize(("name", "kwargs"), STAFF_POSTS)
+def test_reviewers_cannot_start_cancel_or_promote(reviewer_client, name, kwargs):
+    assert reviewer_client.post(reverse(name, kwargs=kwargs)).status_code == 403
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(("name", "kwargs"), STAFF_POSTS)
+def test_actions_refuse_get(admin_client, name, kwargs):
+    assert admin_client.get(reverse(name, kwargs=kwargs)).status_code == 405
+
+
+def test_start_a_rescore_of_one_family_and_watch_it(admin_client, admin_user):
+    family = FamilyFactory(code="F1")
+    ProductFactory(family=family)
+    ProductFactory(family=family)
+    response = admin_client.post(reverse("manage_start_score"), {"family": "F1"})
+    job = Job.objects.get(kind=Job.Kind.SCORE)
+    assert response.status_code == 302 and response.url == reverse("job", args=[job.pk])
+    assert job.scope["family"] == "F1" and job.total == 4 and job.requested_by == admin_user
+    page = admin_client.get(reverse("manage_jobs"))
+    assert b"F1" in page.content and b'hx-trigger="every 2s"' in page.content, (
+        "the table polls while a job runs"
+    )
+
+
+def test_unknown_family_is_a_clear_400(admin_client):
+    response = admin_client.post(reverse("manage_start_score"), {"family": "nope"})
+    assert response.status_code == 400 and b"no family with code" in response.content
+    assert not Job.objects.exists()
+
+
+def test_start_training_and_cancel_it(admin_client):
+    response = admin_client.post(reverse("manage_start_train"), {"steps": "5", "activate": "on"})
+    job = Job.objects.get(kind=Job.Kind.TRAIN)
+    assert response.url == reverse("job", args=[job.pk])
+    assert job.scope == {"activate": True, "force": False, "steps": 5, "folds": 2}
+    assert b"Cancel job" in admin_client.get(reverse("job", args=[job.pk])).content
+    admin_client.post(reverse("manage_cancel_job", args=[job.pk]))
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED and job.finished_at
+    response = admin_client.post(reverse("manage_start_train"), {"steps": "0"})
+    assert response.status_code == 400
+
+
+def test_activation_goes_through_the_promotion_gate(admin_client):
+    active = ModelVersion.objects.create(
+        name="v1", is_active=True, metrics={"validation": {"pr_auc": 0.8, "wrong_variant_ap": 0.7}}
+    )
+    worse = ModelVersion.objects.create(
+        name="v2",
+        parent=active,
+        metrics={"validation": {"pr_auc": 0.6}, "parent_on_same_data": {"pr_auc": 0.8}},
+    )
+    page = admin_client.get(reverse("manage_models"))
+    assert page.status_code == 200 and b"0.800" in page.content
+    response = admin_client.post(reverse("manage_activate_model", args=[worse.pk]), follow=True)
+    assert b"Not activated" in response.content
+    assert ModelVersion.objects.get(is_active=True) == active
+    admin_client.post(reverse("manage_activate_model", args=[worse.pk]), {"force": "1"})
+    assert ModelVersion.objects.get(is_active=True) == worse
