@@ -224,3 +224,26 @@ def test_two_reviewers_on_one_flag_exactly_one_decision_wins(browser, live_serve
     assert ReviewDecision.objects.filter(flag=flag).count() == 1
     for p in pages:
         p.context.close()
+
+
+@pytest.mark.worker
+def test_admin_rescores_a_family_and_watches_the_bar_reach_100(page, celery_worker):
+    from catalog_review.models import Job
+
+    UserFactory(username="boss", is_staff=True)
+    catalogue_import(path=SAMPLE)
+    log_in(page, username="boss")
+    page.click("nav >> text=Jobs")
+    page.wait_for_url("**/manage/jobs/")
+    page.fill("#id_family", "apple")
+    shot(page, "admin-jobs")
+    page.click("text=Start scoring")
+    page.wait_for_url("**/jobs/*/")
+    job = Job.objects.get(kind=Job.Kind.SCORE)
+    assert job.scope["family"] == "apple"
+    page.wait_for_selector("#job-progress strong.status-succeeded", timeout=240_000)
+    assert page.locator("#job-progress .bar-fill").get_attribute("style").replace(" ", "") == "width:100%"
+    shot(page, "admin-job-done")
+    page.click("nav >> text=Models")
+    assert "zero-shot" in page.locator("table.models").inner_text()
+    shot(page, "admin-models")
