@@ -63,3 +63,34 @@ def flag_family(flag: Flag) -> list[Product]:
     members = list(flag.product.family.products.select_related("category", "family").order_by("sku"))
     members.sort(key=lambda p: p.pk != flag.product_id)
     return members
+
+
+def similar_products(*, product: Product, by: str = "image", limit: int = 12) -> list[Product]:
+    """Nearest listings to `product` by its image (or fused, or title) vector of the active model
+    version: pgvector HNSW kNN. Empty when the listing has no embedding yet."""
+    from pgvector.django import CosineDistance
+
+    from catalog_review.models import ProductEmbedding
+
+    column = {"image": "image_vector", "title": "title_vector", "listing": "vector"}[by]
+    mine = (
+        ProductEmbedding.objects.filter(product=product, model_version__is_active=True)
+        .values_list("model_version_id", column)
+        .first()
+    )
+    if mine is None or mine[1] is None:
+        return []
+    version_id, vector = mine
+    nearest = (
+        ProductEmbedding.objects.filter(model_version_id=version_id)
+        .exclude(product=product)
+        .exclude(**{f"{column}__isnull": True})
+        .annotate(distance=CosineDistance(column, vector))
+        .order_by("distance")
+        .select_related("product", "product__family")[:limit]
+    )
+    out = []
+    for e in nearest:
+        e.product.similarity = 1 - e.distance
+        out.append(e.product)
+    return out

@@ -62,7 +62,19 @@ def family_detail(request, code: str):
 def product_detail(request, sku: str):
     product = get_object_or_404(Product.objects.select_related("family", "category"), sku=sku)
     siblings = selectors.family_members(family=product.family).exclude(pk=product.pk)
-    return render(request, "catalog_review/product.html", {"product": product, "siblings": siblings})
+    by = request.GET.get("like", "image")
+    if by not in ("image", "title", "listing"):
+        by = "image"
+    context = {
+        "product": product,
+        "siblings": siblings,
+        "similar": selectors.similar_products(product=product, by=by),
+        "like": by,
+        "like_choices": [("image", "image"), ("title", "title"), ("listing", "image + title")],
+        "flags": product.flags.select_related("model_version").order_by("-created_at")[:10],
+        "scores": product.embeddings.filter(model_version__is_active=True).first(),
+    }
+    return render(request, "catalog_review/product.html", context)
 
 
 @require_GET

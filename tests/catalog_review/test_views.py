@@ -123,3 +123,30 @@ def test_login_page_logs_in(client, reviewer):
     assert response.status_code == 302
     response = client.post(reverse("login"), {"username": "reviewer", "password": "wrong"})
     assert "didn't match" in response.content.decode()
+
+
+def test_product_page_shows_scores_flags_and_more_like_this(reviewer_client, catalogue):
+    import numpy as np
+
+    from catalog_review.models import Flag, ModelVersion, Product, ProductEmbedding
+
+    version = ModelVersion.objects.create(name="v1", is_active=True)
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(256)
+    for i, product in enumerate(Product.objects.order_by("sku")):  # D1, D2, M1: D2's image is nearest D1's
+        image = base + (0.1 if i == 1 else 3.0) * rng.standard_normal(256) if i else base
+        ProductEmbedding.objects.create(
+            product=product,
+            model_version=version,
+            vector=rng.standard_normal(256),
+            image_vector=image / np.linalg.norm(image),
+            title_vector=rng.standard_normal(256),
+            wrong_variant_score=0.83 if i == 0 else 0.1,
+        )
+    d1 = Product.objects.get(sku="D1")
+    Flag.objects.create(kind=Flag.Kind.WRONG_VARIANT, product=d1, score=0.83, model_version=version)
+    response = reviewer_client.get(reverse("product", kwargs={"sku": "D1"}))
+    assert [p.sku for p in response.context["similar"]] == ["D2", "M1"]
+    assert b"wrong variant 0.83" in response.content and b"More like this" in response.content
+    response = reviewer_client.get(reverse("product", kwargs={"sku": "D1"}), {"like": "nonsense"})
+    assert response.status_code == 200 and response.context["like"] == "image"
