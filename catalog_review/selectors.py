@@ -94,3 +94,78 @@ def similar_products(*, product: Product, by: str = "image", limit: int = 12) ->
         e.product.similarity = 1 - e.distance
         out.append(e.product)
     return out
+
+
+def dashboard_stats(*, days: int = 14) -> dict:
+    """What the admin dashboard draws: flags by kind/status and top-level category, precision of
+    decided flags by score band, reviewer throughput and agreement."""
+    from collections import defaultdict
+    from datetime import timedelta
+
+    from django.db.models import Count
+    from django.db.models.functions import TruncDate
+    from django.utils import timezone
+
+    from catalog_review.models import ReviewDecision
+
+    by_kind = defaultdict(dict)
+    for row in Flag.objects.values("kind", "status").annotate(n=Count("id")).order_by():
+        by_kind[row["kind"]][row["status"]] = row["n"]
+    by_category = defaultdict(lambda: defaultdict(int))
+    for row in Flag.objects.values("product__category__path", "status").annotate(n=Count("id")).order_by():
+        top = (row["product__category__path"] or "(no category)").split(" > ")[0]
+        by_category[top][row["status"]] += row["n"]
+    bands = []
+    decided = Flag.objects.filter(status__in=[Flag.Status.CONFIRMED, Flag.Status.REJECTED])
+    for kind, label in Flag.Kind.choices:
+        for low in (0.5, 0.6, 0.7, 0.8, 0.9):
+            band = decided.filter(kind=kind, score__gte=low, score__lt=low + 0.1 if low < 0.9 else 1.01)
+            counts = dict(band.values_list("status").annotate(n=Count("id")).order_by())
+            total = sum(counts.values())
+            bands.append(
+                {
+                    "kind": label,
+                    "band": f"{low:.1f}-{low + 0.1:.1f}",
+                    "decided": total,
+                    "precision": counts.get(Flag.Status.CONFIRMED, 0) / total if total else None,
+                }
+            )
+    since = timezone.now() - timedelta(days=days)
+    decisions = ReviewDecision.objects.exclude(decision=ReviewDecision.Decision.UNDO)
+    per_day = defaultdict(lambda: defaultdict(int))
+    for row in (
+        decisions.filter(created_at__gte=since)
+        .annotate(day=TruncDate("created_at"))
+        .values("day", "reviewer__username")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        per_day[row["reviewer__username"]][row["day"]] = row["n"]
+    reviewers = []
+    for row in (
+        decisions.values("reviewer__username", "decision")
+        .annotate(n=Count("id"))
+        .order_by("reviewer__username")
+    ):
+        if not reviewers or reviewers[-1]["name"] != row["reviewer__username"]:
+            reviewers.append({"name": row["reviewer__username"], "confirm": 0, "reject": 0, "skip": 0})
+        reviewers[-1][row["decision"]] = row["n"]
+    for r in reviewers:
+        r["total"] = r["confirm"] + r["reject"] + r["skip"]
+        r["last_days"] = sum(per_day[r["name"]].values())
+    # agreement: flags that two or more reviewers decided (a decision later undone still counts)
+    votes = defaultdict(dict)
+    for flag_id, name, decision in decisions.filter(
+        decision__in=[ReviewDecision.Decision.CONFIRM, ReviewDecision.Decision.REJECT]
+    ).values_list("flag_id", "reviewer__username", "decision"):
+        votes[flag_id][name] = decision
+    shared = [v for v in votes.values() if len(v) > 1]
+    agreeing = sum(1 for v in shared if len(set(v.values())) == 1)
+    return {
+        "by_kind": {label: dict(by_kind.get(kind, {})) for kind, label in Flag.Kind.choices},
+        "by_category": {k: dict(v) for k, v in sorted(by_category.items())},
+        "bands": bands,
+        "reviewers": reviewers,
+        "agreement": {"flags": len(shared), "agreeing": agreeing},
+        "days": days,
+    }

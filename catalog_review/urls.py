@@ -19,6 +19,7 @@ urlpatterns = [
     path("flags/<int:flag_id>/claim/", views.flag_claim, name="flag_claim"),
     path("login/", auth_views.LoginView.as_view(template_name="catalog_review/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("manage/", views.manage_dashboard, name="manage_dashboard"),
     path("manage/jobs/", views.manage_jobs, name="manage_jobs"),
     path("manage/jobs/score/", views.manage_start_score, name="manage_start_score"),
     path("manage/jobs/train/", views.manage_start_train, name="manage_start_train"),

@@ -370,3 +370,32 @@ def manage_activate_model(request, version_id: int):
     else:
         messages.error(request, f"Not activated: {reason}. Use “activate anyway” to override.")
     return redirect("manage_models")
+
+
+@require_GET
+@staff_required
+def manage_dashboard(request):
+    stats = selectors.dashboard_stats()
+    statuses = [s for s, _ in Flag.Status.choices]
+
+    def stacked(groups: dict) -> list[dict]:
+        """Rows of a stacked horizontal bar chart: segment widths in % of the largest row."""
+        largest = max((sum(g.values()) for g in groups.values()), default=0) or 1
+        rows = []
+        for name, counts in groups.items():
+            x, segments = 0.0, []
+            for status in statuses:
+                width = 100 * counts.get(status, 0) / largest
+                if width:
+                    segments.append({"status": status, "x": x, "width": width, "n": counts[status]})
+                x += width
+            rows.append({"name": name, "total": sum(counts.values()), "segments": segments})
+        return rows
+
+    context = {
+        "stats": stats,
+        "kind_rows": stacked(stats["by_kind"]),
+        "category_rows": stacked(stats["by_category"]),
+        "statuses": statuses,
+    }
+    return render(request, "catalog_review/manage_dashboard.html", context)

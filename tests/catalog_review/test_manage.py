@@ -89,3 +89,43 @@ def test_activation_goes_through_the_promotion_gate(admin_client):
     assert ModelVersion.objects.get(is_active=True) == active
     admin_client.post(reverse("manage_activate_model", args=[worse.pk]), {"force": "1"})
     assert ModelVersion.objects.get(is_active=True) == worse
+
+
+def test_dashboard_counts_precision_and_agreement(admin_client, reviewer):
+    from django.test import Client
+
+    from catalog_review.models import Flag
+    from catalog_review.services import review
+    from tests.factories import CategoryFactory, UserFactory
+
+    version = ModelVersion.objects.create(name="v1", is_active=True)
+    shoes = CategoryFactory(name="Shoes", path="Shoes")
+    flags = [
+        Flag.objects.create(
+            kind=Flag.Kind.WRONG_VARIANT,
+            product=ProductFactory(category=shoes),
+            score=score,
+            model_version=version,
+        )
+        for score in (0.95, 0.92, 0.75, 0.72)
+    ]
+    alice = UserFactory(username="alice")
+    review.decide(flag_id=flags[0].pk, user=reviewer, decision="confirm")
+    review.decide(flag_id=flags[1].pk, user=reviewer, decision="reject")
+    review.decide(flag_id=flags[2].pk, user=alice, decision="confirm")
+    review.undo(flag_id=flags[2].pk, user=alice)
+    review.decide(flag_id=flags[2].pk, user=reviewer, decision="confirm")  # alice and reviewer agree
+    as_reviewer = Client()
+    as_reviewer.force_login(reviewer)
+    assert as_reviewer.get(reverse("manage_dashboard")).status_code == 403
+    response = admin_client.get(reverse("manage_dashboard"))
+    assert response.status_code == 200
+    stats = response.context["stats"]
+    assert stats["by_kind"]["wrong variant"] == {"confirmed": 2, "rejected": 1, "open": 1}
+    assert stats["by_category"]["Shoes"]["confirmed"] == 2
+    band = {(b["kind"], b["band"]): b for b in stats["bands"]}
+    assert band[("wrong variant", "0.9-1.0")]["precision"] == 0.5
+    assert band[("wrong variant", "0.7-0.8")]["precision"] == 1.0
+    assert stats["agreement"] == {"flags": 1, "agreeing": 1}
+    assert {r["name"]: r["total"] for r in stats["reviewers"]} == {"alice": 1, "reviewer": 3}
+    assert b"<svg" in response.content
