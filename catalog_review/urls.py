@@ -16,6 +16,7 @@ urlpatterns = [
     path("flags/<int:flag_id>/", views.flag_detail, name="flag"),
     path("flags/<int:flag_id>/decide/", views.flag_decide, name="flag_decide"),
     path("flags/<int:flag_id>/undo/", views.flag_undo, name="flag_undo"),
+    path("flags/<int:flag_id>/decide-all/", views.flag_decide_all, name="flag_decide_all"),
     path("flags/<int:flag_id>/claim/", views.flag_claim, name="flag_claim"),
     path("login/", auth_views.LoginView.as_view(template_name="catalog_review/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

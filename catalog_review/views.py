@@ -160,6 +160,9 @@ def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
         "query": _queue_query(request),
         "message": message,
         "claim_seconds": settings.REVIEW_CLAIM_SECONDS,
+        "related_duplicates": review.related_open_duplicates(flag).count()
+        if flag.kind == Flag.Kind.DUPLICATE and flag.status == Flag.Status.OPEN
+        else 0,
     }
 
 
@@ -198,6 +201,29 @@ def flag_decide(request, flag_id: int):
         return render(
             request, _flag_template(request), _flag_context(request, flag, message=str(exc)), status=409
         )
+    return _to_next_flag(request, after=flag)
+
+
+@require_POST
+def flag_decide_all(request, flag_id: int):
+    """Bulk: the same decision on this duplicate flag and every open duplicate flag of its listings."""
+    form = DecisionForm(request.POST)
+    flag = _flag_or_404(flag_id)
+    if not form.is_valid() or form.cleaned_data["decision"] == "skip" or flag.kind != Flag.Kind.DUPLICATE:
+        return render(
+            request,
+            _flag_template(request),
+            _flag_context(request, flag, message="Nothing to do."),
+            status=400,
+        )
+    group = [flag, *review.related_open_duplicates(flag)]
+    done, conflicts = review.decide_many(
+        flags=group, user=request.user, decision=form.cleaned_data["decision"], note=form.cleaned_data["note"]
+    )
+    messages.success(
+        request,
+        f"{done} duplicate flags decided" + (f", {conflicts} already decided by others" if conflicts else ""),
+    )
     return _to_next_flag(request, after=flag)
 
 

@@ -204,3 +204,25 @@ def undo_last(*, user) -> ReviewDecision:
     if last is None:
         raise NothingToUndo("you have no decision to undo")
     return undo(flag_id=last.flag_id, user=user)
+
+
+def related_open_duplicates(flag: Flag) -> QuerySet[Flag]:
+    """Other open duplicate flags involving the same listings (bulk decisions)."""
+    ids = [pk for pk in (flag.product_id, flag.counterpart_id) if pk]
+    return (
+        Flag.objects.filter(kind=Flag.Kind.DUPLICATE, status=Flag.Status.OPEN)
+        .filter(Q(product_id__in=ids) | Q(counterpart_id__in=ids))
+        .exclude(pk=flag.pk)
+    )
+
+
+def decide_many(*, flags: list[Flag], user, decision: str, note: str = "") -> tuple[int, int]:
+    """The same decision on several flags; returns (decided, already decided by someone else)."""
+    done = conflicts = 0
+    for flag in flags:
+        try:
+            decide(flag_id=flag.pk, user=user, decision=decision, note=note)
+            done += 1
+        except ReviewConflict:
+            conflicts += 1
+    return done, conflicts

@@ -235,3 +235,23 @@ def test_u_undoes_my_last_decision_and_shows_that_flag(reviewer_client, reviewer
     assert Flag.objects.get(pk=flags["wrong_variant"].pk).status == Flag.Status.OPEN
     response = reviewer_client.post(reverse("review_undo"), HTTP_HX_REQUEST="true")
     assert response.status_code == 409 and b"no decision to undo" in response.content
+
+
+def test_bulk_confirm_all_duplicates_of_a_listing(reviewer_client, reviewer, flags):
+    dup = flags["duplicate"]
+    third = ProductFactory(sku="O2", title="Circle lamp copy 2")
+    more = Flag.objects.create(
+        kind=Flag.Kind.DUPLICATE,
+        product=dup.product,
+        counterpart=third,
+        score=0.8,
+        model_version=dup.model_version,
+    )
+    page = reviewer_client.get(reverse("flag", args=[dup.pk]))
+    assert b"<strong>1</strong> more open duplicate flag" in page.content and b"Confirm all 2" in page.content
+    response = reviewer_client.post(reverse("flag_decide_all", args=[dup.pk]), {"decision": "confirm"})
+    assert response.status_code == 302
+    assert {Flag.objects.get(pk=pk).status for pk in (dup.pk, more.pk)} == {Flag.Status.CONFIRMED}
+    assert LabelledPair.objects.filter(relation=R.SAME_PRODUCT).count() == 2
+    bad = reviewer_client.post(reverse("flag_decide_all", args=[flags["low"].pk]), {"decision": "confirm"})
+    assert bad.status_code == 400
