@@ -17,6 +17,9 @@ class CatalogueFilterForm(forms.Form):
     )
     family = forms.CharField(required=False, max_length=200)
     image_status = forms.ChoiceField(choices=[("", "Any image status"), *ImageStatus.choices], required=False)
+    match = forms.ChoiceField(
+        choices=[("words", "Match words"), ("meaning", "Match meaning")], required=False, label="Match"
+    )
     page = forms.IntegerField(required=False, min_value=1)
 
     def __init__(self, *args, **kwargs):

@@ -169,3 +169,26 @@ def dashboard_stats(*, days: int = 14) -> dict:
         "agreement": {"flags": len(shared), "agreeing": agreeing},
         "days": days,
     }
+
+
+def search_by_meaning(*, text: str, limit: int = 48) -> list[Product]:
+    """Listings whose title means what `text` says: the text in the active version's title space,
+    then pgvector kNN over the stored title vectors. Empty before anything was scored."""
+    from pgvector.django import CosineDistance
+
+    from catalog_review.models import ProductEmbedding
+    from catalog_review.services.model_versions import load_model
+    from ml_worker.query import title_query_vector
+
+    version = ModelVersion.objects.filter(is_active=True).first()
+    text = text.strip()
+    if version is None or not text or not ProductEmbedding.objects.filter(model_version=version).exists():
+        return []
+    vector = title_query_vector(load_model(version).final, text)
+    nearest = (
+        ProductEmbedding.objects.filter(model_version=version, title_vector__isnull=False)
+        .annotate(distance=CosineDistance("title_vector", vector))
+        .order_by("distance")
+        .select_related("product", "product__family", "product__category")[:limit]
+    )
+    return [e.product for e in nearest]

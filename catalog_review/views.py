@@ -37,12 +37,15 @@ from catalog_review.services.training import train_start
 def catalogue(request):
     form = CatalogueFilterForm(request.GET)
     filters = form.cleaned_data if form.is_valid() else {}
-    products = selectors.product_list(
-        q=filters.get("q") or "",
-        category=filters.get("category"),
-        family=filters.get("family") or "",
-        image_status=filters.get("image_status") or "",
-    )
+    if filters.get("match") == "meaning" and filters.get("q"):
+        products = selectors.search_by_meaning(text=filters["q"])  # nearest first, one page
+    else:
+        products = selectors.product_list(
+            q=filters.get("q") or "",
+            category=filters.get("category"),
+            family=filters.get("family") or "",
+            image_status=filters.get("image_status") or "",
+        )
     page = Paginator(products, settings.CATALOGUE_PAGE_SIZE).get_page(filters.get("page") or 1)
     query = request.GET.copy()
     query.pop("page", None)

@@ -150,3 +150,26 @@ def test_product_page_shows_scores_flags_and_more_like_this(reviewer_client, cat
     assert b"wrong variant 0.83" in response.content and b"More like this" in response.content
     response = reviewer_client.get(reverse("product", kwargs={"sku": "D1"}), {"like": "nonsense"})
     assert response.status_code == 200 and response.context["like"] == "image"
+
+
+def test_search_by_meaning_uses_the_title_space_of_the_active_version(reviewer_client, catalogue):
+    """The real text encoder and the zero-shot version: a query lands next to the listing it means."""
+    import numpy as np
+
+    from catalog_review.models import Product, ProductEmbedding
+    from catalog_review.services.model_versions import active_version, load_model
+    from ml_worker.query import title_query_vector
+
+    version = active_version()
+    model = load_model(version).final
+    for product in Product.objects.all():
+        title = title_query_vector(model, product.title)
+        ProductEmbedding.objects.create(
+            product=product, model_version=version, vector=title, title_vector=title, image_vector=None
+        )
+    response = reviewer_client.get(reverse("catalogue"), {"q": "crimson gown", "match": "meaning"})
+    assert response.status_code == 200
+    assert response.context["page"].object_list[0].sku == "D1"  # "Red dress"
+    assert np.isclose(np.linalg.norm(title_query_vector(model, "anything")), 1.0, atol=1e-4)
+    words = reviewer_client.get(reverse("catalogue"), {"q": "crimson gown"})
+    assert words.context["page"].paginator.count == 0, "word match finds nothing: meaning does"
