@@ -365,6 +365,19 @@ class Flag(models.Model):
         return f"{self.kind} {self.product_id} ({self.status})"
 
 
+class ApiToken(models.Model):
+    """A bearer token for the HTTP API. Only its sha256 is stored; the token is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    key_sha256 = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=8, help_text="first characters, to tell tokens apart")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}... ({self.user})"
+
+
 class ReviewDecision(models.Model):
     """Append-only audit of reviewer decisions; an undo is a new row pointing at the one it undoes."""
 
@@ -415,6 +428,13 @@ class LabelledPair(models.Model):
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="retracted_by"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # the writing transaction's id: the labels feed serves only rows of finished transactions, in
+    # (txid, id) order, so a cursor never skips a label that commits late
+    txid = models.BigIntegerField(
+        db_default=models.Func(function="txid_current", output_field=models.BigIntegerField()),
+        editable=False,
+        db_index=True,
+    )
 
     class Meta:
         ordering = ["id"]

@@ -1,0 +1,228 @@
+"""The HTTP API: token auth, roles, flags + decisions (409, idempotency), the labels feed (cursor,
+exactly once while labels arrive), jobs, the OpenAPI schema, create_api_token / export_labels."""
+
+import json
+import threading
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection, transaction
+from django.test import Client
+
+from catalog_review.api import create_token
+from catalog_review.models import ApiToken, Flag, Job, LabelledPair, ModelVersion
+from catalog_review.services import review
+from tests.factories import FamilyFactory, ProductFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def world():
+    version = ModelVersion.objects.create(name="v1", is_active=True)
+    family = FamilyFactory(code="FAM")
+    products = [ProductFactory(sku=f"P{i}", family=family) for i in range(4)]
+    flags = [
+        Flag.objects.create(
+            kind=Flag.Kind.WRONG_VARIANT,
+            product=p,
+            score=score,
+            model_version=version,
+            heatmap="heatmaps/x.png",
+        )
+        for p, score in zip(products, (0.9, 0.8, 0.8, 0.7), strict=True)
+    ]
+    return {"version": version, "products": products, "flags": flags}
+
+
+def api(user=None, *, token=None):
+    token = token or create_token(user)
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+def post_json(client, url, body, **headers):
+    return client.post(url, json.dumps(body), content_type="application/json", **headers)
+
+
+def test_auth_is_required_and_tokens_are_stored_hashed(client, reviewer, world):
+    for url in ("/api/flags", "/api/labels", "/api/jobs/1"):
+        response = client.get(url)
+        assert response.status_code == 401 and "Bearer" in response.json()["error"]
+    assert Client(HTTP_AUTHORIZATION="Bearer nope").get("/api/flags").status_code == 401
+    token = create_token(reviewer)
+    stored = ApiToken.objects.get(user=reviewer)
+    assert token not in stored.key_sha256 and stored.prefix == token[:8]
+    assert api(token=token).get("/api/flags").status_code == 200
+    reviewer.is_active = False
+    reviewer.save()
+    assert api(token=token).get("/api/flags").status_code == 401
+
+
+def test_reviewers_get_403_on_admin_endpoints(reviewer, admin_user, world):
+    as_reviewer = api(reviewer)
+    assert post_json(as_reviewer, "/api/jobs/score", {}).status_code == 403
+    assert post_json(as_reviewer, "/api/jobs/train", {}).status_code == 403
+    assert not Job.objects.exists()
+    as_admin = api(admin_user)
+    response = post_json(as_admin, "/api/jobs/score", {"family": "FAM"})
+    assert response.status_code == 202
+    job = response.json()
+    assert job["kind"] == "score" and job["scope"]["family"] == "FAM" and job["total"] == 8
+    got = as_reviewer.get(f"/api/jobs/{job['id']}")
+    assert got.status_code == 200 and got.json()["status"] == "queued"
+    assert as_reviewer.get("/api/jobs/999999").status_code == 404
+    assert post_json(as_admin, "/api/jobs/score", {"family": "nope"}).status_code == 400
+    assert post_json(as_admin, "/api/jobs/train", {"steps": 0}).status_code == 400
+    assert post_json(as_admin, "/api/jobs/train", {"steps": 3, "activate": True}).status_code == 202
+    assert as_admin.get("/api/jobs/score").status_code == 405
+
+
+def test_flags_are_cursor_paginated_in_a_stable_order(reviewer, world):
+    client = api(reviewer)
+    seen, cursor = [], None
+    while True:
+        response = client.get("/api/flags", {"limit": 1, **({"cursor": cursor} if cursor else {})})
+        assert response.status_code == 200
+        body = response.json()
+        seen += [(f["id"], f["score"]) for f in body["results"]]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert [s for _, s in seen] == [0.9, 0.8, 0.8, 0.7]
+    assert len({i for i, _ in seen}) == 4, "ties on score are not repeated or skipped"
+    first = client.get("/api/flags").json()["results"][0]
+    assert first["sku"] == "P0" and first["family"] == "FAM" and first["model_version"] == "v1"
+    assert first["heatmap_url"].endswith("/media/heatmaps/x.png")
+    assert client.get("/api/flags", {"limit": "0"}).status_code == 400
+    assert client.get("/api/flags", {"cursor": "garbage"}).status_code == 400
+    assert client.get("/api/flags", {"kind": "other"}).status_code == 400
+
+
+def test_decision_201_then_409_and_idempotent_retries(reviewer, world):
+    client = api(reviewer)
+    flag = world["flags"][0]
+    url = f"/api/flags/{flag.pk}/decision"
+    response = post_json(client, url, {"decision": "confirm", "note": "wrong", "client_request_id": "r1"})
+    assert response.status_code == 201
+    body = response.json()
+    assert body["decision"] == "confirm" and body["labelled_pairs"] == 3
+    retry = post_json(client, url, {"decision": "confirm", "client_request_id": "r1"})
+    assert retry.status_code == 200 and retry.json()["id"] == body["id"]
+    other = api(UserFactory(username="alice"))
+    conflict = post_json(other, url, {"decision": "reject"})
+    assert conflict.status_code == 409 and "already confirmed by reviewer" in conflict.json()["error"]
+    assert flag.decisions.count() == 1
+    header = post_json(
+        client,
+        f"/api/flags/{world['flags'][1].pk}/decision",
+        {"decision": "reject"},
+        HTTP_IDEMPOTENCY_KEY="k9",
+    )
+    assert header.status_code == 201 and header.json()["client_request_id"] == "k9"
+    assert post_json(client, url.replace(str(flag.pk), "999999"), {"decision": "confirm"}).status_code == 404
+    assert (
+        post_json(client, f"/api/flags/{world['flags'][2].pk}/decision", {"decision": "maybe"}).status_code
+        == 400
+    )
+    bad = client.post(
+        f"/api/flags/{world['flags'][2].pk}/decision", "{not json", content_type="application/json"
+    )
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    assert client.get(url).status_code == 405
+
+
+def test_schema_is_served_and_lists_every_endpoint(client):
+    schema = client.get("/api/schema").json()
+    assert schema["openapi"].startswith("3.")
+    assert set(schema["paths"]) == {
+        "/api/flags",
+        "/api/flags/{id}/decision",
+        "/api/labels",
+        "/api/jobs/score",
+        "/api/jobs/train",
+        "/api/jobs/{id}",
+    }
+
+
+def test_create_api_token_command(reviewer, capsys):
+    call_command("create_api_token", "reviewer")
+    token = capsys.readouterr().out.strip()
+    assert api(token=token).get("/api/flags").status_code == 200
+    with pytest.raises(CommandError, match="no user named 'ghost'"):
+        call_command("create_api_token", "ghost")
+
+
+def test_export_labels_writes_every_pair_and_retraction(reviewer, world, tmp_path):
+    review.decide(flag_id=world["flags"][0].pk, user=reviewer, decision="confirm")
+    review.undo(flag_id=world["flags"][0].pk, user=reviewer)
+    call_command("export_labels", output=tmp_path / "labels.jsonl")
+    lines = [json.loads(x) for x in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and sum(1 for x in lines if x["retracts"]) == 3
+    assert {x["relation"] for x in lines} == {"different"}
+    with pytest.raises(CommandError, match="does not exist"):
+        call_command("export_labels", output=tmp_path / "nope" / "x.jsonl")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_labels_feed_returns_every_label_exactly_once_while_new_labels_arrive(world_tx, reviewer_tx):
+    """Labels written concurrently, one of them by a transaction that commits after a later one: a
+    reader following the cursor sees every label once."""
+    client = api(reviewer_tx)
+    flags = world_tx["flags"]
+    seen, cursor = [], None
+
+    def read_all():
+        nonlocal cursor
+        while True:
+            response = client.get("/api/labels", {"limit": 2, **({"since": cursor} if cursor else {})})
+            assert response.status_code == 200
+            body = response.json()
+            seen.extend(x["id"] for x in body["results"])
+            cursor = body["next_cursor"]
+            if not body["more"]:
+                return
+
+    review.decide(flag_id=flags[0].pk, user=reviewer_tx, decision="confirm")  # 3 pairs
+    read_all()
+    # a slow transaction takes its txid first but commits last
+    started, release = threading.Event(), threading.Event()
+
+    def slow():  # writes its labels (lower ids, lower txid) first, commits last
+        with transaction.atomic():
+            review.decide(flag_id=flags[1].pk, user=reviewer_tx, decision="reject")
+            started.set()
+            release.wait(10)
+        connection.close()
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    started.wait(10)
+    review.decide(flag_id=flags[2].pk, user=reviewer_tx, decision="confirm")  # higher ids, commits first
+    assert not LabelledPair.objects.filter(decision__flag=flags[1]).exists()  # not visible yet
+    read_all()  # must not jump past the slow transaction's labels
+    release.set()
+    thread.join(10)
+    read_all()
+    total = LabelledPair.objects.count()
+    assert total == 9
+    assert sorted(seen) == sorted(LabelledPair.objects.values_list("id", flat=True)), (
+        "each label exactly once"
+    )
+
+
+@pytest.fixture
+def reviewer_tx(transactional_db):
+    return UserFactory(username="reviewer")
+
+
+@pytest.fixture
+def world_tx(transactional_db):
+    version = ModelVersion.objects.create(name="v1", is_active=True)
+    family = FamilyFactory(code="FAM")
+    products = [ProductFactory(sku=f"P{i}", family=family) for i in range(4)]
+    flags = [
+        Flag.objects.create(kind=Flag.Kind.WRONG_VARIANT, product=p, score=0.9, model_version=version)
+        for p in products
+    ]
+    return {"flags": flags}
