@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--keep-db", action="store_true", help="leave the database for EXPLAIN afterwards")
     args = ap.parse_args()
     from catalog_review import runtime
 
@@ -252,6 +253,8 @@ def main() -> None:
             "p95_ms": round(float(np.percentile(ms, 95)), 1) if len(ms) else None,
         }
     print(json.dumps(report))
+    if args.keep_db:
+        return
     with psycopg.connect(
         host=params.socket_dir, port=params.port, user=params.user, dbname="postgres", autocommit=True
     ) as conn:

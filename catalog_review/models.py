@@ -349,6 +349,7 @@ class Flag(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["status", "kind", "-score"], name="flag_queue"),
+            models.Index(fields=["status", "-score", "id"], name="flag_queue_all_kinds"),
             models.Index(fields=["product", "kind"], name="flag_product_kind"),
         ]
         constraints = [
