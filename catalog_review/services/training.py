@@ -1,8 +1,9 @@
 """Training a new model version from the catalogue (a `train` job on the gpu queue).
 
-The catalogue's families are the weak labels (reviewer labels join them with the review loop). The
-trainer builds a cross-fitted version (ml_worker.ensemble): fold models score the families they
-never saw, a final model gives the embeddings. Each fold model is validated on errors planted into
+The catalogue's families are the weak labels, corrected by reviewer labels in force: a listing a
+reviewer confirmed as a wrong variant leaves its family (`training_families`). The trainer builds a
+cross-fitted version (ml_worker.ensemble): fold models score the families they never saw, a final
+model gives the embeddings. Each fold model is validated on errors planted into
 its held-out families, and the active version is measured on exactly the same plants: the promotion
 gate compares the two.
 """
@@ -59,6 +60,32 @@ def train_start(
     return job
 
 
+def training_families(products: list[Product]) -> tuple[list[str], dict]:
+    """The family label of each listing for training, corrected by reviewer labels in force (not
+    retracted): a listing a reviewer confirmed as a wrong variant leaves its family (it becomes a
+    family of its own, so it is no longer a positive of the family it was wrongly linked into).
+    Returns the labels and the counts of reviewer labels used, by relation."""
+    from django.db.models import Count
+
+    from catalog_review.models import Flag, LabelledPair
+
+    in_force = LabelledPair.objects.filter(
+        source=LabelledPair.Source.REVIEW, retracts__isnull=True, retracted_by__isnull=True
+    )
+    moved_out = set(
+        in_force.filter(
+            relation=LabelledPair.Relation.DIFFERENT, decision__flag__kind=Flag.Kind.WRONG_VARIANT
+        ).values_list("decision__flag__product_id", flat=True)
+    )
+    families = [f"reviewed-out:{p.sku}" if p.pk in moved_out else p.family.code for p in products]
+    by_relation = dict(in_force.values_list("relation").annotate(n=Count("id")).order_by())
+    return families, {
+        "review_pairs": sum(by_relation.values()),
+        "review_pairs_by_relation": by_relation,
+        "listings_moved_out_of_families": len(moved_out & {p.pk for p in products}),
+    }
+
+
 def train_run(job_id: int) -> str:
     job = Job.objects.get(pk=job_id)
     if job.is_finished:
@@ -66,7 +93,7 @@ def train_run(job_id: int) -> str:
     job_mark_running(job_id=job.pk)
     started = time.perf_counter()
     products = list(Product.objects.select_related("family", "category").order_by("id"))
-    families = [p.family.code for p in products]
+    families, label_counts = training_families(products)
     sizes = {}
     for code in families:
         sizes[code] = sizes.get(code, 0) + 1
@@ -127,7 +154,7 @@ def train_run(job_id: int) -> str:
                 "family_listings": n,
                 "families": len(sizes),
                 "trainable_families": trainable,
-                "review_pairs": 0,
+                **label_counts,
             },
             parent=parent,
             created_by=job.requested_by,

@@ -255,3 +255,21 @@ def test_bulk_confirm_all_duplicates_of_a_listing(reviewer_client, reviewer, fla
     assert LabelledPair.objects.filter(relation=R.SAME_PRODUCT).count() == 2
     bad = reviewer_client.post(reverse("flag_decide_all", args=[flags["low"].pk]), {"decision": "confirm"})
     assert bad.status_code == 400
+
+
+def test_training_takes_confirmed_wrong_listings_out_of_their_family(reviewer, flags):
+    from catalog_review.models import Product
+    from catalog_review.services.training import training_families
+
+    products = list(Product.objects.select_related("family").order_by("sku"))
+    review.decide(flag_id=flags["wrong_variant"].pk, user=reviewer, decision="confirm")  # W is wrong
+    review.decide(flag_id=flags["duplicate"].pk, user=reviewer, decision="reject")
+    families, counts = training_families(products)
+    by_sku = dict(zip([p.sku for p in products], families, strict=True))
+    assert by_sku["W"] == "reviewed-out:W" and by_sku["M0"] == "FAM-1"
+    assert counts["review_pairs"] == 4 and counts["listings_moved_out_of_families"] == 1
+    assert counts["review_pairs_by_relation"] == {"different": 4}
+    review.undo(flag_id=flags["wrong_variant"].pk, user=reviewer)  # retracted: W is back in its family
+    families, counts = training_families(products)
+    assert dict(zip([p.sku for p in products], families, strict=True))["W"] == "FAM-1"
+    assert counts["review_pairs"] == 1 and counts["listings_moved_out_of_families"] == 0

@@ -250,12 +250,23 @@ def test_a_corrupt_checkpoint_is_refused(celery_worker, catalogue, settings):
     assert not ProductEmbedding.objects.filter(model_version=version).exists()
 
 
-def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, catalogue):
+def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, catalogue, reviewer):
+    from catalog_review.services import review
+
     zero_shot = active_version()
+    planted = Flag.objects.create(
+        kind=Flag.Kind.WRONG_VARIANT,
+        product=Product.objects.get(sku="PLANTED"),
+        score=0.9,
+        model_version=zero_shot,
+    )
+    review.decide(flag_id=planted.pk, user=reviewer, decision="confirm")  # a reviewer label for training
     job = finished(train_start(steps=2, activate=True).pk, timeout=300)
     version = ModelVersion.objects.get(name=job.counts["model_version"])
     assert version.parent == zero_shot
     assert version.training_data["family_listings"] == Product.objects.count()
+    assert version.training_data["review_pairs"] == 3
+    assert version.training_data["listings_moved_out_of_families"] == 1
     validation = version.metrics["validation"]
     assert 0 <= validation["pr_auc"] <= 1
     assert version.metrics["parent_on_same_data"]["pr_auc"] is not None
