@@ -395,7 +395,11 @@ def manage_activate_model(request, version_id: int):
     )
     if version.name == "zero-shot" or ok or force:
         activate_version(version)
-        messages.success(request, f"{version.name} is now the active model version.")
+        note = ""
+        if settings.SCORE_AFTER_ACTIVATION:
+            job = score_start(version=version, requested_by=request.user)
+            note = f" Re-scoring the catalogue as job #{job.pk}."
+        messages.success(request, f"{version.name} is now the active model version.{note}")
     else:
         messages.error(request, f"Not activated: {reason}. Use “activate anyway” to override.")
     return redirect("manage_models")

@@ -30,7 +30,7 @@ from catalog_review.services.model_versions import (
     ml_device,
     promotion_decision,
 )
-from catalog_review.services.scoring import product_listing
+from catalog_review.services.scoring import product_listing, score_start
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.ensemble import save_cross_fit, train_cross_fit
 from ml_worker.features import extract_features
@@ -166,6 +166,9 @@ def train_run(job_id: int) -> str:
             activated = True
             if not ok:
                 reason += " (activated anyway: forced)"
+        rescore_job = None
+        if activated and settings.SCORE_AFTER_ACTIVATION:  # the new version's flags replace the old ones
+            rescore_job = score_start(version=version, requested_by=job.requested_by).pk
         Job.objects.filter(pk=job.pk).update(
             status=Job.Status.SUCCEEDED,
             finished_at=timezone.now(),
@@ -176,6 +179,7 @@ def train_run(job_id: int) -> str:
                 "gate": reason,
                 "validation": validation,
                 "parent_on_same_data": baseline,
+                "rescore_job": rescore_job,
             },
         )
     return f"trained {name}"

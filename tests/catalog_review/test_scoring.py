@@ -277,6 +277,8 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
 
     forced = finished(train_start(steps=1, activate=True, force=True).pk, timeout=300)
     assert forced.counts["activated"] is True
+    rescore = finished(forced.counts["rescore_job"])  # activation re-scores with the new version
+    assert rescore.scope["model_version"] == forced.counts["model_version"]
     trained = ModelVersion.objects.get(is_active=True)
     assert trained.name == forced.counts["model_version"]
     assert ModelVersion.objects.filter(is_active=True).count() == 1

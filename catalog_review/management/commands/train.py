@@ -52,3 +52,8 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps({"validation": new, "active_on_same_data": old}))
         style = self.style.SUCCESS if c.get("activated") else self.style.WARNING
         self.stdout.write(style(("Activated: " if c.get("activated") else "Not activated: ") + c["gate"]))
+        if c.get("rescore_job"):
+            self.stdout.write(
+                f"The catalogue is re-scored with it as job #{c['rescore_job']} "
+                "(`score --wait` follows a fresh one; SCORE_AFTER_ACTIVATION=false turns this off)."
+            )
