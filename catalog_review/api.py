@@ -14,7 +14,8 @@ from functools import wraps
 
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.db.models import Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Abs
 from django.http import JsonResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -107,7 +108,13 @@ def _decode_cursor(raw: str | None, length: int) -> list | None:
 
 # --- flags ----------------------------------------------------------------------------------------
 
-FLAG_ORDERINGS = {"-score": ("-score", "id"), "score": ("score", "id"), "id": ("id",)}
+# "uncertain": nearest the 0.5 decision boundary first, the flags whose labels teach the model most
+FLAG_ORDERINGS = {
+    "-score": ("-score", "id"),
+    "score": ("score", "id"),
+    "uncertain": ("uncertainty", "id"),
+    "id": ("id",),
+}
 
 
 def flag_json(flag: Flag, request) -> dict:
@@ -150,11 +157,14 @@ def flags(request):
     )
     if kind:
         rows = rows.filter(kind=kind)
+    rows = rows.annotate(uncertainty=Abs(F("score") - Value(0.5)))
     if cursor is not None:  # keyset: strictly after the last row of the previous page
         if ordering == "-score":
             rows = rows.filter(Q(score__lt=cursor[0]) | Q(score=cursor[0], id__gt=cursor[1]))
         elif ordering == "score":
             rows = rows.filter(Q(score__gt=cursor[0]) | Q(score=cursor[0], id__gt=cursor[1]))
+        elif ordering == "uncertain":
+            rows = rows.filter(Q(uncertainty__gt=cursor[0]) | Q(uncertainty=cursor[0], id__gt=cursor[1]))
         else:
             rows = rows.filter(id__gt=cursor[0])
     page = list(rows.order_by(*fields)[: limit + 1])
@@ -163,7 +173,8 @@ def flags(request):
     next_cursor = None
     if more:
         last = page[-1]
-        next_cursor = _encode_cursor([last.score, last.pk] if ordering != "id" else [last.pk])
+        key = {"-score": [last.score, last.pk], "score": [last.score, last.pk], "id": [last.pk]}
+        next_cursor = _encode_cursor(key.get(ordering, [last.uncertainty, last.pk]))
     return JsonResponse({"results": [flag_json(f, request) for f in page], "next_cursor": next_cursor})
 
 

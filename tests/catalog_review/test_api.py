@@ -91,6 +91,14 @@ def test_flags_are_cursor_paginated_in_a_stable_order(reviewer, world):
             break
     assert [s for _, s in seen] == [0.9, 0.8, 0.8, 0.7]
     assert len({i for i, _ in seen}) == 4, "ties on score are not repeated or skipped"
+    uncertain, cursor = [], None
+    while True:
+        params = {"limit": 1, "ordering": "uncertain", **({"cursor": cursor} if cursor else {})}
+        body = client.get("/api/flags", params).json()
+        uncertain += [f["score"] for f in body["results"]]
+        if not (cursor := body["next_cursor"]):
+            break
+    assert uncertain == [0.7, 0.8, 0.8, 0.9], "nearest the decision boundary first"
     first = client.get("/api/flags").json()["results"][0]
     assert first["sku"] == "P0" and first["family"] == "FAM" and first["model_version"] == "v1"
     assert first["heatmap_url"].endswith("/media/heatmaps/x.png")
