@@ -426,10 +426,7 @@ def flag_chunk_run(chunk_id: int) -> str:
         )
         for pid, e in mine.items():
             product = e.product
-            if (
-                e.wrong_variant_score is not None
-                and e.wrong_variant_score >= settings.FLAG_WRONG_VARIANT_THRESHOLD
-            ):
+            if e.wrong_variant_score is not None and e.wrong_variant_score >= thresholds["wrong_variant"]:
                 agreement = e.evidence.get("family_agreement", [])
                 agreeing = sum(1 for a in agreement if a["p_same_family"] >= 0.5)
                 outcome = assert_flag(

@@ -1,0 +1,205 @@
+"""A reviewer simulator: closes the loop through the HTTP API and measures each round.
+
+Reads EVAL_DIR/truth.json (from ../shared/eval/inject.py), answers the top N open flags of the queue as
+a perfect reviewer would (confirm if the truth says so, reject otherwise) through `POST
+/api/flags/{id}/decision`, triggers retraining through `POST /api/jobs/train` (activate through the
+gate; activation re-scores the catalogue), waits for both jobs through `GET /api/jobs/{id}`, and
+reports the metrics of every round on the listings no reviewer has seen (../shared/eval/metrics.py's
+`evaluate` on the catalogue minus the reviewed listings).
+
+usage (the catalogue imported and scored, a stack running, an admin token):
+  .venv/bin/python benchmarks/review_simulator.py EVAL_DIR --url http://127.0.0.1:8000 --token TOKEN \
+      [--rounds 3] [--per-round 100] [--steps 200] [--ordering -score|uncertain] [--out results.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+METRICS = ROOT.parent / "shared" / "eval" / "metrics.py"
+
+
+class Api:
+    def __init__(self, url: str, token: str):
+        self.url, self.token = url.rstrip("/"), token
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def wait(self, job_id: int, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            _, job = self.call("GET", f"/api/jobs/{job_id}")
+            if job.get("status") in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(2)
+        raise TimeoutError(f"job {job_id} did not finish within {timeout_s} s")
+
+
+def load_truth(eval_dir: Path) -> tuple[set[str], set[frozenset]]:
+    truth = json.loads((eval_dir / "truth.json").read_text())
+    wrong = {t["sku"] for t in truth.get("wrong_variant", [])}
+    pairs = {frozenset((t["sku"], t["of"])) for t in truth.get("duplicate", [])}
+    pairs |= {frozenset(p) for p in truth.get("duplicate_pairs", [])}
+    return wrong, pairs
+
+
+def metrics_on_unreviewed(eval_dir: Path, scores: dict, reviewed: set[str]) -> dict:
+    """The shared metrics on the catalogue minus the listings a reviewer has seen."""
+    spec = importlib.util.spec_from_file_location("eval_metrics", METRICS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = [json.loads(line) for line in open(eval_dir / "catalogue.jsonl") if line.strip()]
+    truth = json.loads((eval_dir / "truth.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "catalogue.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows if r["sku"] not in reviewed)
+        )
+        kept = {
+            "wrong_variant": [t for t in truth.get("wrong_variant", []) if t["sku"] not in reviewed],
+            "duplicate": [
+                t for t in truth.get("duplicate", []) if t["sku"] not in reviewed and t["of"] not in reviewed
+            ],
+        }
+        (tmp / "truth.json").write_text(json.dumps(kept))
+        return module.evaluate(tmp, scores)
+
+
+def export_scores() -> dict:
+    """The active version's scores, through the app's own export command (same machine)."""
+    from django.core.management import call_command
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "scores.jsonl"
+        call_command("export_scores", output=out, partial=True)
+        return {json.loads(line)["sku"]: json.loads(line) for line in out.read_text().splitlines()}
+
+
+def run(
+    eval_dir: Path,
+    api: Api,
+    *,
+    rounds: int = 3,
+    per_round: int = 100,
+    steps: int | None = None,
+    ordering: str = "-score",
+    job_timeout_s: float = 3600,
+    log=print,
+) -> list[dict]:
+    wrong, pairs = load_truth(eval_dir)
+    reviewed: set[str] = set()
+    results = [{"round": 0, **metrics_on_unreviewed(eval_dir, export_scores(), reviewed)}]
+    log(json.dumps(results[-1]))
+    for number in range(1, rounds + 1):
+        status, page = api.call("GET", f"/api/flags?status=open&ordering={ordering}&limit={per_round}")
+        if status != 200:
+            raise RuntimeError(f"GET /api/flags: {status} {page}")
+        confirmed = rejected = 0
+        for flag in page["results"]:
+            if flag["kind"] == "wrong_variant":
+                truly = flag["sku"] in wrong
+            else:
+                truly = frozenset((flag["sku"], flag["counterpart_sku"])) in pairs
+            decision = "confirm" if truly else "reject"
+            status, body = api.call(
+                "POST",
+                f"/api/flags/{flag['id']}/decision",
+                {"decision": decision, "client_request_id": f"sim-{uuid.uuid4()}"},
+            )
+            if status not in (200, 201, 409):
+                raise RuntimeError(f"decision on flag {flag['id']}: {status} {body}")
+            confirmed += decision == "confirm"
+            rejected += decision == "reject"
+            reviewed.add(flag["sku"])
+            if flag["counterpart_sku"]:
+                reviewed.add(flag["counterpart_sku"])
+        started = time.monotonic()
+        status, job = api.call(
+            "POST", "/api/jobs/train", {"activate": True, **({"steps": steps} if steps else {})}
+        )
+        if status != 202:
+            raise RuntimeError(f"POST /api/jobs/train: {status} {job}")
+        job = api.wait(job["id"], job_timeout_s)
+        train_s = time.monotonic() - started
+        if job["status"] != "succeeded":
+            raise RuntimeError(f"train job {job['id']} {job['status']}: {job['error']}")
+        score_s = 0.0
+        if job["counts"].get("rescore_job"):
+            started = time.monotonic()
+            rescore = api.wait(job["counts"]["rescore_job"], job_timeout_s)
+            score_s = time.monotonic() - started
+            if rescore["status"] != "succeeded":
+                raise RuntimeError(f"re-score job {rescore['id']} {rescore['status']}: {rescore['error']}")
+        results.append(
+            {
+                "round": number,
+                "decisions": confirmed + rejected,
+                "confirmed": confirmed,
+                "rejected": rejected,
+                "reviewed_listings": len(reviewed),
+                "model_version": job["counts"]["model_version"],
+                "activated": job["counts"]["activated"],
+                "gate": job["counts"]["gate"],
+                "train_s": round(train_s, 1),
+                "rescore_s": round(score_s, 1),
+                **metrics_on_unreviewed(eval_dir, export_scores(), reviewed),
+            }
+        )
+        log(json.dumps(results[-1]))
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("eval_dir", type=Path)
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--token", required=True, help="an admin's API token (manage.py create_api_token)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--per-round", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--ordering", choices=["-score", "uncertain"], default="-score")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    import os
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "catalog_review.settings")
+    import django
+
+    django.setup()
+    results = run(
+        args.eval_dir,
+        Api(args.url, args.token),
+        rounds=args.rounds,
+        per_round=args.per_round,
+        steps=args.steps,
+        ordering=args.ordering,
+    )
+    if args.out:
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The reviewer simulator (benchmarks/review_simulator.py) end to end: a live server, a real worker,
+the HTTP API: it decides flags by the truth file, retrains through the API and reports metrics on the
+listings it did not review."""
+
+import json
+
+import pytest
+
+from benchmarks.review_simulator import Api, run
+from catalog_review.api import create_token
+from catalog_review.models import Flag, LabelledPair, ModelVersion
+from catalog_review.services.catalogue_import import catalogue_import
+from catalog_review.services.scoring import score_start
+from tests.catalog_review.test_scoring import finished, write_catalogue
+from tests.factories import UserFactory
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+def test_one_round_of_the_simulator(celery_worker, live_server, tmp_path, settings):
+    settings.FLAG_WRONG_VARIANT_THRESHOLD = 0.0  # every listing of a 2+ family gets a flag to answer
+    eval_dir = tmp_path / "eval"
+    write_catalogue(eval_dir)
+    (eval_dir / "truth.json").write_text(
+        json.dumps(
+            {
+                "wrong_variant": [{"sku": "PLANTED", "kind": "wrong_product", "hard": False}],
+                "duplicate": [{"sku": "DUP", "of": "circle-red", "same_family": False}],
+            }
+        )
+    )
+    catalogue_import(path=eval_dir / "catalogue.jsonl")
+    finished(score_start().pk)
+    assert Flag.objects.filter(status="open").count() >= 5, "the job's own thresholds apply"
+    admin = UserFactory(username="sim-admin", is_staff=True)
+    lines = []
+    results = run(
+        eval_dir, Api(live_server.url, create_token(admin)), rounds=1, per_round=5, steps=1, log=lines.append
+    )
+    assert [r["round"] for r in results] == [0, 1]
+    first = results[1]
+    assert first["decisions"] == 5 and first["confirmed"] + first["rejected"] == 5
+    assert first["reviewed_listings"] >= 5
+    assert first["listings"] == results[0]["listings"] - first["reviewed_listings"]
+    assert ModelVersion.objects.filter(name=first["model_version"]).exists()
+    assert Flag.objects.filter(status__in=["confirmed", "rejected"]).count() >= 5
+    assert LabelledPair.objects.exists()
+    assert len(lines) == 2 and json.loads(lines[1])["round"] == 1
