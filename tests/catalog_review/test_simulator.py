@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.review_simulator import Api, run
+from benchmarks.review_simulator import METRICS, Api, run
 from catalog_review.api import create_token
 from catalog_review.models import Flag, LabelledPair, ModelVersion
 from catalog_review.services.catalogue_import import catalogue_import
@@ -14,7 +14,13 @@ from catalog_review.services.scoring import score_start
 from tests.catalog_review.test_scoring import finished, write_catalogue
 from tests.factories import UserFactory
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.worker,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not METRICS.exists(), reason=f"{METRICS} (../shared/eval beside the checkout) is missing"
+    ),
+]
 
 
 def test_one_round_of_the_simulator(celery_worker, live_server, tmp_path, settings):
