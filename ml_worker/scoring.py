@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ml_worker.features import FeatureCache
-from ml_worker.modeling_maps import MapsModel, MapsOutput
+from ml_worker.modeling_maps import MapsInputs, MapsModel, MapsOutput
 from ml_worker.zero_shot import duplicate_probability
 
 
@@ -25,6 +25,18 @@ class ListingScore:
     wrong_variant_score: float | None
     duplicate_score: float | None
     duplicate_of: int | None
+
+
+@torch.no_grad()
+def encode_inputs(model, inputs: MapsInputs, *, batch_size: int = 128) -> MapsOutput:
+    """The model's outputs for `inputs`, in batches, as float32 on the CPU."""
+    parts = [
+        model(inputs.index(slice(start, start + batch_size)))
+        for start in range(0, inputs.top.shape[0], batch_size)
+    ]
+    return MapsOutput(
+        *(torch.cat([getattr(p, f).float().cpu() for p in parts]) for f in MapsOutput.__dataclass_fields__)
+    )
 
 
 @torch.no_grad()

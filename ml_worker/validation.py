@@ -22,16 +22,8 @@ from sklearn.metrics import average_precision_score
 
 from ml_worker.features import FeatureCache
 from ml_worker.modeling_maps import MapsInputs, MapsOutput
+from ml_worker.scoring import encode_inputs
 from ml_worker.zero_shot import duplicate_probability
-
-
-def _encode(model, inputs: MapsInputs, batch_size: int = 256) -> MapsOutput:
-    parts = []
-    n = inputs.top.shape[0]
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            parts.append(model(inputs.index(slice(start, start + batch_size))))
-    return MapsOutput(*(torch.cat([getattr(p, f) for p in parts]) for f in MapsOutput.__dataclass_fields__))
 
 
 def _p(model, a: MapsOutput, b: MapsOutput, ia, ib, head: int) -> np.ndarray:
@@ -63,7 +55,7 @@ def planted_validation(
     fams = [fams[i] for i in rng.permutation(len(fams))[:max_families]]
     local_rows = np.array(sorted({r for f in fams for r in members[f]}))
     position = {int(r): i for i, r in enumerate(local_rows)}
-    out = _encode(model, features.inputs(torch.as_tensor(local_rows)))
+    out = encode_inputs(model, features.inputs(torch.as_tensor(local_rows)))
     by_category = defaultdict(list)
     for f in fams:
         by_category[int(leaf_category[members[f][0]])].append(f)
@@ -97,7 +89,7 @@ def planted_validation(
         x = MapsInputs(
             top=donor.top, mid=donor.mid, has_image=donor.has_image, tokens=x.tokens, token_mask=x.token_mask
         )
-        swapped_out = _encode(model, x)
+        swapped_out = encode_inputs(model, x)
         for k, (i, f) in enumerate(zip(swap_rows, swap_families, strict=True)):
             swapped.append(disagreement(swapped_out, k, [j for j in members[f] if j != i]))
 
@@ -112,7 +104,7 @@ def planted_validation(
     drop = torch.as_tensor(rng.random(tuple(aug.token_mask.shape)) < 0.35)
     drop[:, 0] = False  # keep the first token, so no title is empty
     aug = MapsInputs(aug.top, aug.mid, aug.has_image, aug.tokens, aug.token_mask & ~drop)
-    twin_out = _encode(model, aug)
+    twin_out = encode_inputs(model, aug)
     all_out = MapsOutput(
         *(torch.cat([getattr(out, f), getattr(twin_out, f)]) for f in MapsOutput.__dataclass_fields__)
     )

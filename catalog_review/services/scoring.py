@@ -47,6 +47,7 @@ from ml_worker.catalogue import Listing
 from ml_worker.features import extract_features
 from ml_worker.heatmap import render_heatmap
 from ml_worker.modeling_maps import MapsOutput
+from ml_worker.scoring import encode_inputs
 from ml_worker.zero_shot import duplicate_probability
 
 log = logging.getLogger(__name__)
@@ -164,17 +165,6 @@ def title_sha256(title: str) -> str:
     return hashlib.sha256(title.encode("utf-8")).hexdigest()
 
 
-def _encode(model, inputs, batch_size: int = 128) -> MapsOutput:
-    parts = []
-    n = inputs.top.shape[0]
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            parts.append(model(inputs.index(slice(start, start + batch_size))))
-    return MapsOutput(
-        *(torch.cat([getattr(p, f).float().cpu() for p in parts]) for f in MapsOutput.__dataclass_fields__)
-    )
-
-
 def _claim(chunk_id: int) -> JobChunk | None:
     chunk = JobChunk.objects.select_related("job").filter(pk=chunk_id).first()
     if chunk is None or chunk.done_at is not None or chunk.job.is_finished:
@@ -211,7 +201,7 @@ def embed_chunk_run(chunk_id: int) -> str:
         listings = [product_listing(p) for p in products]
         features = extract_features(listings, model.config, device=device, progress=False, training=False)
         inputs = features.inputs(torch.arange(len(products))).to(device)
-        out = _encode(model.final.to(device), inputs)
+        out = encode_inputs(model.final.to(device), inputs)
         wrong_variant, evidence = _wrong_variant_scores(model, products, inputs, device)
         now = timezone.now()
         for i, p in enumerate(products):
@@ -274,7 +264,7 @@ def _wrong_variant_scores(model, products: list[Product], inputs, device: str) -
     for codes in by_model.values():
         family_model = model.family_model(codes[0]).to(device)
         rows = [i for code in codes for i in members[code]]
-        out = _encode(family_model, inputs.index(torch.as_tensor(rows)))
+        out = encode_inputs(family_model, inputs.index(torch.as_tensor(rows)))
         local = {r: k for k, r in enumerate(rows)}
         for code in codes:
             idx = members[code]
