@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     config = MapsConfig(modality=args.modality, title_guidance=not args.no_title_guidance)
     if args.model:
         model, _meta = load_checkpoint(args.model)
+        model = model.to(device)
         config = model.config
     features = extract_features(listings, config, cache_dir=args.cache_dir, device=device, seed=args.seed)
     timings["features_s"] = round(time.perf_counter() - t0, 1)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     train_s = 0.0
     if args.zero_shot:
-        model = ZeroShotModel(config)
+        model = ZeroShotModel(config).to(device)
         scores = score_listings(model, encode_all(model, features, device=device), families)
         version = "zero-shot"
     elif args.model:

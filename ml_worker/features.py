@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -129,20 +132,38 @@ def extract_features(
     has_image = torch.zeros(n, dtype=torch.bool)
     rng = random.Random(seed)
     bar = tqdm(total=n, desc="image features", unit="img", disable=not progress)
-    with torch.inference_mode():
+
+    def decode(listing: Listing):
+        image = open_image(listing.image) if listing.image else None
+        return image, to_tensor(image, size) if image is not None else None
+
+    # image decoding + preprocessing in threads (Pillow releases the GIL): on a GPU the backbone
+    # waits on the host otherwise; the augmented view stays in this thread (one seeded rng, in order)
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    with torch.inference_mode(), pool:
         for start in range(0, n, batch_size):
             chunk = listings[start : start + batch_size]
-            images = [open_image(x.image) if x.image else None for x in chunk]
-            present = [i for i, im in enumerate(images) if im is not None]
+            decoded = list(pool.map(decode, chunk))
+            present = [i for i, (im, _) in enumerate(decoded) if im is not None]
             if present:
                 rows = torch.tensor(present) + start
                 for suffix in views:
-                    view = (lambda im: im) if suffix == "" else (lambda im: augment(im, rng))
-                    batch = torch.stack([to_tensor(view(images[i]), size) for i in present]).to(device)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                    if suffix == "":
+                        batch = torch.stack([decoded[i][1] for i in present])
+                    else:
+                        batch = torch.stack([to_tensor(augment(decoded[i][0], rng), size) for i in present])
+                    cuda = device.startswith("cuda")
+                    if cuda:
+                        # one batch shape per process: CUDA picks kernels per new shape (~2 s each on
+                        # an H100, measured), and a chunk's last batch would be a new shape every time
+                        batch = F.pad(batch, (0, 0, 0, 0, 0, 0, 0, batch_size - len(present)))
+                    batch = batch.to(device)
+                    if cuda:  # the backbone is channels_last there
+                        batch = batch.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                         out = image_model(batch)
-                    maps["top" + suffix][rows] = out.top.float().cpu().half()
-                    maps["mid" + suffix][rows] = out.mid.float().cpu().half()
+                    maps["top" + suffix][rows] = out.top[: len(present)].float().cpu().half()
+                    maps["mid" + suffix][rows] = out.mid[: len(present)].float().cpu().half()
                 has_image[rows] = True
             bar.update(len(chunk))
             if on_progress:

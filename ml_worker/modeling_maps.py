@@ -51,6 +51,9 @@ class MapsOutput:
     raw_image: torch.Tensor  # (B, 2 * top_channels)
     raw_title: torch.Tensor  # (B, text_dim)
 
+    def to(self, device) -> MapsOutput:
+        return MapsOutput(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
 
 def raw_descriptors(x: MapsInputs, modality: str = "multimodal") -> tuple[torch.Tensor, torch.Tensor]:
     """Parameter-free descriptors, L2-normalised: the mean+max pooled head map of the image and the

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -54,6 +55,31 @@ def encode_all(
 
 
 @torch.no_grad()
+def family_agreement(
+    model, outputs: MapsOutput, groups: list[list[int]], rows=None, *, chunk: int = 4096
+) -> dict[int, list[float]]:
+    """P(same family) of each listing of `rows` (default: every grouped one) with each other member of
+    its group, in the group's order. The pair head runs where `model` is; `outputs` may be anywhere."""
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+    outputs = outputs.to(device)
+    wanted = None if rows is None else {int(r) for r in rows}
+    pairs_i, pairs_j = [], []
+    for members in groups:
+        for i in members:
+            if wanted is None or i in wanted:
+                pairs_i.extend([i] * (len(members) - 1))
+                pairs_j.extend(j for j in members if j != i)
+    agreement = defaultdict(list)
+    for start in range(0, len(pairs_i), chunk):
+        ii = torch.as_tensor(pairs_i[start : start + chunk], device=device)
+        jj = torch.as_tensor(pairs_j[start : start + chunk], device=device)
+        p = torch.sigmoid(model.pair_logits(outputs, outputs, ii, jj)[:, 0])
+        for a, value in zip(ii.tolist(), p.tolist(), strict=True):
+            agreement[a].append(value)
+    return agreement
+
+
+@torch.no_grad()
 def score_listings(
     model: MapsModel,
     outputs: MapsOutput,
@@ -72,19 +98,7 @@ def score_listings(
         members[f].append(i)
 
     # wrong variant: agreement with the rest of the family
-    pairs_i, pairs_j = [], []
-    for i in rows:
-        for j in members[families[i]]:
-            if j != i:
-                pairs_i.append(i)
-                pairs_j.append(j)
-    agreement = defaultdict(list)
-    for start in range(0, len(pairs_i), chunk):
-        ii = torch.as_tensor(pairs_i[start : start + chunk])
-        jj = torch.as_tensor(pairs_j[start : start + chunk])
-        p = torch.sigmoid(model.pair_logits(outputs, outputs, ii, jj)[:, 0])
-        for a, value in zip(ii.tolist(), p.tolist(), strict=True):
-            agreement[a].append(value)
+    agreement = family_agreement(model, outputs, list(members.values()), rows, chunk=chunk)
 
     # duplicates: nearest neighbours by the fused embedding, then the pair head's P(same product)
     k = min(neighbours, n - 1)

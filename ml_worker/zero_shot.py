@@ -55,8 +55,8 @@ class ZeroShotModel(nn.Module):
             image_embedding=image_embedding,
             title_embedding=title_embedding,
             spatial_attention=where,
-            channel_attention=torch.ones(batch, self.config.d_model),
-            crop_box=torch.zeros(batch, 4),
+            channel_attention=torch.ones(batch, self.config.d_model, device=where.device),
+            crop_box=torch.zeros(batch, 4, device=where.device),
             raw_image=raw_image,
             raw_title=raw_title,
         )

@@ -47,7 +47,7 @@ from ml_worker.catalogue import Listing
 from ml_worker.features import extract_features
 from ml_worker.heatmap import render_heatmap
 from ml_worker.modeling_maps import MapsOutput
-from ml_worker.scoring import encode_inputs
+from ml_worker.scoring import encode_inputs, family_agreement
 from ml_worker.zero_shot import duplicate_probability
 
 log = logging.getLogger(__name__)
@@ -264,21 +264,15 @@ def _wrong_variant_scores(model, products: list[Product], inputs, device: str) -
     for codes in by_model.values():
         family_model = model.family_model(codes[0]).to(device)
         rows = [i for code in codes for i in members[code]]
-        out = encode_inputs(family_model, inputs.index(torch.as_tensor(rows)))
         local = {r: k for k, r in enumerate(rows)}
+        groups = [[local[i] for i in members[code]] for code in codes]
+        out = encode_inputs(family_model, inputs.index(torch.as_tensor(rows)))
+        agreement = family_agreement(family_model, out, groups)
         for code in codes:
             idx = members[code]
             for i in idx:
                 others = [j for j in idx if j != i]
-                with torch.no_grad():
-                    p = torch.sigmoid(
-                        family_model.pair_logits(
-                            out,
-                            out,
-                            torch.as_tensor([local[i]] * len(others)),
-                            torch.as_tensor([local[j] for j in others]),
-                        )[:, 0]
-                    ).tolist()
+                p = agreement[local[i]]
                 scores[products[i].pk] = 1.0 - float(np.mean(p))
                 evidence[products[i].pk] = {
                     "family_agreement": [

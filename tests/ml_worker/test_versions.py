@@ -10,9 +10,10 @@ from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import TrainConfig
 from ml_worker.ensemble import CrossFitModel, family_fold, load_cross_fit, save_cross_fit, train_cross_fit
 from ml_worker.modeling_maps import MapsModel
+from ml_worker.scoring import encode_inputs, family_agreement
 from ml_worker.validation import planted_validation
 from ml_worker.zero_shot import ZeroShotModel
-from tests.ml_worker.conftest import families_of, random_features, random_inputs
+from tests.ml_worker.conftest import families_of, gpu, random_features, random_inputs
 
 
 def test_zero_shot_speaks_the_model_interface(tiny):
@@ -129,3 +130,32 @@ def test_augmented_inputs_are_the_relisting_view(tiny):
     idx = torch.arange(4)
     assert torch.equal(features.inputs(idx, augmented=True).top, features.top_aug[idx].float())
     assert not torch.equal(features.inputs(idx).top, features.inputs(idx, augmented=True).top)
+
+
+@pytest.mark.gpu
+@gpu
+def test_versions_train_and_score_on_cuda(tiny):
+    """The worker's CUDA path: cross-fitted training on the GPU (validated on the CPU), then the
+    family agreement the app computes with a model on the GPU and encoder outputs on the CPU."""
+    families = families_of(12, 3)
+    features = random_features(tiny, families)
+    model, info = train_cross_fit(
+        features,
+        families,
+        [("A", "B")] * len(families),
+        tiny,
+        TrainConfig(steps=3, folds=2, families_per_batch=4),
+        progress=False,
+        baseline=CrossFitModel.zero_shot(tiny),
+        device="cuda",
+    )
+    assert 0 <= info["validation"]["pr_auc"] <= 1
+    groups = [list(range(i, i + 3)) for i in range(0, len(families), 3)]
+    inputs = features.inputs(torch.arange(len(families)))
+    for member in (model.final, ZeroShotModel(tiny)):
+        on_cpu = family_agreement(member.cpu(), encode_inputs(member, inputs), groups)
+        member.to("cuda")
+        on_gpu = family_agreement(member, encode_inputs(member, inputs.to("cuda")), groups)
+        assert on_cpu.keys() == on_gpu.keys()
+        for k in on_cpu:
+            assert np.allclose(on_cpu[k], on_gpu[k], atol=1e-3)

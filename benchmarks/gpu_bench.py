@@ -1,0 +1,125 @@
+"""Model throughput on one device (CUDA or CPU), stage by stage, measured in one run.
+
+1. backbones alone: EfficientNet-Lite0 on preloaded 224x224 batches and MiniLM on title batches
+   (bf16 autocast and channels_last on CUDA, float32 on CPU), images or titles per second;
+2. feature extraction as the product runs it (ml_worker.features.extract_features, one view: image
+   decode + preprocessing on the host, backbones on the device), listings per second;
+3. MAPS training steps on the cached features (ml_worker.train.train_model, P x K batches), steps/s;
+4. scoring (ml_worker.scoring.encode_all + score_listings), listings per second.
+
+usage: python benchmarks/gpu_bench.py CATALOGUE_DIR [--device cuda|cpu] [--steps N] [--out FILE]
+Prints one JSON object (and writes it to --out). Compare devices only through figures of this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ml_worker.catalogue import load_catalogue
+from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.features import extract_features, load_backbones
+from ml_worker.scoring import encode_all, score_listings
+from ml_worker.train import Labels, train_model
+
+
+def timed(fn, device: str, repeats: int = 3) -> float:
+    """Best of `repeats` wall times of fn() (after one warm-up call), synchronised on CUDA."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("catalogue", type=Path)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--batch-sizes", default="32,128,256")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    device = args.device
+    cuda = device == "cuda"
+    config = MapsConfig()
+    result: dict = {
+        "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        "host_cpus": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    image_model, text_model = load_backbones(None, None, config.max_tokens, device)
+    listings = load_catalogue(args.catalogue)
+    titles = [x.title for x in listings]
+
+    # 1. backbones alone
+    for b in [int(s) for s in args.batch_sizes.split(",")]:
+        x = torch.randn(b, 3, config.image_size, config.image_size, device=device)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def images(x=x):
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                image_model(x)
+
+        def texts(b=b):
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                text_model(titles[:b])
+
+        result[f"image_backbone_per_s_b{b}"] = round(b / timed(images, device), 1)
+        result[f"text_backbone_per_s_b{b}"] = round(b / timed(texts, device), 1)
+
+    # 2. feature extraction as the product runs it (decode + preprocessing on the host)
+    t = time.perf_counter()
+    features = extract_features(
+        listings, config, device=device, progress=False, training=False, batch_size=64
+    )
+    if cuda:
+        torch.cuda.synchronize()
+    result["listings"] = len(listings)
+    result["extract_s"] = round(time.perf_counter() - t, 2)
+    result["extract_listings_per_s"] = round(len(listings) / result["extract_s"], 1)
+
+    # 3. training steps on the cached features
+    families = [x.family for x in listings]
+    labels = Labels.build(families, [x.category for x in listings])
+    rows = np.arange(len(listings))
+    t = time.perf_counter()
+    model, _ = train_model(
+        features, labels, rows, config, TrainConfig(steps=args.steps), device=device, progress=False
+    )
+    if cuda:
+        torch.cuda.synchronize()
+    result["train_steps"] = args.steps
+    result["train_s"] = round(time.perf_counter() - t, 2)
+    result["train_steps_per_s"] = round(args.steps / result["train_s"], 2)
+
+    # 4. scoring: model forward over every listing + pair scores
+    t = time.perf_counter()
+    score_listings(model, encode_all(model, features, device=device), families)
+    result["score_s"] = round(time.perf_counter() - t, 2)
+    result["score_listings_per_s"] = round(len(listings) / result["score_s"], 1)
+    if cuda:
+        result["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    print(json.dumps(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
