@@ -5,11 +5,15 @@ a perfect reviewer would (confirm if the truth says so, reject otherwise) throug
 /api/flags/{id}/decision`, triggers retraining through `POST /api/jobs/train` (activate through the
 gate; activation re-scores the catalogue), waits for both jobs through `GET /api/jobs/{id}`, and
 reports the metrics of every round on the listings no reviewer has seen (../shared/eval/metrics.py's
-`evaluate` on the catalogue minus the reviewed listings).
+`evaluate` on the catalogue minus the reviewed listings). At the end every round's version (and each
+`--compare-version`, e.g. the rounds of an earlier run this one goes on from) is measured again on
+one set: the listings no reviewer had seen by the last round. Decisions already in the database
+count as seen.
 
 usage (the catalogue imported and scored, a stack running, an admin token):
   .venv/bin/python benchmarks/review_simulator.py EVAL_DIR --url http://127.0.0.1:8000 --token TOKEN \
-      [--rounds 3] [--per-round 100] [--steps 200] [--ordering -score|uncertain] [--out results.jsonl]
+      [--rounds 3] [--per-round 100] [--steps 200] [--ordering -score|uncertain] [--compare-version NAME]...
+      [--out results.jsonl]
 """
 
 from __future__ import annotations
@@ -87,13 +91,13 @@ def metrics_on_unreviewed(eval_dir: Path, scores: dict, reviewed: set[str]) -> d
         return module.evaluate(tmp, scores)
 
 
-def export_scores() -> dict:
-    """The active version's scores, through the app's own export command (same machine)."""
+def export_scores(version: str | None = None) -> dict:
+    """A version's scores (default: the active one), through the app's own export command."""
     from django.core.management import call_command
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "scores.jsonl"
-        call_command("export_scores", output=out, partial=True)
+        call_command("export_scores", output=out, partial=True, model_version=version)
         return {json.loads(line)["sku"]: json.loads(line) for line in out.read_text().splitlines()}
 
 
@@ -105,12 +109,29 @@ def run(
     per_round: int = 100,
     steps: int | None = None,
     ordering: str = "-score",
+    earlier_versions: tuple[str, ...] = (),
     job_timeout_s: float = 3600,
     log=print,
 ) -> list[dict]:
+    from catalog_review.models import ModelVersion, ReviewDecision
+
     wrong, pairs = load_truth(eval_dir)
+    # listings of flags decided before this run (a run can go on from an earlier one) count as seen
     reviewed: set[str] = set()
-    results = [{"round": 0, **metrics_on_unreviewed(eval_dir, export_scores(), reviewed)}]
+    seen = ReviewDecision.objects.values_list("flag__product__sku", "flag__counterpart__sku")
+    for sku, counterpart in seen:
+        reviewed.add(sku)
+        if counterpart:
+            reviewed.add(counterpart)
+    versions = [*earlier_versions, ModelVersion.objects.get(is_active=True).name]
+    results = [
+        {
+            "round": 0,
+            "model_version": versions[-1],
+            "reviewed_before": len(reviewed),
+            **metrics_on_unreviewed(eval_dir, export_scores(), reviewed),
+        }
+    ]
     log(json.dumps(results[-1]))
     for number in range(1, rounds + 1):
         status, page = api.call("GET", f"/api/flags?status=open&ordering={ordering}&limit={per_round}")
@@ -168,6 +189,20 @@ def run(
             }
         )
         log(json.dumps(results[-1]))
+        if job["counts"]["activated"]:
+            versions.append(job["counts"]["model_version"])
+    # every round's version on the same listings: those no reviewer had seen by the end
+    for number, version in enumerate(versions, start=-len(earlier_versions)):
+        results.append(
+            {
+                "final_unreviewed_set": True,
+                "version_of_round": number,  # negative: versions of rounds before this run
+                "model_version": version,
+                "reviewed_listings": len(reviewed),
+                **metrics_on_unreviewed(eval_dir, export_scores(version), reviewed),
+            }
+        )
+        log(json.dumps(results[-1]))
     return results
 
 
@@ -180,6 +215,12 @@ def main() -> None:
     ap.add_argument("--per-round", type=int, default=100)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--ordering", choices=["-score", "uncertain"], default="-score")
+    ap.add_argument(
+        "--compare-version",
+        action="append",
+        default=[],
+        help="an earlier round's version to measure on the final unreviewed set (repeatable, oldest first)",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -196,6 +237,7 @@ def main() -> None:
         per_round=args.per_round,
         steps=args.steps,
         ordering=args.ordering,
+        earlier_versions=tuple(args.compare_version),
     )
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in results))

@@ -133,6 +133,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "catalog_review.context_processors.active_model_version",
             ],
         },
     }
@@ -228,6 +229,8 @@ DUPLICATE_NEIGHBOURS = env_int("DUPLICATE_NEIGHBOURS", 20, minimum=1)  # kNN can
 HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 100, minimum=1)
 FLAG_WRONG_VARIANT_THRESHOLD = env_float("FLAG_WRONG_VARIANT_THRESHOLD", 0.7)
 FLAG_DUPLICATE_THRESHOLD = env_float("FLAG_DUPLICATE_THRESHOLD", 0.9)
+# at most this fraction of a version's scored listings is flagged as wrong variants (1 = no cap)
+FLAG_WRONG_VARIANT_MAX_FRACTION = env_float("FLAG_WRONG_VARIANT_MAX_FRACTION", 0.1)
 TRAIN_STEPS = env_int("TRAIN_STEPS", 200, minimum=1)
 TRAIN_FOLDS = env_int("TRAIN_FOLDS", 2, minimum=1)
 # a new version is activated when its validation PR-AUC >= the active one's minus this tolerance

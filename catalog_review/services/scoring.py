@@ -124,6 +124,7 @@ def score_start(*, scope: dict | None = None, requested_by=None, version: ModelV
                 "model_version_id": version.pk,
                 "thresholds": {
                     "wrong_variant": settings.FLAG_WRONG_VARIANT_THRESHOLD,
+                    "wrong_variant_max_fraction": settings.FLAG_WRONG_VARIANT_MAX_FRACTION,
                     "duplicate": settings.FLAG_DUPLICATE_THRESHOLD,
                 },
             },
@@ -291,6 +292,7 @@ def _maybe_next_stage(job_id: int, stage: str) -> None:
     if stage == JobChunk.Stage.EMBED:
         if JobChunk.objects.filter(job=job, stage=JobChunk.Stage.FLAG).exists():
             return
+        _cap_wrong_variant_threshold(job)
         embed_chunks = JobChunk.objects.filter(job=job, stage=JobChunk.Stage.EMBED).order_by("index")
         flag_chunks = JobChunk.objects.bulk_create(
             JobChunk(job=job, stage=JobChunk.Stage.FLAG, index=c.index, items=c.items, size=c.size)
@@ -302,6 +304,32 @@ def _maybe_next_stage(job_id: int, stage: str) -> None:
         transaction.on_commit(lambda: [flag_chunk.delay(chunk_id=i) for i in ids])
     else:
         _finish_score_job(job)
+
+
+def _cap_wrong_variant_threshold(job: Job) -> None:
+    """Raise the job's wrong_variant threshold to the score above which lies at most the recorded
+    fraction of the version's scored listings (the whole catalogue, not only the job's scope): a model
+    whose calibration does not fit a catalogue (say, the zero-shot version on a new domain) then
+    flags its most suspicious listings instead of most of them. The configured threshold and the
+    cap's value are kept in the job's scope."""
+    thresholds = job.scope["thresholds"]
+    fraction = thresholds.get("wrong_variant_max_fraction")
+    if fraction is None or fraction >= 1:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT percentile_disc(%s) WITHIN GROUP (ORDER BY wrong_variant_score), count(*) "
+            "FROM catalog_review_productembedding "
+            "WHERE model_version_id = %s AND wrong_variant_score IS NOT NULL",
+            [1 - fraction, job.scope["model_version_id"]],
+        )
+        quantile, scored = cursor.fetchone()
+    thresholds["wrong_variant_configured"] = thresholds["wrong_variant"]
+    thresholds["wrong_variant_cap"] = quantile
+    if quantile is not None and quantile > thresholds["wrong_variant"]:
+        thresholds["wrong_variant"] = float(quantile)
+    thresholds["wrong_variant_scored"] = scored
+    job.save(update_fields=["scope"])
 
 
 # --- stage 2: duplicates and flags ----------------------------------------------------------------

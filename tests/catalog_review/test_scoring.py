@@ -150,6 +150,27 @@ def test_score_job_embeds_flags_and_exports(celery_worker, catalogue, media_root
     assert by_sku["PLANTED"]["model_version"] == "zero-shot"
 
 
+def test_wrong_variant_flags_are_capped_to_a_share_of_the_catalogue(celery_worker, catalogue, settings):
+    settings.FLAG_WRONG_VARIANT_THRESHOLD = 0.0  # a calibration that does not fit: "flag everything"
+    settings.FLAG_WRONG_VARIANT_MAX_FRACTION = 0.25
+    job = finished(score_start().pk)
+    scores = sorted(
+        ProductEmbedding.objects.filter(wrong_variant_score__isnull=False).values_list(
+            "wrong_variant_score", flat=True
+        )
+    )
+    thresholds = job.scope["thresholds"]
+    assert thresholds["wrong_variant_configured"] == 0.0
+    assert thresholds["wrong_variant_scored"] == len(scores)
+    assert thresholds["wrong_variant"] == thresholds["wrong_variant_cap"] > 0.0
+    flagged = Flag.objects.filter(kind=Flag.Kind.WRONG_VARIANT, status=Flag.Status.OPEN)
+    above = [v for v in scores if v >= thresholds["wrong_variant"]]
+    assert 1 <= flagged.count() == len(above) < len(scores)
+    assert len(above) <= 0.25 * len(scores) + 1
+    lowest_flagged = min(flagged.values_list("score", flat=True))
+    assert lowest_flagged >= max(v for v in scores if v < thresholds["wrong_variant"]), "the top scores"
+
+
 def test_rescoring_keeps_decisions_updates_open_flags_and_marks_stale(celery_worker, catalogue, settings):
     settings.FLAG_DUPLICATE_THRESHOLD = 0.5  # the edited re-listing below must still count as a duplicate
     finished(score_start().pk)

@@ -25,6 +25,7 @@ pytestmark = [
 
 def test_one_round_of_the_simulator(celery_worker, live_server, tmp_path, settings):
     settings.FLAG_WRONG_VARIANT_THRESHOLD = 0.0  # every listing of a 2+ family gets a flag to answer
+    settings.FLAG_WRONG_VARIANT_MAX_FRACTION = 1.0
     eval_dir = tmp_path / "eval"
     write_catalogue(eval_dir)
     (eval_dir / "truth.json").write_text(

@@ -3,8 +3,8 @@
 import pytest
 from django.urls import reverse
 
-from catalog_review.models import ImageStatus, Job
-from tests.factories import CategoryFactory, FamilyFactory, ProductFactory
+from catalog_review.models import ImageStatus, Job, ModelVersion
+from tests.factories import CategoryFactory, FamilyFactory, ProductFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -95,12 +95,12 @@ def test_catalogue_query_count_does_not_grow_with_the_page(
     for _ in range(40):
         ProductFactory(family=catalogue["family"], category=catalogue["men"])
     # session, user, count, page of products (families and categories joined), category choices
-    with django_assert_num_queries(5):
+    with django_assert_num_queries(6):  # + the active model version (top bar)
         reviewer_client.get(reverse("catalogue"))
 
 
 def test_family_page_shows_every_member(reviewer_client, catalogue, django_assert_num_queries):
-    with django_assert_num_queries(4):  # session, user, family, members
+    with django_assert_num_queries(5):  # session, user, family, members, active version
         response = reviewer_client.get(reverse("family", kwargs={"code": "F-dress"}))
     html = response.content.decode()
     assert "Red dress" in html and "Blue dress" in html and "colour" in html
@@ -173,3 +173,14 @@ def test_search_by_meaning_uses_the_title_space_of_the_active_version(reviewer_c
     assert np.isclose(np.linalg.norm(title_query_vector(model, "anything")), 1.0, atol=1e-4)
     words = reviewer_client.get(reverse("catalogue"), {"q": "crimson gown"})
     assert words.context["page"].paginator.count == 0, "word match finds nothing: meaning does"
+
+
+def test_the_active_model_version_is_shown_on_every_page(reviewer_client, client, catalogue):
+    assert "none yet" in reviewer_client.get(reverse("catalogue")).content.decode()
+    ModelVersion.objects.create(name="maps-20261122-j9", is_active=True)
+    html = reviewer_client.get(reverse("review_queue")).content.decode()
+    assert '<span class="model-pill"' in html and "maps-20261122-j9" in html  # reviewers: no link
+    admin = UserFactory(username="boss", is_staff=True)
+    client.force_login(admin)
+    html = client.get(reverse("catalogue")).content.decode()
+    assert f'<a class="model-pill" href="{reverse("manage_models")}"' in html and "maps-20261122-j9" in html
