@@ -70,6 +70,8 @@ class TrainConfig:
     w_product: float = 1.0
     w_proxy: float = 0.5
     w_align: float = 0.5
+    w_review: float = 2.0  # reviewer-labelled pairs weigh more than the (noisy) family pairs
+    review_pairs_per_step: int = 16
     p_adversarial_title: float = 0.2  # share of anchors given a rewritten, mismatching title (seed 3)
     p_swapped_image: float = 0.35  # share of anchors shown a same-category image of another family
     proxy_levels_weight: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])

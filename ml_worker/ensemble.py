@@ -28,8 +28,8 @@ from torch import nn
 from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.features import FeatureCache
-from ml_worker.train import Labels, train_model
-from ml_worker.validation import planted_validation
+from ml_worker.train import Labels, ReviewPairs, train_model
+from ml_worker.validation import planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
 
 MANIFEST = "manifest.json"
@@ -106,9 +106,12 @@ def train_cross_fit(
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     baseline: CrossFitModel | None = None,
+    review_pairs: ReviewPairs | None = None,
 ) -> tuple[CrossFitModel, dict]:
     """Train the fold models and the final model; validate every fold model on errors planted into
-    the families it never saw (and `baseline`, the active version, on exactly the same plants)."""
+    the families it never saw and on the reviewer labels of those families (and `baseline`, the
+    active version, on exactly the same data). `review_pairs` (reviewer labels) join the training of
+    every model whose families they belong to."""
     labels = Labels.build(family_codes, categories)
     k = max(1, train_config.folds)
     fold = np.array([family_fold(code, k) for code in family_codes])
@@ -134,7 +137,9 @@ def train_cross_fit(
             progress=progress,
             desc=f"fold {run + 1}/{k}" if run != "final" else "final model",
             on_step=step,
+            review_pairs=review_pairs,
         )
+        info.setdefault("review_pairs_used", {})[str(run)] = run_info["review_pairs_used"]
         done += train_config.steps
         if run == "final":
             info["final_losses"] = run_info["final_losses"]
@@ -143,19 +148,18 @@ def train_cross_fit(
         fold_models.append(model)
         held_out = np.nonzero(fold == run)[0]
         seed = train_config.seed + run
+        held_out_pairs = review_pairs.within(held_out) if review_pairs is not None else None
         validation.append(
             planted_validation(model, features, labels.family, labels.leaf_category, held_out, seed=seed)
+            | (review_pair_validation(model, features, held_out_pairs) if held_out_pairs else {})
         )
         if baseline is not None:
+            reference = _fold_model_for(baseline, run, k)
             baseline_validation.append(
                 planted_validation(
-                    _fold_model_for(baseline, run, k),
-                    features,
-                    labels.family,
-                    labels.leaf_category,
-                    held_out,
-                    seed=seed,
+                    reference, features, labels.family, labels.leaf_category, held_out, seed=seed
                 )
+                | (review_pair_validation(reference, features, held_out_pairs) if held_out_pairs else {})
             )
     if k == 1:  # no held-out families: validate on planted errors among all (optimistic; noted)
         validation.append(

@@ -54,6 +54,34 @@ class Labels:
         return cls(family=encode(families), category_levels=levels, leaf_category=encode(categories))
 
 
+@dataclass
+class ReviewPairs:
+    """Pairs labelled by reviewers, as row indices into the features: `head` 0 = same family (the
+    wrong-variant head), 1 = same product (the duplicate head); `target` True = same."""
+
+    a: np.ndarray
+    b: np.ndarray
+    head: np.ndarray
+    target: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def within(self, rows: np.ndarray) -> ReviewPairs:
+        """The pairs whose two listings are both among `rows` (a fold model never sees the labels of
+        the families it will score)."""
+        keep = np.isin(self.a, rows) & np.isin(self.b, rows)
+        return ReviewPairs(self.a[keep], self.b[keep], self.head[keep], self.target[keep])
+
+    def counts(self) -> dict:
+        names = {(0, True): "same_family", (0, False): "different_family"}
+        names |= {(1, True): "same_product", (1, False): "different_product"}
+        out = {name: 0 for name in names.values()}
+        for h, t in zip(self.head.tolist(), self.target.tolist(), strict=True):
+            out[names[(h, bool(t))]] += 1
+        return out
+
+
 def augment_view(x: MapsInputs, generator: torch.Generator) -> MapsInputs:
     """A feature-space stand-in for 'the same image, slightly cropped and re-encoded'."""
     b = x.top.shape[0]
@@ -141,8 +169,10 @@ def train_model(
     progress: bool = True,
     desc: str = "training",
     on_step=None,
+    review_pairs: ReviewPairs | None = None,
 ) -> tuple[MapsModel, dict]:
-    """Train a MAPS model on `train_rows`; `on_step(step, total)` is called every 10 steps (job progress)."""
+    """Train a MAPS model on `train_rows`; `on_step(step, total)` is called every 10 steps (job progress).
+    `review_pairs` (reviewer labels) add a weighted pair-head loss on those of them within `train_rows`."""
     seed_everything(train_config.seed)
     generator = torch.Generator().manual_seed(train_config.seed)
     model = MapsModel(config).to(device)
@@ -179,6 +209,9 @@ def train_model(
     level_labels = [torch.as_tensor(labels.family)] + [
         torch.as_tensor(level) for level in labels.category_levels[::-1]
     ]
+    review = review_pairs.within(train_rows) if review_pairs is not None else None
+    if review is not None and not len(review):
+        review = None
     history = []
     model.train()
     bar = tqdm(range(train_config.steps), desc=desc, disable=not progress)
@@ -240,11 +273,13 @@ def train_model(
             image_view=out_view.image_embedding,
             scale=model.logit_scale.exp().clamp(max=100),
         )
+        loss_review = _review_loss(model, features, review, train_config, generator, device)
         loss = (
             train_config.w_pair * loss_pair
             + train_config.w_product * loss_product
             + train_config.w_proxy * loss_proxy
             + train_config.w_align * loss_align
+            + train_config.w_review * loss_review
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -257,6 +292,7 @@ def train_model(
             "product": loss_product.item(),
             "proxy": float(loss_proxy.detach()),
             "align": loss_align.item(),
+            "review": loss_review.item(),
         }
         history.append(record)
         if step % 20 == 0:
@@ -270,4 +306,21 @@ def train_model(
         "final_losses": summary,
         "steps": train_config.steps,
         "train_listings": len(train_rows),
+        "review_pairs_used": review.counts() if review is not None else {},
     }
+
+
+def _review_loss(model, features, review: ReviewPairs | None, train_config, generator, device):
+    """Binary cross-entropy of the pair head on a sample of reviewer-labelled pairs (0 without any)."""
+    if review is None:
+        return torch.zeros((), device=device)
+    m = min(train_config.review_pairs_per_step, len(review))
+    pick = torch.randint(len(review), (m,), generator=generator).numpy()
+    rows, where = np.unique(np.concatenate([review.a[pick], review.b[pick]]), return_inverse=True)
+    out = model(features.inputs(torch.as_tensor(rows)).to(device))
+    where = torch.as_tensor(where, device=device)
+    logits = model.pair_logits(out, out, where[:m], where[m:])
+    head = torch.as_tensor(review.head[pick], device=device)
+    chosen = logits.gather(1, head[:, None]).squeeze(1)
+    target = torch.as_tensor(review.target[pick], device=device, dtype=chosen.dtype)
+    return F.binary_cross_entropy_with_logits(chosen, target)

@@ -133,3 +133,24 @@ def planted_validation(
     }
     metrics["pr_auc"] = (metrics["wrong_variant_ap"] + metrics["duplicate_ap"]) / 2
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def review_pair_validation(model, features: FeatureCache, pairs) -> dict:
+    """The pair heads on reviewer-labelled pairs the model never trained on (`pairs`: a
+    ml_worker.train.ReviewPairs of held-out families): average precision of P(same) per head where
+    both answers occur, and accuracy at 0.5 over all of them."""
+    if not len(pairs):
+        return {"validation_review_pairs": 0}
+    model = model.cpu().eval()
+    rows, where = np.unique(np.concatenate([pairs.a, pairs.b]), return_inverse=True)
+    out = encode_inputs(model, features.inputs(torch.as_tensor(rows)))
+    n = len(pairs)
+    family_p = _p(model, out, out, where[:n], where[n:], 0)
+    product_p = duplicate_probability(model, out, out, torch.as_tensor(where[:n]), torch.as_tensor(where[n:]))
+    p = np.where(pairs.head == 0, family_p, product_p.numpy())
+    metrics = {"validation_review_pairs": n, "review_accuracy": float(np.mean((p >= 0.5) == pairs.target))}
+    for head, name in ((0, "review_same_family_ap"), (1, "review_same_product_ap")):
+        mask = pairs.head == head
+        if mask.any() and 0 < pairs.target[mask].sum() < mask.sum():
+            metrics[name] = float(average_precision_score(pairs.target[mask], p[mask]))
+    return metrics

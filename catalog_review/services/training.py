@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -34,6 +35,7 @@ from catalog_review.services.scoring import product_listing, score_start
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.ensemble import save_cross_fit, train_cross_fit
 from ml_worker.features import extract_features
+from ml_worker.train import ReviewPairs
 
 MIN_FAMILIES = 4  # with 2+ listings each: fewer gives no negatives to learn from
 
@@ -86,6 +88,37 @@ def training_families(products: list[Product]) -> tuple[list[str], dict]:
     }
 
 
+def review_pairs_for(products: list[Product]) -> ReviewPairs:
+    """Reviewer labels in force as training pairs (row = index into `products`): same / different
+    family from wrong_variant decisions, same / different product from duplicate decisions."""
+    from catalog_review.models import Flag, LabelledPair
+
+    row = {p.pk: i for i, p in enumerate(products)}
+    a, b, head, target = [], [], [], []
+    in_force = LabelledPair.objects.filter(
+        source=LabelledPair.Source.REVIEW, retracts__isnull=True, retracted_by__isnull=True
+    ).values_list("a_id", "b_id", "relation", "decision__flag__kind")
+    for a_id, b_id, relation, kind in in_force:
+        if a_id not in row or b_id not in row:
+            continue
+        if relation == LabelledPair.Relation.SAME_FAMILY:
+            h, same = 0, True
+        elif relation == LabelledPair.Relation.SAME_PRODUCT:
+            h, same = 1, True
+        else:  # different: of family for a wrong variant, of product for a duplicate
+            h, same = (0 if kind == Flag.Kind.WRONG_VARIANT else 1), False
+        a.append(row[a_id])
+        b.append(row[b_id])
+        head.append(h)
+        target.append(same)
+    return ReviewPairs(
+        np.array(a, dtype=np.int64),
+        np.array(b, dtype=np.int64),
+        np.array(head, dtype=np.int64),
+        np.array(target, dtype=bool),
+    )
+
+
 def train_run(job_id: int) -> str:
     job = Job.objects.get(pk=job_id)
     if job.is_finished:
@@ -131,6 +164,7 @@ def train_run(job_id: int) -> str:
         progress=False,
         on_progress=lambda done, _t: _progress(job, n + done),
         baseline=load_model(parent),
+        review_pairs=review_pairs_for(products),
     )
     name = f"maps-{timezone.now():%Y%m%d-%H%M%S}-j{job.pk}"
     directory = settings.MODEL_DIR / name

@@ -259,11 +259,21 @@ def test_bulk_confirm_all_duplicates_of_a_listing(reviewer_client, reviewer, fla
 
 def test_training_takes_confirmed_wrong_listings_out_of_their_family(reviewer, flags):
     from catalog_review.models import Product
-    from catalog_review.services.training import training_families
+    from catalog_review.services.training import review_pairs_for, training_families
 
     products = list(Product.objects.select_related("family").order_by("sku"))
     review.decide(flag_id=flags["wrong_variant"].pk, user=reviewer, decision="confirm")  # W is wrong
     review.decide(flag_id=flags["duplicate"].pk, user=reviewer, decision="reject")
+    pairs = review_pairs_for(products)
+    # W vs each other member: different families; the rejected duplicate: different products
+    assert pairs.counts() == {
+        "same_family": 0,
+        "different_family": 3,
+        "same_product": 0,
+        "different_product": 1,
+    }
+    w = [p.sku for p in products].index("W")
+    assert all(w in (a, b) for a, b, h in zip(pairs.a, pairs.b, pairs.head, strict=True) if h == 0)
     families, counts = training_families(products)
     by_sku = dict(zip([p.sku for p in products], families, strict=True))
     assert by_sku["W"] == "reviewed-out:W" and by_sku["M0"] == "FAM-1"
@@ -273,3 +283,4 @@ def test_training_takes_confirmed_wrong_listings_out_of_their_family(reviewer, f
     families, counts = training_families(products)
     assert dict(zip([p.sku for p in products], families, strict=True))["W"] == "FAM-1"
     assert counts["review_pairs"] == 1 and counts["listings_moved_out_of_families"] == 0
+    assert review_pairs_for(products).counts()["different_family"] == 0, "retracted labels are not used"

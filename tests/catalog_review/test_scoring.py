@@ -288,6 +288,10 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
     assert version.training_data["family_listings"] == Product.objects.count()
     assert version.training_data["review_pairs"] == 3
     assert version.training_data["listings_moved_out_of_families"] == 1
+    # the three "different family" pairs train the final model (and the fold that holds the family)
+    used = version.metrics["review_pairs_used"]
+    assert used["final"]["different_family"] == 3
+    assert sorted(used[fold].get("different_family", 0) for fold in ("0", "1")) == [0, 3]
     validation = version.metrics["validation"]
     assert 0 <= validation["pr_auc"] <= 1
     assert version.metrics["parent_on_same_data"]["pr_auc"] is not None

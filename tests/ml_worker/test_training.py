@@ -9,7 +9,7 @@ from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from ml_worker.config import TrainConfig
 from ml_worker.modeling_maps import MapsModel
 from ml_worker.scoring import encode_all, score_listings
-from ml_worker.train import Labels, train_model
+from ml_worker.train import Labels, ReviewPairs, train_model
 from tests.ml_worker.conftest import families_of, random_features
 
 
@@ -107,3 +107,40 @@ def test_trains_on_a_catalogue_of_one_listing_families(tiny):
     config = TrainConfig(steps=3, families_per_batch=3, listings_per_family=2)
     _, info = train_model(features, labels, np.arange(12), tiny, config, progress=False)
     assert np.isfinite(info["final_losses"]["loss"])
+
+
+def test_reviewer_pairs_are_learned_and_stay_within_the_training_rows(tiny):
+    """A reviewer says two members of one family are different (a wrong variant the family label
+    got wrong), and that listings of two families are the same product: with the labels the pair
+    heads move towards them; without, they do not. Pairs outside the training rows are not used."""
+    families = families_of(6, 4)
+    features = random_features(tiny, families)
+    labels = Labels.build(families, [("A",)] * len(families))
+    pairs = ReviewPairs(
+        a=np.array([0, 1, 4, 20]),
+        b=np.array([1, 0, 8, 21]),
+        head=np.array([0, 0, 1, 0]),
+        target=np.array([False, False, True, False]),
+    )
+    rows = np.arange(20)  # the last family (rows 20-23) is held out
+    assert len(pairs.within(rows)) == 3
+    config = TrainConfig(steps=25, families_per_batch=3, listings_per_family=2, w_review=20.0)
+
+    def heads(model):
+        out = encode_all(model, features)
+        logits = model.pair_logits(out, out, torch.tensor([0, 4]), torch.tensor([1, 8]))
+        return torch.sigmoid(logits[0, 0]).item(), torch.sigmoid(logits[1, 1]).item()
+
+    plain, plain_info = train_model(features, labels, rows, tiny, config, progress=False)
+    taught, info = train_model(features, labels, rows, tiny, config, progress=False, review_pairs=pairs)
+    assert plain_info["review_pairs_used"] == {}
+    assert info["review_pairs_used"] == {
+        "same_family": 0,
+        "different_family": 2,
+        "same_product": 1,
+        "different_product": 0,
+    }
+    (same_family_plain, same_product_plain), (same_family, same_product) = heads(plain), heads(taught)
+    # (seeded: 0.472 -> 0.421 and 0.504 -> 0.567 on torch 2.13 CPU)
+    assert same_family < same_family_plain - 0.03, "the 'different' pair is pulled apart"
+    assert same_product > same_product_plain + 0.03, "the 'same product' pair is pulled together"
