@@ -378,8 +378,41 @@ def manage_cancel_job(request, job_id: int):
 @require_GET
 @staff_required
 def manage_models(request):
-    versions = ModelVersion.objects.select_related("parent", "created_by").order_by("-created_at")
+    versions = list(ModelVersion.objects.select_related("parent", "created_by").order_by("-created_at"))
+    for v in versions:
+        v.pr_charts = _pr_charts(v.metrics or {})
     return render(request, "catalog_review/manage_models.html", {"versions": versions})
+
+
+PR_CHART_SIZE = (132, 84)  # px, plot area of one PR-curve thumbnail
+
+
+def _pr_charts(metrics: dict) -> list[dict]:
+    """SVG polyline points of the validation PR curves (ml_worker.validation.pr_curve: precision on a
+    fixed recall grid) of a version and of the active version it was compared with, per flag kind."""
+    width, height = PR_CHART_SIZE
+
+    def points(curve) -> str:
+        if not isinstance(curve, list) or len(curve) < 2:
+            return ""
+        step = width / (len(curve) - 1)
+        return " ".join(f"{i * step:.1f},{(1 - float(p)) * height:.1f}" for i, p in enumerate(curve))
+
+    new, old = metrics.get("validation") or {}, metrics.get("parent_on_same_data") or {}
+    charts = []
+    for kind, label in (("wrong_variant", "wrong variant"), ("duplicate", "duplicate")):
+        key = f"pr_curve_{kind}"
+        if points(new.get(key)):
+            charts.append(
+                {
+                    "label": label,
+                    "new": points(new.get(key)),
+                    "old": points(old.get(key)),
+                    "ap": new.get(f"{kind}_ap"),
+                    "old_ap": old.get(f"{kind}_ap"),
+                }
+            )
+    return charts
 
 
 @require_POST

@@ -182,9 +182,12 @@ def _fold_model_for(model: CrossFitModel, fold: int, folds: int) -> nn.Module:
 
 
 def _mean_metrics(runs: list[dict]) -> dict:
-    keys = [k for k in runs[0] if all(isinstance(r.get(k), int | float) for r in runs)]
+    """Numbers: the mean over runs (counts `validation_*`: the sum); curves: the pointwise mean."""
     out = {}
-    for k in keys:
-        values = [r[k] for r in runs]
-        out[k] = sum(values) if k.startswith("validation_") else round(float(np.mean(values)), 4)
+    for k in runs[0]:
+        values = [r.get(k) for r in runs]
+        if all(isinstance(v, int | float) for v in values):
+            out[k] = sum(values) if k.startswith("validation_") else round(float(np.mean(values)), 4)
+        elif all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
+            out[k] = [round(float(x), 4) for x in np.mean(values, axis=0)]
     return out

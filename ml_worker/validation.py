@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from ml_worker.features import FeatureCache
 from ml_worker.modeling_maps import MapsInputs, MapsOutput
@@ -132,7 +132,20 @@ def planted_validation(
         "validation_listings": n,
     }
     metrics["pr_auc"] = (metrics["wrong_variant_ap"] + metrics["duplicate_ap"]) / 2
+    wrong = np.r_[np.zeros(len(negatives)), np.ones(len(moved) + len(swapped))]
+    metrics["pr_curve_wrong_variant"] = pr_curve(wrong, np.r_[negatives, moved, swapped])
+    metrics["pr_curve_duplicate"] = pr_curve(is_twin, duplicate_score)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+RECALL_GRID = np.linspace(0.0, 1.0, 21)
+
+
+def pr_curve(y: np.ndarray, scores: np.ndarray) -> list[float]:
+    """Interpolated precision (the best precision at recall >= r) at recall 0, 0.05, ..., 1: a
+    fixed grid, so curves of folds and versions average and compare point by point."""
+    precision, recall, _ = precision_recall_curve(y, scores)
+    return [round(float(precision[recall >= r].max()), 4) for r in RECALL_GRID]
 
 
 def review_pair_validation(model, features: FeatureCache, pairs) -> dict:

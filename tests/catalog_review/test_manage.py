@@ -91,6 +91,36 @@ def test_activation_goes_through_the_promotion_gate(admin_client):
     assert ModelVersion.objects.get(is_active=True) == worse
 
 
+def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_client):
+    flat, rising = [1.0] * 21, [round(1 - i / 40, 3) for i in range(21)]
+    ModelVersion.objects.create(
+        name="v3",
+        metrics={
+            "validation": {
+                "pr_auc": 0.9,
+                "wrong_variant_ap": 0.91,
+                "duplicate_ap": 0.89,
+                "pr_curve_wrong_variant": flat,
+                "pr_curve_duplicate": rising,
+                "review_accuracy": 0.875,
+            },
+            "parent_on_same_data": {
+                "pr_auc": 0.7,
+                "wrong_variant_ap": 0.66,
+                "pr_curve_wrong_variant": rising,
+            },
+        },
+        training_data={"family_listings": 10, "families": 4, "review_pairs": 8},
+    )
+    ModelVersion.objects.create(name="old", metrics={"validation": {"pr_auc": 0.5}})  # before curves
+    html = admin_client.get(reverse("manage_models")).content.decode()
+    assert html.count('class="pr-chart"') == 2, "wrong variant and duplicate for v3, none for old"
+    # precision 1 everywhere: the top edge of the 132x84 plot, from recall 0 to 1
+    assert 'points="0.0,0.0 6.6,0.0' in html and "132.0,0.0" in html
+    assert html.count('class="curve old"') == 1, "only the wrong-variant curve was compared"
+    assert "AP 0.910 vs 0.660" in html and "accuracy on held-out reviewer labels 0.875" in html
+
+
 def test_dashboard_counts_precision_and_agreement(admin_client, reviewer):
     from django.test import Client
 

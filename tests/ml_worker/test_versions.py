@@ -1,5 +1,6 @@
 """Zero-shot model, cross-fitted versions (save/load/tamper), planted validation, feature views."""
 
+import itertools
 import json
 
 import numpy as np
@@ -8,7 +9,14 @@ import torch
 
 from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import TrainConfig
-from ml_worker.ensemble import CrossFitModel, family_fold, load_cross_fit, save_cross_fit, train_cross_fit
+from ml_worker.ensemble import (
+    CrossFitModel,
+    _mean_metrics,
+    family_fold,
+    load_cross_fit,
+    save_cross_fit,
+    train_cross_fit,
+)
 from ml_worker.modeling_maps import MapsModel
 from ml_worker.scoring import encode_inputs, family_agreement
 from ml_worker.validation import planted_validation
@@ -95,6 +103,16 @@ def test_planted_validation_separates_a_good_model_from_a_blind_one(tiny):
     assert good["wrong_variant_ap"] > blind["wrong_variant_ap"] + 0.3
     assert good["duplicate_ap"] > 0.45  # the positive share is 0.25: a blind ranking gets about that
     assert good["validation_families"] == 30
+    for curves in (good, blind):  # interpolated precision on the recall grid: never rising with recall
+        for kind in ("wrong_variant", "duplicate"):
+            curve = curves[f"pr_curve_{kind}"]
+            assert len(curve) == 21 and all(a >= b for a, b in itertools.pairwise(curve))
+    assert good["pr_curve_wrong_variant"][10] > blind["pr_curve_wrong_variant"][10]
+    mean = _mean_metrics([good, blind])
+    assert mean["pr_curve_duplicate"][5] == pytest.approx(
+        (good["pr_curve_duplicate"][5] + blind["pr_curve_duplicate"][5]) / 2, abs=1e-4
+    )
+    assert mean["validation_families"] == 60
 
 
 def test_planted_validation_says_when_there_is_too_little_data(tiny):
