@@ -402,11 +402,12 @@ def _pr_charts(metrics: dict) -> list[dict]:
     charts = []
     for kind, label in (("wrong_variant", "wrong variant"), ("duplicate", "duplicate")):
         key = f"pr_curve_{kind}"
-        if points(new.get(key)):
+        drawn = points(new.get(key))
+        if drawn:
             charts.append(
                 {
                     "label": label,
-                    "new": points(new.get(key)),
+                    "new": drawn,
                     "old": points(old.get(key)),
                     "ap": new.get(f"{kind}_ap"),
                     "old_ap": old.get(f"{kind}_ap"),

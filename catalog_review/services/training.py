@@ -62,6 +62,15 @@ def train_start(
     return job
 
 
+def review_labels_in_force():
+    """Reviewer labels that stand: neither a retraction nor retracted."""
+    from catalog_review.models import LabelledPair
+
+    return LabelledPair.objects.filter(
+        source=LabelledPair.Source.REVIEW, retracts__isnull=True, retracted_by__isnull=True
+    )
+
+
 def training_families(products: list[Product]) -> tuple[list[str], dict]:
     """The family label of each listing for training, corrected by reviewer labels in force (not
     retracted): a listing a reviewer confirmed as a wrong variant leaves its family (it becomes a
@@ -71,9 +80,7 @@ def training_families(products: list[Product]) -> tuple[list[str], dict]:
 
     from catalog_review.models import Flag, LabelledPair
 
-    in_force = LabelledPair.objects.filter(
-        source=LabelledPair.Source.REVIEW, retracts__isnull=True, retracted_by__isnull=True
-    )
+    in_force = review_labels_in_force()
     moved_out = set(
         in_force.filter(
             relation=LabelledPair.Relation.DIFFERENT, decision__flag__kind=Flag.Kind.WRONG_VARIANT
@@ -95,9 +102,7 @@ def review_pairs_for(products: list[Product]) -> ReviewPairs:
 
     row = {p.pk: i for i, p in enumerate(products)}
     a, b, head, target = [], [], [], []
-    in_force = LabelledPair.objects.filter(
-        source=LabelledPair.Source.REVIEW, retracts__isnull=True, retracted_by__isnull=True
-    ).values_list("a_id", "b_id", "relation", "decision__flag__kind")
+    in_force = review_labels_in_force().values_list("a_id", "b_id", "relation", "decision__flag__kind")
     for a_id, b_id, relation, kind in in_force:
         if a_id not in row or b_id not in row:
             continue

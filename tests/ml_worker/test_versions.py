@@ -123,8 +123,8 @@ def test_planted_validation_says_when_there_is_too_little_data(tiny):
     assert "too few" in out["note"]
 
 
-def test_train_cross_fit_validates_fold_models_against_a_baseline(tiny):
-    families = families_of(16, 3)
+def cross_fit(tiny, families: list[str], **options):
+    """A 3-step, 2-fold version of generated features, validated against the zero-shot one."""
     features = random_features(tiny, families)
     model, info = train_cross_fit(
         features,
@@ -134,7 +134,13 @@ def test_train_cross_fit_validates_fold_models_against_a_baseline(tiny):
         TrainConfig(steps=3, folds=2, families_per_batch=4),
         progress=False,
         baseline=CrossFitModel.zero_shot(tiny),
+        **options,
     )
+    return features, model, info
+
+
+def test_train_cross_fit_validates_fold_models_against_a_baseline(tiny):
+    _, model, info = cross_fit(tiny, families_of(16, 3))
     assert len(model.folds) == 2 and model.final is not None
     assert info["folds"] == 2 and info["families"] == 16
     for key in ("pr_auc", "wrong_variant_ap", "duplicate_ap"):
@@ -156,17 +162,7 @@ def test_versions_train_and_score_on_cuda(tiny):
     """The worker's CUDA path: cross-fitted training on the GPU (validated on the CPU), then the
     family agreement the app computes with a model on the GPU and encoder outputs on the CPU."""
     families = families_of(12, 3)
-    features = random_features(tiny, families)
-    model, info = train_cross_fit(
-        features,
-        families,
-        [("A", "B")] * len(families),
-        tiny,
-        TrainConfig(steps=3, folds=2, families_per_batch=4),
-        progress=False,
-        baseline=CrossFitModel.zero_shot(tiny),
-        device="cuda",
-    )
+    features, model, info = cross_fit(tiny, families, device="cuda")
     assert 0 <= info["validation"]["pr_auc"] <= 1
     groups = [list(range(i, i + 3)) for i in range(0, len(families), 3)]
     inputs = features.inputs(torch.arange(len(families)))
