@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from catalog_review.models import ModelVersion
 
 
@@ -9,6 +11,7 @@ def active_model_version(request) -> dict:
     """The active model version's name for the top bar: a callable, so pages that do not show the
     bar (anonymous ones) run no query; one indexed query where they do."""
 
+    @functools.cache  # once per request, however often the page asks
     def name() -> str | None:
         return ModelVersion.objects.filter(is_active=True).values_list("name", flat=True).first()
 

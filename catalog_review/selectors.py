@@ -37,8 +37,11 @@ def flag_queue(
     order: str = "score",
 ) -> QuerySet[Flag]:
     """Open flags, highest score first (or nearest the 0.5 decision boundary first)."""
-    flags = Flag.objects.filter(status=Flag.Status.OPEN).select_related(
-        "product", "product__family", "counterpart", "model_version", "claimed_by"
+    flags = (
+        Flag.objects.filter(status=Flag.Status.OPEN)
+        .select_related("product", "product__family", "counterpart", "claimed_by")
+        # what a queue row shows: not the listings' descriptions and attributes (JSON parsed per row)
+        .defer(*(f"{p}__{f}" for p in ("product", "counterpart") for f in ("description", "attributes")))
     )
     if kind:
         flags = flags.filter(kind=kind)

@@ -117,20 +117,54 @@ def _queue_query(request) -> str:
 def review_queue(request):
     form, filters = _queue_filters(request)
     flags = selectors.flag_queue(**filters)
-    page = Paginator(flags, settings.REVIEW_PAGE_SIZE).get_page(request.GET.get("page") or 1)
     counts = dict(
         Flag.objects.filter(status=Flag.Status.OPEN).values_list("kind").annotate(n=Count("id")).order_by()
     )
+    paginator = Paginator(flags, settings.REVIEW_PAGE_SIZE)
+    if set(filters) <= {"order", "kind"}:
+        # the kind counts already hold the total: no second COUNT over the open flags
+        total = counts.get(filters["kind"], 0) if filters.get("kind") else sum(counts.values())
+        paginator.__dict__["count"] = total  # Paginator.count is a cached_property
+    page = paginator.get_page(request.GET.get("page") or 1)
+    query = _queue_query(request)
     context = {
         "form": form,
+        "filter_selects": _filter_selects(form),
         "page": page,
-        "query": _queue_query(request),
+        "query": query,
+        "query_suffix": f"?{query}" if query else "",
         "counts": {label: counts.get(kind, 0) for kind, label in Flag.Kind.choices},
-        "active_version": ModelVersion.objects.filter(is_active=True).first(),
         "now": timezone.now(),
+        # URL prefixes reversed once, not once per row
+        "flag_url_prefix": reverse("flag", args=[0])[: -len("0/")],
+        "media_url_prefix": reverse("media", args=["x"])[:-1],
     }
     template = "catalog_review/queue.html#results" if request.htmx else "catalog_review/queue.html"
     return render(request, template, context)
+
+
+def _filter_selects(form: QueueFilterForm) -> list[tuple[str, str, list]]:
+    """The filter selects' options with the selected one marked: rendered as plain loops (Django's
+    select widget renders a sub-template per option, a third of the queue page's time)."""
+    data = form.data
+
+    def options(field: str, values: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
+        chosen = str(data.get(field, "") or "")
+        return [(str(value), label, str(value) == chosen) for value, label in values]
+
+    fields = form.fields
+    categories = [(c.pk, "\u2003" * (c.depth - 1) + c.name) for c in fields["category"].queryset]
+    versions = [(v.name, v.name) for v in fields["model_version"].queryset]
+    return [
+        ("kind", "Kind", options("kind", fields["kind"].choices)),
+        ("category", "Category", options("category", [("", fields["category"].empty_label), *categories])),
+        (
+            "model_version",
+            "Model version",
+            options("model_version", [("", fields["model_version"].empty_label), *versions]),
+        ),
+        ("order", "Order", options("order", fields["order"].choices)),
+    ]
 
 
 @require_GET
@@ -173,7 +207,7 @@ def _flag_or_404(flag_id: int) -> Flag:
     return get_object_or_404(
         Flag.objects.select_related(
             "product", "product__family", "counterpart", "model_version", "claimed_by"
-        ),
+        ).defer(*(f"model_version__{f}" for f in ("config", "metrics", "training_data"))),
         pk=flag_id,
     )
 

@@ -155,6 +155,7 @@ def catalogue_import(
         job_service.job_fail(job_id=job.pk, error=f"{type(exc).__name__}: {exc}")
         raise
     job_service.job_set_progress(job=job, done=report.rows, total=report.rows, counts=report.counts())
+    job_service.refresh_planner_statistics(Category, VariationFamily, Product)
     job_service.job_finish(
         job=job,
         counts=report.counts() | {"fetch_job": report.fetch_job_id, "score_job": report.score_job_id},

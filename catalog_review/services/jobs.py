@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -85,3 +85,17 @@ def job_cancel(*, job_id: int) -> bool:
 def job_raise_if_cancelled(job_id: int) -> None:
     if Job.objects.filter(pk=job_id, status=Job.Status.CANCELLED).exists():
         raise JobCancelled(f"job {job_id} was cancelled")
+
+
+def refresh_planner_statistics(*models) -> None:
+    """ANALYZE the tables a bulk job just filled, after its transaction commits. Until autovacuum
+    gets to them (a minute or more), PostgreSQL plans with the old row counts: measured on the review
+    benchmark's fresh 10,000 open flags, the queue page's query sorted every open flag (53 ms) instead
+    of walking the queue index (0.9 ms)."""
+
+    def analyze():
+        with connection.cursor() as cursor:
+            for model in models:
+                cursor.execute(f'ANALYZE "{model._meta.db_table}"')
+
+    transaction.on_commit(analyze)

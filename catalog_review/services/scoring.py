@@ -41,7 +41,7 @@ from catalog_review.models import (
     ProductEmbedding,
     VariationFamily,
 )
-from catalog_review.services.jobs import job_create, job_mark_running
+from catalog_review.services.jobs import job_create, job_mark_running, refresh_planner_statistics
 from catalog_review.services.model_versions import active_version, load_model, ml_device
 from ml_worker.catalogue import Listing
 from ml_worker.features import extract_features
@@ -562,6 +562,7 @@ def _finish_score_job(job: Job) -> None:
     Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
         status=Job.Status.SUCCEEDED, finished_at=timezone.now(), counts=counts, done=job.total
     )
+    refresh_planner_statistics(Flag, ProductEmbedding)
 
 
 def _heatmap(product: Product, embedding: ProductEmbedding, version: ModelVersion) -> str:
