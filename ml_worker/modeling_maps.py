@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml_worker.backbones import EfficientNetTop
 from ml_worker.config import MapsConfig
 
 
@@ -90,6 +91,12 @@ class MapsModel(nn.Module):
         super().__init__()
         self.config = config
         d = config.d_model
+        # the backbone's last stages, fine-tuned: the 7x7 map is recomputed from the cached 14x14 one
+        self.backbone_top = (
+            EfficientNetTop(config.mid_channels, config.backbone_top_widths, config.top_channels)
+            if config.tune_backbone_top
+            else None
+        )
         self.title_in = nn.Sequential(nn.Linear(config.text_dim, d), nn.LayerNorm(d))
         self.title_pool = AttentionPooling(d, config.title_pool_heads)
         self.image_in = nn.Conv2d(config.top_channels, d, 1)
@@ -131,8 +138,9 @@ class MapsModel(nn.Module):
         t = self.encode_title(x.tokens, x.token_mask)
         if cfg.modality == "image":
             t = torch.zeros_like(t)
-        h, w = x.top.shape[-2:]
-        v = self.image_in(x.top).flatten(2).transpose(1, 2)  # (B, hw, d)
+        top = self.backbone_top(x.mid) if self.backbone_top is not None else x.top
+        h, w = top.shape[-2:]
+        v = self.image_in(top).flatten(2).transpose(1, 2)  # (B, hw, d)
         v = self.image_self_attention(v + self.positions[:, : h * w])
         guided = cfg.title_guidance and cfg.modality == "multimodal"
         if guided:

@@ -175,7 +175,10 @@ def train_model(
     `review_pairs` (reviewer labels) add a weighted pair-head loss on those of them within `train_rows`."""
     seed_everything(train_config.seed)
     generator = torch.Generator().manual_seed(train_config.seed)
-    model = MapsModel(config).to(device)
+    model = MapsModel(config)
+    if model.backbone_top is not None and model.backbone_top.is_lite0:
+        model.backbone_top.load_pretrained(config.image_weights)
+    model = model.to(device)
     num_levels = len(labels.category_levels)
     level_sizes = [int(labels.family.max()) + 1] + [
         int(level.max()) + 1 for level in labels.category_levels[::-1]
@@ -190,10 +193,17 @@ def train_model(
         level_sizes, config.embed_dim, train_config.proxy_levels_weight, kmeans_levels=kmeans_levels
     ).to(device)
     pair_loss, align_loss = PairLoss(), AlignmentLoss()
-    params = [*model.parameters(), *(p for p in proxy_loss.parameters() if p.requires_grad)]
-    optimizer = torch.optim.AdamW(params, lr=train_config.lr, weight_decay=train_config.weight_decay)
+    backbone = list(model.backbone_top.parameters()) if model.backbone_top is not None else []
+    in_backbone = {id(p) for p in backbone}
+    head = [p for p in model.parameters() if id(p) not in in_backbone]
+    head += [p for p in proxy_loss.parameters() if p.requires_grad]
+    groups = [{"params": head, "lr": train_config.lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": train_config.lr * train_config.backbone_lr_scale})
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=train_config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=train_config.lr, total_steps=train_config.steps, pct_start=0.1
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=train_config.steps, pct_start=0.1
     )
     sampler = FamilyBatchSampler(
         labels.family,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ml_worker.backbones import EfficientNetLite0, TextEncoder
+from ml_worker.backbones import EfficientNetLite0, EfficientNetTop, TextEncoder
 from ml_worker.heatmap import render_heatmap
 from ml_worker.images import load_image, square_pad, to_tensor
 from tests.ml_worker.conftest import gpu
@@ -22,6 +22,19 @@ def test_efficientnet_lite0_maps_and_determinism(image_model):
         a, b = image_model(x), image_model(x)
     assert a.mid.shape == (2, 112, 14, 14) and a.top.shape == (2, 1280, 7, 7)
     assert torch.equal(a.top, b.top) and torch.isfinite(a.top).all()
+
+
+def test_backbone_top_loads_its_part_of_the_weights_and_continues_from_the_14x14_map(image_model):
+    top = EfficientNetTop()
+    top.load_pretrained()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        full = image_model(x)
+        assert torch.allclose(top.eval()(full.mid), full.top, atol=1e-5)
+    top.train()  # fine-tuning keeps the pretrained BatchNorm statistics
+    assert not any(m.training for m in top.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with pytest.raises(ValueError, match="Lite0 widths"):
+        EfficientNetTop(8, (8, 8), 16).load_pretrained()
 
 
 def test_matches_the_reference_implementation(image_model):

@@ -75,3 +75,22 @@ def test_forward_and_backward_on_cuda(tiny):
         out = model(random_inputs(tiny).to("cuda"))
     out.embedding.float().sum().backward()
     assert torch.isfinite(out.embedding.float()).all()
+
+
+def test_tuned_backbone_top_recomputes_the_7x7_map_and_learns(tiny):
+    config = MapsConfig.from_dict(tiny.to_dict() | {"tune_backbone_top": True})
+    model = MapsModel(config).eval()
+    x = random_inputs(config)
+    before = model(x)
+    assert before.spatial_attention.shape == (6, 7, 7)  # 14x14 -> 7x7 by the stride-2 stage
+    x.top[0] += 5.0  # the cached 7x7 map now feeds only the parameter-free descriptor
+    after = model(x)
+    assert torch.allclose(after.embedding, before.embedding, atol=1e-6)
+    assert not torch.allclose(after.raw_image[0], before.raw_image[0])
+    x.mid[0] += 1.0  # the learned image branch reads the 14x14 map through the tuned stages
+    assert not torch.allclose(model(x).embedding[0], before.embedding[0])
+    out = model.train()(x)
+    (model.pair_logits(out, out).sum() + out.embedding.sum()).backward()
+    grads = [p.grad for p in model.backbone_top.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(g.abs().sum() > 0 for g in grads)

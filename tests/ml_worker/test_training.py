@@ -6,10 +6,10 @@ import torch
 
 from ml_worker.adversarial import AdversarialTitleGenerator
 from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ml_worker.config import TrainConfig
+from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.modeling_maps import MapsModel
 from ml_worker.scoring import encode_all, score_listings
-from ml_worker.train import Labels, ReviewPairs, train_model
+from ml_worker.train import Labels, ReviewPairs, seed_everything, train_model
 from tests.ml_worker.conftest import families_of, random_features
 
 
@@ -32,6 +32,24 @@ def test_a_few_training_steps_run_and_lower_the_loss(tiny, categories):
     model, info = train_model(features, labels, np.arange(len(families)), tiny, config, progress=False)
     assert np.isfinite(info["final_losses"]["loss"])
     assert not model.training
+
+
+def test_tuned_backbone_stages_train_slower_keep_their_statistics_and_round_trip(tiny, tmp_path):
+    config = MapsConfig.from_dict(tiny.to_dict() | {"tune_backbone_top": True})
+    families, features, labels = small_setup(config)
+    train = TrainConfig(steps=6, families_per_batch=4, listings_per_family=2, lr=3e-3)
+    seed_everything(train.seed)  # as train_model does first: this is the model it starts from
+    start = MapsModel(config).backbone_top.state_dict()
+    model, info = train_model(features, labels, np.arange(len(families)), config, train, progress=False)
+    assert np.isfinite(info["final_losses"]["loss"])
+    tuned = model.backbone_top.state_dict()
+    moved = [k for k in tuned if "running" not in k and not torch.equal(tuned[k], start[k])]
+    assert moved, "the backbone stages did not learn"
+    assert all(torch.equal(tuned[k], start[k]) for k in tuned if "running" in k)  # BatchNorm frozen
+    save_checkpoint(model, tmp_path / "tuned", metadata={})
+    loaded, _ = load_checkpoint(tmp_path / "tuned")
+    x = features.inputs(torch.arange(5))
+    assert torch.allclose(loaded(x).embedding, model(x).embedding, atol=1e-6)
 
 
 def test_training_is_reproducible(tiny):
