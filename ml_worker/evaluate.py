@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--modality", choices=["multimodal", "image", "title"], default="multimodal")
     ap.add_argument("--no-title-guidance", action="store_true", help="ablation: pooled concat, no attention")
+    ap.add_argument(
+        "--tune-backbone-top",
+        action="store_true",
+        help="fine-tune the image backbone's last stages from the cached 14x14 maps",
+    )
     ap.add_argument("--cache-dir", type=Path, default=Path("var/feature-cache"))
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = ap.parse_args(argv)
@@ -63,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     timings = {}
     t0 = time.perf_counter()
     listings = load_catalogue(args.catalogue)
-    config = MapsConfig(modality=args.modality, title_guidance=not args.no_title_guidance)
+    config = MapsConfig(
+        modality=args.modality,
+        title_guidance=not args.no_title_guidance,
+        tune_backbone_top=args.tune_backbone_top,
+    )
     if args.model:
         model, _meta = load_checkpoint(args.model)
         model = model.to(device)
@@ -105,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         version = (
-            f"maps-{args.modality}{'-noattn' if args.no_title_guidance else ''}-cf{args.folds}-s{args.seed}"
+            f"maps-{args.modality}{'-noattn' if args.no_title_guidance else ''}"
+            f"{'-tuned' if args.tune_backbone_top else ''}-cf{args.folds}-s{args.seed}"
         )
         if args.save_model:
             t = time.perf_counter()
