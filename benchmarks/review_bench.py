@@ -252,10 +252,15 @@ def main() -> None:
                         errors.append(repr(exc)[:80])
 
         threads = [threading.Thread(target=reviewer, args=(n,)) for n in range(args.clients)]
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         for th in threads:
             th.start()
         for th in threads:
             th.join()
+        # the load generator shares the two cores with gunicorn and PostgreSQL: how much it took
+        client_cpu_share = (time.process_time() - cpu0) / (
+            (time.perf_counter() - wall0) * (os.cpu_count() or 1)
+        )
     finally:
         server.terminate()
         server.wait(20)
@@ -267,6 +272,7 @@ def main() -> None:
         "gunicorn_workers": args.workers,
         "seconds": args.seconds,
         "build_s": round(build_s, 1),
+        "client_cpu_share": round(client_cpu_share, 3),
         "errors": len(errors),
         "error_samples": sorted({str(e) for e in errors})[:5],
         "machine": f"{platform.machine()} cores={os.cpu_count()}",

@@ -235,6 +235,8 @@ TRAIN_STEPS = env_int("TRAIN_STEPS", 200, minimum=1)
 TRAIN_FOLDS = env_int("TRAIN_FOLDS", 2, minimum=1)
 # a new version is activated when its validation PR-AUC >= the active one's minus this tolerance
 PROMOTION_TOLERANCE = env_float("PROMOTION_TOLERANCE", 0.005)
+# held-out reviewer-labelled pairs needed before they count in the promotion gate
+PROMOTION_MIN_REVIEW_PAIRS = env_int("PROMOTION_MIN_REVIEW_PAIRS", 20, minimum=1)
 SCORE_ON_IMPORT = env_bool("SCORE_ON_IMPORT", True)
 SCORE_AFTER_ACTIVATION = env_bool(
     "SCORE_AFTER_ACTIVATION", True

@@ -134,7 +134,11 @@ class EfficientNetTop(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(inp, top_channels, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(top_channels, eps=_BN_EPS)
-        self.is_lite0 = (mid_channels, tuple(widths), top_channels) == (MID_CHANNELS, (192, 320), TOP_CHANNELS)
+        self.is_lite0 = (mid_channels, tuple(widths), top_channels) == (
+            MID_CHANNELS,
+            (192, 320),
+            TOP_CHANNELS,
+        )
 
     def forward(self, mid: torch.Tensor) -> torch.Tensor:
         x = mid

@@ -74,15 +74,47 @@ def load_model(version: ModelVersion) -> CrossFitModel:
     return _loaded[key]
 
 
+REVIEW_GATE_KEYS = ("review_same_family_ap", "review_same_product_ap")
+
+
+def gate_score(metrics: dict, review_keys: tuple[str, ...]) -> float:
+    """The number the promotion gate compares: the planted-error PR-AUC, averaged with the AP of the
+    pair heads on held-out reviewer labels (`review_keys`, those both versions were measured on)."""
+    planted = metrics["pr_auc"]
+    if not review_keys:
+        return planted
+    return (planted + sum(metrics[k] for k in review_keys) / len(review_keys)) / 2
+
+
 def promotion_decision(new_metrics: dict, active_metrics: dict | None) -> tuple[bool, str]:
-    """Activate only when the new version's validation PR-AUC is not worse than the active one's,
-    both measured on the same planted errors."""
+    """Activate only when the new version is not worse than the active one on the same validation
+    data: planted errors in held-out families, and, once there are at least
+    PROMOTION_MIN_REVIEW_PAIRS of them, the reviewer labels of held-out families (real errors weigh
+    as much as planted ones)."""
     new = new_metrics.get("pr_auc")
     if new is None:
         return False, "the new version has no validation PR-AUC"
     if not active_metrics or active_metrics.get("pr_auc") is None:
         return True, f"validation PR-AUC {new:.4f}; nothing to compare with"
-    old = active_metrics["pr_auc"]
-    if new >= old - settings.PROMOTION_TOLERANCE:
-        return True, f"validation PR-AUC {new:.4f} vs active {old:.4f}: not worse"
-    return False, f"validation PR-AUC {new:.4f} is worse than the active version's {old:.4f}"
+    enough = (
+        min(new_metrics.get("validation_review_pairs", 0), active_metrics.get("validation_review_pairs", 0))
+        >= settings.PROMOTION_MIN_REVIEW_PAIRS
+    )
+    keys = tuple(
+        k
+        for k in REVIEW_GATE_KEYS
+        if enough and new_metrics.get(k) is not None and active_metrics.get(k) is not None
+    )
+    new_score, old_score = gate_score(new_metrics, keys), gate_score(active_metrics, keys)
+    what = "validation PR-AUC"
+    if keys:
+        parts = ", ".join(
+            f"{k.removeprefix('review_')} {new_metrics[k]:.4f} vs {active_metrics[k]:.4f}" for k in keys
+        )
+        what = (
+            f"validation score (planted PR-AUC {new:.4f} vs {active_metrics['pr_auc']:.4f}; "
+            f"{new_metrics['validation_review_pairs']} held-out reviewer pairs: {parts})"
+        )
+    if new_score >= old_score - settings.PROMOTION_TOLERANCE:
+        return True, f"{what}: {new_score:.4f} vs active {old_score:.4f}, not worse"
+    return False, f"{what}: {new_score:.4f} is worse than the active version's {old_score:.4f}"

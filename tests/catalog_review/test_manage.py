@@ -4,6 +4,7 @@ import pytest
 from django.urls import reverse
 
 from catalog_review.models import Job, ModelVersion
+from catalog_review.services.model_versions import promotion_decision
 from tests.factories import FamilyFactory, ProductFactory
 
 pytestmark = pytest.mark.django_db
@@ -159,3 +160,29 @@ def test_dashboard_counts_precision_and_agreement(admin_client, reviewer):
     assert stats["agreement"] == {"flags": 1, "agreeing": 1}
     assert {r["name"]: r["total"] for r in stats["reviewers"]} == {"alice": 1, "reviewer": 3}
     assert b"<svg" in response.content
+
+
+def test_the_gate_weighs_held_out_reviewer_labels_once_there_are_enough(settings):
+    settings.PROMOTION_MIN_REVIEW_PAIRS, settings.PROMOTION_TOLERANCE = 20, 0.005
+    active = {
+        "pr_auc": 0.68,
+        "validation_review_pairs": 40,
+        "review_same_family_ap": 0.90,
+        "review_same_product_ap": 0.80,
+    }
+    new = active | {"pr_auc": 0.67, "review_same_family_ap": 0.95, "review_same_product_ap": 0.85}
+    # planted errors a little worse, the real errors reviewers labelled clearly better: promoted
+    ok, reason = promotion_decision(new, active)
+    assert ok and "40 held-out reviewer pairs" in reason and "0.7850 vs active 0.7650" in reason
+    # too few reviewer labels to count: the planted errors alone decide, and refuse
+    few = {"validation_review_pairs": 5}
+    ok, reason = promotion_decision(new | few, active | few)
+    assert not ok and reason.startswith("validation PR-AUC: 0.6700") and "worse" in reason
+    # as good on planted errors, worse on reviewer labels: refused
+    ok, _ = promotion_decision(
+        active | {"review_same_family_ap": 0.80, "review_same_product_ap": 0.70}, active
+    )
+    assert not ok
+    # a metric only one side was measured on is left out of both
+    ok, reason = promotion_decision(new | {"review_same_product_ap": None}, active)
+    assert ok and "same_product_ap" not in reason
