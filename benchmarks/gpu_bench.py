@@ -4,10 +4,12 @@
    (bf16 autocast and channels_last on CUDA, float32 on CPU), images or titles per second;
 2. feature extraction as the product runs it (ml_worker.features.extract_features, one view: image
    decode + preprocessing on the host, backbones on the device), listings per second;
-3. MAPS training steps on the cached features (ml_worker.train.train_model, P x K batches), steps/s;
+3. MAPS training steps on the cached features (ml_worker.train.train_model, P x K batches), steps/s,
+   with frozen backbones and with the image backbone's last stages fine-tuned (tune_backbone_top);
 4. scoring (ml_worker.scoring.encode_all + score_listings), listings per second.
 
-usage: python benchmarks/gpu_bench.py CATALOGUE_DIR [--device cuda|cpu] [--steps N] [--out FILE]
+usage: python benchmarks/gpu_bench.py CATALOGUE_DIR [--device cuda|cpu] [--steps N] [--max-listings N]
+       [--skip-backbones] [--out FILE]
 Prints one JSON object (and writes it to --out). Compare devices only through figures of this script.
 """
 
@@ -53,6 +55,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-sizes", default="32,128,256")
+    ap.add_argument("--max-listings", type=int, default=0, help="the first N listings only (0 = all)")
+    ap.add_argument("--skip-backbones", action="store_true", help="skip stage 1 (the backbones alone)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     device = args.device
@@ -65,10 +69,12 @@ def main() -> None:
     }
     image_model, text_model = load_backbones(None, None, config.max_tokens, device)
     listings = load_catalogue(args.catalogue)
+    if args.max_listings:
+        listings = listings[: args.max_listings]
     titles = [x.title for x in listings]
 
     # 1. backbones alone
-    for b in [int(s) for s in args.batch_sizes.split(",")]:
+    for b in [] if args.skip_backbones else [int(s) for s in args.batch_sizes.split(",")]:
         x = torch.randn(b, 3, config.image_size, config.image_size, device=device)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -108,6 +114,17 @@ def main() -> None:
     result["train_steps"] = args.steps
     result["train_s"] = round(time.perf_counter() - t, 2)
     result["train_steps_per_s"] = round(args.steps / result["train_s"], 2)
+    tuned_config = MapsConfig(tune_backbone_top=True)
+    t = time.perf_counter()
+    train_model(
+        features, labels, rows, tuned_config, TrainConfig(steps=args.steps), device=device, progress=False
+    )
+    if cuda:
+        torch.cuda.synchronize()
+    result["train_tuned_backbone_top_s"] = round(time.perf_counter() - t, 2)
+    result["train_tuned_backbone_top_steps_per_s"] = round(
+        args.steps / result["train_tuned_backbone_top_s"], 2
+    )
 
     # 4. scoring: model forward over every listing + pair scores
     t = time.perf_counter()
