@@ -61,6 +61,23 @@ class Api:
         raise TimeoutError(f"job {job_id} did not finish within {timeout_s} s")
 
 
+def check_same_database(api: Api) -> None:
+    """This process reads the database through Django settings and acts through the server at
+    --url: refuse to go on when they are not the same database (a stack started with another
+    CATALOG_REVIEW_VAR_DIR), or the rounds would be measured on a catalogue nobody reviewed."""
+    from catalog_review.models import Job
+
+    job = Job.objects.order_by("-pk").first()
+    if job is None:
+        return
+    status, served = api.call("GET", f"/api/jobs/{job.pk}")
+    if status != 200 or served.get("created_at") != job.created_at.isoformat():
+        raise SystemExit(
+            f"the server at {api.url} does not serve the database this process reads (its job {job.pk} "
+            f"differs): run the simulator with the settings of the stack (CATALOG_REVIEW_VAR_DIR, DATABASE_*)"
+        )
+
+
 def load_truth(eval_dir: Path) -> tuple[set[str], set[frozenset]]:
     truth = json.loads((eval_dir / "truth.json").read_text())
     wrong = {t["sku"] for t in truth.get("wrong_variant", [])}
@@ -115,6 +132,7 @@ def run(
 ) -> list[dict]:
     from catalog_review.models import ModelVersion, ReviewDecision
 
+    check_same_database(api)
     wrong, pairs = load_truth(eval_dir)
     # listings of flags decided before this run (a run can go on from an earlier one) count as seen
     reviewed: set[str] = set()

@@ -59,3 +59,33 @@ def test_one_round_of_the_simulator(celery_worker, live_server, tmp_path, settin
     expected = [rounds[0]["model_version"]] + ([first["model_version"]] if first["activated"] else [])
     assert [r["model_version"] for r in finals] == expected
     assert all(r["listings"] == first["listings"] for r in finals)
+
+
+@pytest.mark.django_db
+def test_the_simulator_refuses_a_server_of_another_database():
+    """A server whose job N is not this database's job N (here: a server without it) is another
+    stack: acting through it while measuring this database would report rounds nobody reviewed."""
+    import http.server
+    import threading
+
+    from benchmarks.review_simulator import check_same_database
+    from catalog_review.models import Job
+
+    class OtherStack(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": "no such job"}')
+
+        def log_message(self, *args):
+            pass
+
+    Job.objects.create(kind=Job.Kind.SCORE)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtherStack)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(SystemExit, match="does not serve the database this process reads"):
+            check_same_database(Api(f"http://127.0.0.1:{server.server_port}", "token"))
+    finally:
+        server.shutdown()
