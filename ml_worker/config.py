@@ -27,6 +27,9 @@ class MapsConfig:
     # head conv, initialised from the packaged weights) on the cached 14x14 maps; False = frozen 7x7 maps
     tune_backbone_top: bool = False
     backbone_top_widths: list[int] = field(default_factory=lambda: [192, 320])
+    # end-to-end fine-tuning (the GPU path): the model owns both backbones whole and trains them from
+    # pixels and token ids (bf16 autocast on CUDA); scoring then runs the model's own backbones
+    end_to_end: bool = False
     # backbones (None = the packaged defaults; any local Hugging Face directory works for text)
     image_weights: str | None = None
     text_model_dir: str | None = None
@@ -77,7 +80,7 @@ class TrainConfig:
     w_align: float = 0.5
     w_review: float = 2.0  # reviewer-labelled pairs weigh more than the (noisy) family pairs
     review_pairs_per_step: int = 16
-    backbone_lr_scale: float = 0.1  # fine-tuned backbone layers (MapsConfig.tune_backbone_top) learn slower
+    backbone_lr_scale: float = 0.1  # fine-tuned backbone layers (tune_backbone_top, end_to_end) learn slower
     p_adversarial_title: float = 0.2  # share of anchors given a rewritten, mismatching title (seed 3)
     p_swapped_image: float = 0.35  # share of anchors shown a same-category image of another family
     proxy_levels_weight: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])

@@ -112,6 +112,9 @@ def train_cross_fit(
     the families it never saw and on the reviewer labels of those families (and `baseline`, the
     active version, on exactly the same data). `review_pairs` (reviewer labels) join the training of
     every model whose families they belong to."""
+    if config.end_to_end:
+        # the app embeds and scores with the packaged frozen backbones (one feature pass per catalogue)
+        raise ValueError("app versions train on frozen features: end_to_end is for ml_worker.evaluate")
     labels = Labels.build(family_codes, categories)
     k = max(1, train_config.folds)
     fold = np.array([family_fold(code, k) for code in family_codes])

@@ -20,7 +20,8 @@ import torch
 from ml_worker.catalogue import load_catalogue
 from ml_worker.checkpoint import load_checkpoint, save_checkpoint
 from ml_worker.config import MapsConfig, TrainConfig
-from ml_worker.features import extract_features
+from ml_worker.end_to_end import load_raw_inputs
+from ml_worker.features import FeatureCache, extract_features
 from ml_worker.scoring import encode_all, score_listings
 from ml_worker.train import Labels, train_model
 from ml_worker.zero_shot import ZeroShotModel
@@ -57,11 +58,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="fine-tune the image backbone's last stages from the cached 14x14 maps",
     )
+    ap.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="fine-tune both backbones whole from pixels and token ids (the GPU path; slow on a CPU)",
+    )
+    ap.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=TrainConfig.backbone_lr_scale,
+        help="learning rate of fine-tuned backbone layers, as a share of the heads' (default %(default)s)",
+    )
     ap.add_argument("--cache-dir", type=Path, default=Path("var/feature-cache"))
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = ap.parse_args(argv)
     if not args.train and not args.model and not args.zero_shot:
         ap.error("pass --train (train on the catalogue), --model DIR (a checkpoint) or --zero-shot")
+    if args.end_to_end and args.tune_backbone_top:
+        ap.error("--end-to-end already fine-tunes the whole image backbone; drop --tune-backbone-top")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,16 +86,35 @@ def main(argv: list[str] | None = None) -> int:
         modality=args.modality,
         title_guidance=not args.no_title_guidance,
         tune_backbone_top=args.tune_backbone_top,
+        end_to_end=args.end_to_end,
     )
     if args.model:
         model, _meta = load_checkpoint(args.model)
-        model = model.to(device)
+        model = model.to(device).eval()
         config = model.config
-    features = extract_features(listings, config, cache_dir=args.cache_dir, device=device, seed=args.seed)
+    # frozen features: the inputs of the cached path; end to end only for mining look-alikes
+    features = extract_features(
+        listings,
+        config,
+        cache_dir=args.cache_dir,
+        device=device,
+        seed=args.seed,
+        backbones=model.backbones() if args.model else None,
+    )
+    raw = load_raw_inputs(listings, config, seed=args.seed) if config.end_to_end and args.train else None
     timings["features_s"] = round(time.perf_counter() - t0, 1)
     families = [x.family for x in listings]
     labels = Labels.build(families, [x.category for x in listings])
-    train_config = TrainConfig(seed=args.seed, steps=args.steps, folds=args.folds)
+    train_config = TrainConfig(
+        seed=args.seed, steps=args.steps, folds=args.folds, backbone_lr_scale=args.backbone_lr_scale
+    )
+
+    def own_features(model) -> FeatureCache:
+        """What a model scores: the frozen features, or its own fine-tuned backbones' (end to end)."""
+        if model.backbones() is None:
+            return features
+        return extract_features(listings, config, device=device, training=False, backbones=model.backbones())
+
     scores = {}
     t1 = time.perf_counter()
     train_s = 0.0
@@ -106,16 +139,16 @@ def main(argv: list[str] | None = None) -> int:
                 train_config,
                 device=device,
                 desc=f"fold {k + 1}/{args.folds}",
+                raw=raw,
             )
             train_s += time.perf_counter() - t
-            scores.update(
-                score_listings(
-                    model, encode_all(model, features, device=device), families, np.nonzero(fold == k)[0]
-                )
-            )
+            scored = np.nonzero(fold == k)[0]
+            outputs = encode_all(model.eval(), own_features(model), device=device)
+            scores.update(score_listings(model, outputs, families, scored))
         version = (
             f"maps-{args.modality}{'-noattn' if args.no_title_guidance else ''}"
-            f"{'-tuned' if args.tune_backbone_top else ''}-cf{args.folds}-s{args.seed}"
+            f"{'-tuned' if args.tune_backbone_top else ''}{'-e2e' if args.end_to_end else ''}"
+            f"-cf{args.folds}-s{args.seed}"
         )
         if args.save_model:
             t = time.perf_counter()
@@ -127,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 train_config,
                 device=device,
                 desc="final model",
+                raw=raw,
             )
             train_s += time.perf_counter() - t
             save_checkpoint(model, args.save_model, metadata={"train": train_config.to_dict(), **info})

@@ -44,18 +44,27 @@ class FeatureCache:
     adv_tokens: torch.Tensor
     adv_mask: torch.Tensor
 
-    def inputs(self, idx, *, adversarial: torch.Tensor | None = None, augmented: bool = False) -> MapsInputs:
+    def inputs(
+        self,
+        idx,
+        *,
+        adversarial: torch.Tensor | None = None,
+        augmented: bool = False,
+        image_idx: torch.Tensor | None = None,
+    ) -> MapsInputs:
         """Model inputs for rows `idx`; rows where `adversarial` is True get their rewritten title;
-        `augmented` gives the re-listed (cropped, re-encoded) image."""
+        `augmented` gives the re-listed (cropped, re-encoded) image; `image_idx` (default `idx`) the
+        rows whose images to show (a swapped image: another listing's picture under this title)."""
         tokens, mask = self.tokens[idx].float(), self.token_mask[idx]
         if adversarial is not None and adversarial.any():
             tokens = torch.where(adversarial[:, None, None], self.adv_tokens[idx].float(), tokens)
             mask = torch.where(adversarial[:, None], self.adv_mask[idx], mask)
         top, mid = (self.top_aug, self.mid_aug) if augmented else (self.top, self.mid)
+        image_idx = idx if image_idx is None else image_idx
         return MapsInputs(
-            top=top[idx].float(),
-            mid=mid[idx].float(),
-            has_image=self.has_image[idx],
+            top=top[image_idx].float(),
+            mid=mid[image_idx].float(),
+            has_image=self.has_image[image_idx],
             tokens=tokens,
             token_mask=mask,
         )
@@ -107,18 +116,20 @@ def extract_features(
     progress: bool = True,
     training: bool = True,
     on_progress=None,
+    backbones: tuple[EfficientNetLite0, TextEncoder] | None = None,
 ) -> FeatureCache:
     """Backbone features of `listings`. `training=False` (scoring) skips the re-listing views and the
     adversarial titles: one backbone pass per image; their fields then alias the plain ones (not cached:
-    the app scores in chunks whose content changes with the catalogue)."""
+    the app scores in chunks whose content changes with the catalogue). `backbones` (an end-to-end
+    model's own, on `device`, in eval mode) replace the packaged frozen ones; never cached."""
     cache_file = (
         Path(cache_dir) / f"features-{cache_key(listings, config)}.safetensors"
-        if cache_dir and training
+        if cache_dir and training and backbones is None
         else None
     )
     if cache_file and cache_file.exists():
         return FeatureCache(**load_file(str(cache_file)))
-    image_model, text_model = load_backbones(
+    image_model, text_model = backbones or load_backbones(
         config.image_weights, config.text_model_dir, config.max_tokens, device
     )
     n = len(listings)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml_worker.backbones import EfficientNetTop
+from ml_worker.backbones import EfficientNetLite0, EfficientNetTop, TextEncoder
 from ml_worker.config import MapsConfig
 
 
@@ -91,6 +91,13 @@ class MapsModel(nn.Module):
         super().__init__()
         self.config = config
         d = config.d_model
+        if config.end_to_end and config.tune_backbone_top:
+            raise ValueError("end_to_end already fine-tunes the whole image backbone; drop tune_backbone_top")
+        # end to end: both backbones whole, from the packaged (or configured) pretrained weights
+        self.image_backbone = self.text_encoder = None
+        if config.end_to_end:
+            self.image_backbone = EfficientNetLite0.pretrained(config.image_weights)
+            self.text_encoder = TextEncoder(config.text_model_dir, config.max_tokens)
         # the backbone's last stages, fine-tuned: the 7x7 map is recomputed from the cached 14x14 one
         self.backbone_top = (
             EfficientNetTop(config.mid_channels, config.backbone_top_widths, config.top_channels)
@@ -127,6 +134,37 @@ class MapsModel(nn.Module):
         )  # cosines of raw descriptors live near 1: spread them
 
     # --- the listing encoder ---------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> MapsModel:
+        super().train(mode)
+        if self.image_backbone is not None:  # pretrained BatchNorm statistics stay (see EfficientNetTop)
+            for m in self.image_backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def backbones(self) -> tuple[EfficientNetLite0, TextEncoder] | None:
+        """The model's own (fine-tuned) backbones, or None when it reads frozen cached features."""
+        return (self.image_backbone, self.text_encoder) if self.image_backbone is not None else None
+
+    def backbone_inputs(
+        self, pixels: torch.Tensor, has_image: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor
+    ) -> MapsInputs:
+        """End to end: the backbone maps and token states of a batch, with gradients (bf16 autocast on
+        CUDA, float32 out)."""
+        cuda = pixels.is_cuda
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            maps = self.image_backbone(pixels)
+            states = self.text_encoder.model(
+                input_ids=input_ids, attention_mask=token_mask.long()
+            ).last_hidden_state
+        return MapsInputs(
+            top=maps.top.float(),
+            mid=maps.mid.float(),
+            has_image=has_image,
+            tokens=states.float(),
+            token_mask=token_mask,
+        )
 
     def encode_title(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.title_pool(self.title_in(tokens), mask)

@@ -1,4 +1,5 @@
-"""Training MAPS on a catalogue's own families (weak supervision), CPU path on cached features.
+"""Training MAPS on a catalogue's own families (weak supervision): on cached frozen features (the CPU
+path), or end to end with both backbones fine-tuned (`MapsConfig.end_to_end`, the GPU path).
 
 A batch is P families x K listings. Per batch:
 - the family pair loss on the pair head, hard negatives = other families of the same category;
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.end_to_end import LiveInputs, RawInputs
 from ml_worker.features import FeatureCache
 from ml_worker.losses import AlignmentLoss, HierarchicalProxyLoss, PairLoss
 from ml_worker.modeling_maps import MapsInputs, MapsModel
@@ -170,15 +172,24 @@ def train_model(
     desc: str = "training",
     on_step=None,
     review_pairs: ReviewPairs | None = None,
+    raw: RawInputs | None = None,
 ) -> tuple[MapsModel, dict]:
     """Train a MAPS model on `train_rows`; `on_step(step, total)` is called every 10 steps (job progress).
-    `review_pairs` (reviewer labels) add a weighted pair-head loss on those of them within `train_rows`."""
+    `review_pairs` (reviewer labels) add a weighted pair-head loss on those of them within `train_rows`.
+    With `config.end_to_end`, `raw` (the catalogue's pixels and token ids) feeds the backbones, which
+    train too; `features` (frozen) then only serve to mine look-alike negatives."""
+    if config.end_to_end and raw is None:
+        raise ValueError("end_to_end training needs the raw inputs (ml_worker.end_to_end.load_raw_inputs)")
     seed_everything(train_config.seed)
     generator = torch.Generator().manual_seed(train_config.seed)
     model = MapsModel(config)
     if model.backbone_top is not None and model.backbone_top.is_lite0:
         model.backbone_top.load_pretrained(config.image_weights)
     model = model.to(device)
+    if config.end_to_end and device.startswith("cuda"):
+        model.image_backbone.to(memory_format=torch.channels_last)
+    live = LiveInputs(model, raw, device, generator) if config.end_to_end else None
+    source = live if live is not None else features
     num_levels = len(labels.category_levels)
     level_sizes = [int(labels.family.max()) + 1] + [
         int(level.max()) + 1 for level in labels.category_levels[::-1]
@@ -193,7 +204,12 @@ def train_model(
         level_sizes, config.embed_dim, train_config.proxy_levels_weight, kmeans_levels=kmeans_levels
     ).to(device)
     pair_loss, align_loss = PairLoss(), AlignmentLoss()
-    backbone = list(model.backbone_top.parameters()) if model.backbone_top is not None else []
+    backbone = [
+        p
+        for part in (model.backbone_top, model.image_backbone, model.text_encoder)
+        if part is not None
+        for p in part.parameters()
+    ]
     in_backbone = {id(p) for p in backbone}
     head = [p for p in model.parameters() if id(p) not in in_backbone]
     head += [p for p in proxy_loss.parameters() if p.requires_grad]
@@ -233,8 +249,11 @@ def train_model(
         idx = torch.as_tensor(rows)
         adversarial = torch.rand(b, generator=generator) < train_config.p_adversarial_title
         swapped = (torch.rand(b, generator=generator) < train_config.p_swapped_image) & ~adversarial
-        x = features.inputs(idx, adversarial=adversarial)
-        view = augment_view(features.inputs(idx, augmented=True), generator)
+        if live is not None:  # a fresh re-listing of each image, drawn on the device
+            view = live.inputs(idx, augmented=True)
+        else:
+            view = augment_view(features.inputs(idx, augmented=True), generator)
+        image_idx = idx.clone()
         for i in torch.nonzero(swapped).flatten().tolist():
             pool = [
                 r
@@ -244,12 +263,8 @@ def train_model(
             if not pool:
                 swapped[i] = False
                 continue
-            donor = pool[int(torch.randint(len(pool), (1,), generator=generator))]
-            x.top[i], x.mid[i], x.has_image[i] = (
-                features.top[donor].float(),
-                features.mid[donor].float(),
-                features.has_image[donor],
-            )
+            image_idx[i] = pool[int(torch.randint(len(pool), (1,), generator=generator))]
+        x = source.inputs(idx, adversarial=adversarial, image_idx=image_idx)
         x, view = x.to(device), view.to(device)
         out, out_view = model(x), model(view)
 
@@ -283,7 +298,7 @@ def train_model(
             image_view=out_view.image_embedding,
             scale=model.logit_scale.exp().clamp(max=100),
         )
-        loss_review = _review_loss(model, features, review, train_config, generator, device)
+        loss_review = _review_loss(model, source, review, train_config, generator, device)
         loss = (
             train_config.w_pair * loss_pair
             + train_config.w_product * loss_product
@@ -320,14 +335,14 @@ def train_model(
     }
 
 
-def _review_loss(model, features, review: ReviewPairs | None, train_config, generator, device):
+def _review_loss(model, source, review: ReviewPairs | None, train_config, generator, device):
     """Binary cross-entropy of the pair head on a sample of reviewer-labelled pairs (0 without any)."""
     if review is None:
         return torch.zeros((), device=device)
     m = min(train_config.review_pairs_per_step, len(review))
     pick = torch.randint(len(review), (m,), generator=generator).numpy()
     rows, where = np.unique(np.concatenate([review.a[pick], review.b[pick]]), return_inverse=True)
-    out = model(features.inputs(torch.as_tensor(rows)).to(device))
+    out = model(source.inputs(torch.as_tensor(rows)).to(device))
     where = torch.as_tensor(where, device=device)
     logits = model.pair_logits(out, out, where[:m], where[m:])
     head = torch.as_tensor(review.head[pick], device=device)
