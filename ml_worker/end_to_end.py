@@ -101,6 +101,9 @@ def augment_pixels(pixels: torch.Tensor, generator: torch.Generator) -> torch.Te
     return (out + 0.02 * noise).clamp(-1, 1)
 
 
+PAD_TO = 32
+
+
 class LiveInputs:
     """The end-to-end counterpart of `FeatureCache.inputs`: the model's backbones run on the rows'
     pixels and token ids (with gradients) on `device`."""
@@ -123,12 +126,18 @@ class LiveInputs:
         pixels = raw.pixels[image_idx].to(self.device, non_blocking=True).float() / 127.5 - 1.0
         if augmented:
             pixels = augment_pixels(pixels, self.generator)
+        b = pixels.shape[0]
         if self.channels_last:
+            # batches come in sizes of PAD_TO: CUDA picks conv kernels per new shape (seconds each), and
+            # the sampler's batch size varies; BatchNorm is in eval mode, so padded rows change nothing
+            pixels = F.pad(pixels, (0, 0, 0, 0, 0, 0, 0, -b % PAD_TO))
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         ids, mask = raw.input_ids[idx], raw.token_mask[idx]
         if adversarial is not None and adversarial.any():
             ids = torch.where(adversarial[:, None], raw.adv_input_ids[idx], ids)
             mask = torch.where(adversarial[:, None], raw.adv_mask[idx], mask)
-        return self.model.backbone_inputs(
+        x = self.model.backbone_inputs(
             pixels, raw.has_image[image_idx].to(self.device), ids.to(self.device), mask.to(self.device)
         )
+        x.top, x.mid = x.top[:b], x.mid[:b]
+        return x

@@ -97,7 +97,8 @@ class MapsModel(nn.Module):
         self.image_backbone = self.text_encoder = None
         if config.end_to_end:
             self.image_backbone = EfficientNetLite0.pretrained(config.image_weights)
-            self.text_encoder = TextEncoder(config.text_model_dir, config.max_tokens)
+            # float32 master weights whatever the directory stores (AdamW's eps underflows in fp16)
+            self.text_encoder = TextEncoder(config.text_model_dir, config.max_tokens).float()
         # the backbone's last stages, fine-tuned: the 7x7 map is recomputed from the cached 14x14 one
         self.backbone_top = (
             EfficientNetTop(config.mid_channels, config.backbone_top_widths, config.top_channels)

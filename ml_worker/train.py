@@ -306,6 +306,14 @@ def train_model(
             + train_config.w_align * loss_align
             + train_config.w_review * loss_review
         )
+        if not torch.isfinite(loss):
+            parts = {"pair": loss_pair, "product": loss_product, "proxy": loss_proxy}
+            parts |= {"align": loss_align, "review": loss_review}
+            raise FloatingPointError(
+                f"training diverged at step {step}: loss {loss.item()} "
+                f"({', '.join(f'{k} {float(v.detach()):.4g}' for k, v in parts.items())}); "
+                "lower the learning rate"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)

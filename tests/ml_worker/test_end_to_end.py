@@ -68,6 +68,18 @@ def test_raw_inputs_are_the_preprocessed_images_and_padded_token_ids(catalogue):
     assert torch.allclose(maps.top, frozen.top[:2].float(), atol=0.05)
 
 
+def test_trainable_backbones_are_float32_whatever_the_directory_stores(tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from ml_worker.backbones import default_text_model_dir
+
+    half = tmp_path / "minilm-fp16"
+    AutoModel.from_pretrained(default_text_model_dir()).half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(default_text_model_dir()).save_pretrained(half)
+    model = MapsModel(small_config(text_model_dir=str(half)))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # fp16 + AdamW = NaN at step 1
+
+
 def test_augmented_pixels_stay_close_to_the_image_and_follow_the_seed():
     pixels = torch.rand(3, 3, 32, 32) * 2 - 1
     a = augment_pixels(pixels, torch.Generator().manual_seed(1))
