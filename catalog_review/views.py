@@ -206,7 +206,7 @@ def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
 def _flag_or_404(flag_id: int) -> Flag:
     return get_object_or_404(
         Flag.objects.select_related(
-            "product", "product__family", "counterpart", "model_version", "claimed_by"
+            "product", "product__family", "counterpart", "counterpart__family", "model_version", "claimed_by"
         ).defer(*(f"model_version__{f}" for f in ("config", "metrics", "training_data"))),
         pk=flag_id,
     )
@@ -221,24 +221,26 @@ def flag_detail(request, flag_id: int):
 @require_POST
 def flag_decide(request, flag_id: int):
     form = DecisionForm(request.POST)
-    flag = _flag_or_404(flag_id)
     if not form.is_valid():
-        context = _flag_context(request, flag, message="Choose confirm, reject or skip.")
+        context = _flag_context(request, _flag_or_404(flag_id), message="Choose confirm, reject or skip.")
         return render(request, _flag_template(request), context, status=400)
     try:
-        review.decide(
-            flag_id=flag.pk,
+        # the decision locks and loads the flag itself: no page-level load on the way (hot path)
+        result = review.decide(
+            flag_id=flag_id,
             user=request.user,
             decision=form.cleaned_data["decision"],
             note=form.cleaned_data["note"],
             client_request_id=form.cleaned_data["client_request_id"] or None,
         )
+    except Flag.DoesNotExist:
+        raise Http404("no such flag") from None
     except review.ReviewConflict as exc:
         flag = _flag_or_404(flag_id)
         return render(
             request, _flag_template(request), _flag_context(request, flag, message=str(exc)), status=409
         )
-    return _to_next_flag(request, after=flag)
+    return _to_next_flag(request, after=result.decision.flag)
 
 
 @require_POST

@@ -114,10 +114,6 @@ def decide(
 ) -> DecisionResult:
     if decision not in (D.CONFIRM, D.REJECT, D.SKIP):
         raise ValueError(f"unknown decision {decision!r}: use confirm, reject or skip")
-    if client_request_id:
-        earlier = ReviewDecision.objects.filter(client_request_id=client_request_id).first()
-        if earlier is not None:
-            return DecisionResult(earlier, created=False)
     try:
         with transaction.atomic():
             flag = (
@@ -125,6 +121,12 @@ def decide(
                 .select_related("product", "counterpart")
                 .get(pk=flag_id)
             )
+            # an idempotent retry of a request that was carried out: looked up by the request id when
+            # the flag is decided or the retry is a skip (else the unique id refuses a second insert)
+            if client_request_id and (flag.status != Flag.Status.OPEN or decision == D.SKIP):
+                earlier = ReviewDecision.objects.filter(client_request_id=client_request_id).first()
+                if earlier is not None:
+                    return DecisionResult(earlier, created=False)
             if flag.status != Flag.Status.OPEN:
                 last = flag.decisions.exclude(decision__in=[D.SKIP, D.UNDO]).select_related("reviewer").last()
                 who = f" by {last.reviewer.get_username()}" if last else ""

@@ -177,6 +177,24 @@ def test_a_retried_request_is_recorded_once(reviewer_client, flags):
     assert LabelledPair.objects.count() == 1
 
 
+def test_a_retried_skip_is_carried_out_once(reviewer, flags):
+    flag = flags["wrong_variant"]
+    first = review.decide(flag_id=flag.pk, user=reviewer, decision="skip", client_request_id="s-1")
+    again = review.decide(flag_id=flag.pk, user=reviewer, decision="skip", client_request_id="s-1")
+    assert first.created and not again.created and again.decision.pk == first.decision.pk
+    # a request id already spent answers with its decision, even under another verb: nothing written
+    reused = review.decide(flag_id=flag.pk, user=reviewer, decision="confirm", client_request_id="s-1")
+    assert not reused.created and reused.decision.pk == first.decision.pk
+    assert ReviewDecision.objects.filter(flag=flag).count() == 1
+    flag.refresh_from_db()
+    assert flag.status == Flag.Status.OPEN and not LabelledPair.objects.exists()
+
+
+def test_deciding_a_missing_flag_is_a_404(reviewer_client, flags):
+    response = reviewer_client.post(reverse("flag_decide", args=[999999]), {"decision": "confirm"})
+    assert response.status_code == 404
+
+
 def test_bad_decision_is_a_400(reviewer_client, flags):
     response = reviewer_client.post(
         reverse("flag_decide", args=[flags["duplicate"].pk]), {"decision": "maybe"}
