@@ -75,8 +75,8 @@ def test_worker_downloads_images_and_finishes_the_job(celery_worker, image_serve
     path.write_text("\n".join(json.dumps(r) for r in rows))
 
     report = catalogue_import(path=path)
-    assert report.images_queued == 6
-    assert set(Product.objects.values_list("image_status", flat=True)) == {ImageStatus.PENDING}
+    assert report.images_queued == 6 and report.fetch_job_id is not None
+    # (no check of the "pending" state here: the live worker may already have fetched some)
 
     job = wait_for(
         lambda: Job.objects.filter(pk=report.fetch_job_id, status=Job.Status.SUCCEEDED).first(),
