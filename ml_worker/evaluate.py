@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = load_raw_inputs(listings, config, seed=args.seed) if config.end_to_end and args.train else None
     timings["features_s"] = round(time.perf_counter() - t0, 1)
     families = [x.family for x in listings]
+    titles = [x.title for x in listings]
     labels = Labels.build(families, [x.category for x in listings])
     train_config = TrainConfig(
         seed=args.seed, steps=args.steps, folds=args.folds, backbone_lr_scale=args.backbone_lr_scale
@@ -120,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     train_s = 0.0
     if args.zero_shot:
         model = ZeroShotModel(config).to(device)
-        scores = score_listings(model, encode_all(model, features, device=device), families)
+        scores = score_listings(model, encode_all(model, features, device=device), families, titles=titles)
         version = "zero-shot"
     elif args.model:
-        scores = score_listings(model, encode_all(model, features, device=device), families)
+        scores = score_listings(model, encode_all(model, features, device=device), families, titles=titles)
         version = args.model.name
     else:
         fold = family_folds(families, args.folds, args.seed)
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             train_s += time.perf_counter() - t
             scored = np.nonzero(fold == k)[0]
             outputs = encode_all(model.eval(), own_features(model), device=device)
-            scores.update(score_listings(model, outputs, families, scored))
+            scores.update(score_listings(model, outputs, families, scored, titles=titles))
         version = (
             f"maps-{args.modality}{'-noattn' if args.no_title_guidance else ''}"
             f"{'-tuned' if args.tune_backbone_top else ''}{'-e2e' if args.end_to_end else ''}"

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ml_worker.features import FeatureCache
+from ml_worker.lexical import TitleIdf
 from ml_worker.modeling_maps import MapsInputs, MapsModel, MapsOutput
 from ml_worker.zero_shot import duplicate_probability
 
@@ -88,8 +89,11 @@ def score_listings(
     *,
     neighbours: int = 20,
     chunk: int = 4096,
+    titles: list[str] | None = None,
 ) -> dict[int, ListingScore]:
-    """Scores for `rows` (default all), using `outputs` of every listing of the catalogue."""
+    """Scores for `rows` (default all), using `outputs` of every listing of the catalogue. With
+    `titles` (every listing's), image-less duplicate candidates are also compared word by word
+    (`ml_worker.lexical`, IDF from these titles)."""
     model = model.cpu().eval()
     n = outputs.embedding.shape[0]
     rows = np.arange(n) if rows is None else rows
@@ -102,6 +106,7 @@ def score_listings(
 
     # duplicates: nearest neighbours by the fused embedding, then the pair head's P(same product)
     k = min(neighbours, n - 1)
+    idf = TitleIdf(titles) if titles is not None else None
     dup_score, dup_of = {}, {}
     if k > 0:
         row_t = torch.as_tensor(rows)
@@ -116,7 +121,13 @@ def score_listings(
             sims[torch.arange(len(r)), r] = -2.0
             cand = sims.topk(k, dim=1).indices  # (R, k)
             ii = r[:, None].expand_as(cand).flatten()
-            p = duplicate_probability(model, outputs, outputs, ii, cand.flatten()).view(len(r), k)
+            jj = cand.flatten()
+            lexical = None
+            if idf is not None:
+                has_image = outputs.raw_image.norm(dim=1) > 0
+                if not (has_image[ii] & has_image[jj]).all():
+                    lexical = idf.pair_similarity(titles, ii.tolist(), jj.tolist())
+            p = duplicate_probability(model, outputs, outputs, ii, jj, lexical).view(len(r), k)
             best = p.argmax(1)
             for a, b_i, score in zip(
                 r.tolist(),

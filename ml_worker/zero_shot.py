@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_worker.config import MapsConfig
+from ml_worker.lexical import TITLE_WEIGHT
 from ml_worker.modeling_maps import MapsInputs, MapsOutput, raw_descriptors
 
 # logit = scale * (similarity - centre); similarity = mean of the image and title cosines. Centres set
@@ -65,8 +66,10 @@ class ZeroShotModel(nn.Module):
         return formula_logits(a, b, ia, ib)
 
 
-def formula_logits(a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tensor:
-    """Logits (..., 2) of [same family, same product] from the descriptor cosines alone."""
+def formula_logits(a: MapsOutput, b: MapsOutput, ia=None, ib=None, lexical=None) -> torch.Tensor:
+    """Logits (..., 2) of [same family, same product] from the descriptor cosines alone. `lexical`
+    (the pairs' TF-IDF title cosines, `ml_worker.lexical`) joins the title cosine of pairs that lack
+    an image on either side."""
 
     def pick(out, idx, name):
         value = getattr(out, name)
@@ -76,7 +79,11 @@ def formula_logits(a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tens
     cos_image = (image_a * image_b).sum(-1)
     cos_title = (pick(a, ia, "raw_title") * pick(b, ib, "raw_title")).sum(-1)
     both_images = (image_a.norm(dim=-1) > 0) & (image_b.norm(dim=-1) > 0)
-    similarity = torch.where(both_images, (cos_image + cos_title) / 2, cos_title)
+    title_only = cos_title
+    if lexical is not None:
+        lexical = lexical.to(cos_title.device, cos_title.dtype)
+        title_only = TITLE_WEIGHT * cos_title + (1 - TITLE_WEIGHT) * lexical
+    similarity = torch.where(both_images, (cos_image + cos_title) / 2, title_only)
     return torch.stack(
         [
             FAMILY_CALIBRATION[0] * (similarity - FAMILY_CALIBRATION[1]),
@@ -86,13 +93,15 @@ def formula_logits(a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tens
     )
 
 
-def duplicate_probability(model, a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tensor:
+def duplicate_probability(
+    model, a: MapsOutput, b: MapsOutput, ia=None, ib=None, lexical=None
+) -> torch.Tensor:
     """P(same product) of listing pairs: the mean of the model's product head and the descriptor
     formula. Measured on hm-dev seed 7 (2-fold cross-fit, 200 steps, BENCHMARKS.md): duplicate AP
     learned head 0.875, formula 0.918, this mean 0.909; the mean keeps a learned part, which
-    reviewer labels can improve."""
+    reviewer labels can improve. `lexical`: see `formula_logits` (image-less pairs)."""
     with torch.no_grad():
-        formula = torch.sigmoid(formula_logits(a, b, ia, ib)[..., 1])
+        formula = torch.sigmoid(formula_logits(a, b, ia, ib, lexical)[..., 1])
         if isinstance(model, ZeroShotModel):
             return formula
         return (torch.sigmoid(model.pair_logits(a, b, ia, ib)[..., 1]) + formula) / 2

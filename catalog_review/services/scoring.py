@@ -46,6 +46,7 @@ from catalog_review.services.model_versions import active_version, load_model, m
 from ml_worker.catalogue import Listing
 from ml_worker.features import extract_features
 from ml_worker.heatmap import render_heatmap
+from ml_worker.lexical import TitleIdf
 from ml_worker.modeling_maps import MapsOutput
 from ml_worker.scoring import encode_inputs, family_agreement
 from ml_worker.zero_shot import duplicate_probability
@@ -382,6 +383,19 @@ def _outputs(embeddings: list[ProductEmbedding]) -> MapsOutput:
     )
 
 
+_IDF_CACHE: dict[int, TitleIdf] = {}
+
+
+def _catalogue_idf(job_id: int) -> TitleIdf:
+    """Word IDF over every listing title, computed once per score job in a worker process (the
+    job's chunks share it; a new job sees the catalogue as it is then)."""
+    if job_id not in _IDF_CACHE:
+        _IDF_CACHE.clear()
+        titles = Product.objects.values_list("title", flat=True).iterator(chunk_size=5000)
+        _IDF_CACHE[job_id] = TitleIdf(titles)
+    return _IDF_CACHE[job_id]
+
+
 def flag_chunk_run(chunk_id: int) -> str:
     chunk = _claim(chunk_id)
     if chunk is None:
@@ -415,9 +429,13 @@ def flag_chunk_run(chunk_id: int) -> str:
             pairs_i.append(position[pid])
             pairs_j.append(position[c])
     if pairs_i:
-        p = duplicate_probability(
-            model, out, out, torch.as_tensor(pairs_i), torch.as_tensor(pairs_j)
-        ).tolist()
+        ii, jj = torch.as_tensor(pairs_i), torch.as_tensor(pairs_j)
+        lexical = None
+        has_image = out.raw_image.norm(dim=1) > 0
+        if not (has_image[ii] & has_image[jj]).all():  # image-less pairs: compare the titles word by word
+            titles = [pool[pid].product.title for pid in ids]
+            lexical = _catalogue_idf(job.pk).pair_similarity(titles, pairs_i, pairs_j)
+        p = duplicate_probability(model, out, out, ii, jj, lexical).tolist()
         for a, b, v in zip(pairs_i, pairs_j, p, strict=True):
             pid = ids[a]
             if pid not in best or v > best[pid][1]:

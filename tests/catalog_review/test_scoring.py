@@ -347,3 +347,21 @@ def test_commands_refuse_bad_requests(catalogue, tmp_path):
         call_command("score", model_version="v9")
     with pytest.raises(CommandError, match="--force only makes sense with --activate"):
         call_command("train", force=True)
+
+
+def test_image_less_listings_are_matched_by_their_words(celery_worker, tmp_path):
+    """A title-only catalogue: the duplicate stage compares the titles word by word (IDF over the
+    catalogue), so a re-listing in other words beats a look-alike title of another product."""
+    from tests.ml_worker.test_lexical import LOOK_ALIKE, PARTNER, QUERY, TITLES
+
+    rows = [
+        {"sku": f"T{i}", "title": title, "family": f"F{i}", "category": ["Software"], "image": None}
+        for i, title in enumerate(TITLES)
+    ]
+    path = tmp_path / "titles.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    catalogue_import(path=path)
+    finished(score_start().pk)
+    sku = {r["title"]: r["sku"] for r in rows}
+    query = ProductEmbedding.objects.get(product__sku=sku[QUERY])
+    assert query.duplicate_of.sku == sku[PARTNER] != sku[LOOK_ALIKE]
