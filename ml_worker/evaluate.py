@@ -22,6 +22,7 @@ from ml_worker.checkpoint import load_checkpoint, save_checkpoint
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.features import FeatureCache, extract_features
+from ml_worker.lexical import price_of
 from ml_worker.scoring import encode_all, score_listings
 from ml_worker.train import Labels, train_model
 from ml_worker.zero_shot import ZeroShotModel
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["features_s"] = round(time.perf_counter() - t0, 1)
     families = [x.family for x in listings]
     titles = [x.title for x in listings]
+    prices = [price_of(x.attributes) for x in listings]
     labels = Labels.build(families, [x.category for x in listings])
     train_config = TrainConfig(
         seed=args.seed, steps=args.steps, folds=args.folds, backbone_lr_scale=args.backbone_lr_scale
@@ -121,10 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     train_s = 0.0
     if args.zero_shot:
         model = ZeroShotModel(config).to(device)
-        scores = score_listings(model, encode_all(model, features, device=device), families, titles=titles)
+        scores = score_listings(
+            model, encode_all(model, features, device=device), families, titles=titles, prices=prices
+        )
         version = "zero-shot"
     elif args.model:
-        scores = score_listings(model, encode_all(model, features, device=device), families, titles=titles)
+        scores = score_listings(
+            model, encode_all(model, features, device=device), families, titles=titles, prices=prices
+        )
         version = args.model.name
     else:
         fold = family_folds(families, args.folds, args.seed)
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             train_s += time.perf_counter() - t
             scored = np.nonzero(fold == k)[0]
             outputs = encode_all(model.eval(), own_features(model), device=device)
-            scores.update(score_listings(model, outputs, families, scored, titles=titles))
+            scores.update(score_listings(model, outputs, families, scored, titles=titles, prices=prices))
         version = (
             f"maps-{args.modality}{'-noattn' if args.no_title_guidance else ''}"
             f"{'-tuned' if args.tune_backbone_top else ''}{'-e2e' if args.end_to_end else ''}"

@@ -90,10 +90,11 @@ def score_listings(
     neighbours: int = 20,
     chunk: int = 4096,
     titles: list[str] | None = None,
+    prices: list[float | None] | None = None,
 ) -> dict[int, ListingScore]:
     """Scores for `rows` (default all), using `outputs` of every listing of the catalogue. With
     `titles` (every listing's), image-less duplicate candidates are also compared word by word
-    (`ml_worker.lexical`, IDF from these titles)."""
+    (`ml_worker.lexical`, IDF from these titles; their numbers and, with `prices`, their prices)."""
     model = model.cpu().eval()
     n = outputs.embedding.shape[0]
     rows = np.arange(n) if rows is None else rows
@@ -126,7 +127,7 @@ def score_listings(
             if idf is not None:
                 has_image = outputs.raw_image.norm(dim=1) > 0
                 if not (has_image[ii] & has_image[jj]).all():
-                    lexical = idf.pair_similarity(titles, ii.tolist(), jj.tolist())
+                    lexical = idf.pair_evidence(titles, ii.tolist(), jj.tolist(), prices)
             p = duplicate_probability(model, outputs, outputs, ii, jj, lexical).view(len(r), k)
             best = p.argmax(1)
             for a, b_i, score in zip(

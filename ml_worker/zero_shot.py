@@ -99,9 +99,21 @@ def duplicate_probability(
     """P(same product) of listing pairs: the mean of the model's product head and the descriptor
     formula. Measured on hm-dev seed 7 (2-fold cross-fit, 200 steps, BENCHMARKS.md): duplicate AP
     learned head 0.875, formula 0.918, this mean 0.909; the mean keeps a learned part, which
-    reviewer labels can improve. `lexical`: see `formula_logits` (image-less pairs)."""
+    reviewer labels can improve. `lexical`: see `formula_logits`; pairs without two images then take
+    the formula alone: the product head learnt "same product" from re-listed images and identical
+    titles, so it rates a re-worded title of the same product low (amazon-google best match, trained:
+    mean 0.517, formula alone 0.603)."""
     with torch.no_grad():
         formula = torch.sigmoid(formula_logits(a, b, ia, ib, lexical)[..., 1])
         if isinstance(model, ZeroShotModel):
             return formula
-        return (torch.sigmoid(model.pair_logits(a, b, ia, ib)[..., 1]) + formula) / 2
+        mean = (torch.sigmoid(model.pair_logits(a, b, ia, ib)[..., 1]) + formula) / 2
+        if lexical is None:
+            return mean
+        return torch.where(_both_images(a, b, ia, ib), mean, formula)
+
+
+def _both_images(a: MapsOutput, b: MapsOutput, ia=None, ib=None) -> torch.Tensor:
+    image_a = a.raw_image if ia is None else a.raw_image[ia]
+    image_b = b.raw_image if ib is None else b.raw_image[ib]
+    return (image_a.norm(dim=-1) > 0) & (image_b.norm(dim=-1) > 0)

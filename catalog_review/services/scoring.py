@@ -46,7 +46,7 @@ from catalog_review.services.model_versions import active_version, load_model, m
 from ml_worker.catalogue import Listing
 from ml_worker.features import extract_features
 from ml_worker.heatmap import render_heatmap
-from ml_worker.lexical import TitleIdf
+from ml_worker.lexical import TitleIdf, price_of
 from ml_worker.modeling_maps import MapsOutput
 from ml_worker.scoring import encode_inputs, family_agreement
 from ml_worker.zero_shot import duplicate_probability
@@ -432,9 +432,10 @@ def flag_chunk_run(chunk_id: int) -> str:
         ii, jj = torch.as_tensor(pairs_i), torch.as_tensor(pairs_j)
         lexical = None
         has_image = out.raw_image.norm(dim=1) > 0
-        if not (has_image[ii] & has_image[jj]).all():  # image-less pairs: compare the titles word by word
+        if not (has_image[ii] & has_image[jj]).all():  # image-less pairs: words, numbers, prices
             titles = [pool[pid].product.title for pid in ids]
-            lexical = _catalogue_idf(job.pk).pair_similarity(titles, pairs_i, pairs_j)
+            prices = [price_of(pool[pid].product.attributes) for pid in ids]
+            lexical = _catalogue_idf(job.pk).pair_evidence(titles, pairs_i, pairs_j, prices)
         p = duplicate_probability(model, out, out, ii, jj, lexical).tolist()
         for a, b, v in zip(pairs_i, pairs_j, p, strict=True):
             pid = ids[a]

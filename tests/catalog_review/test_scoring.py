@@ -351,13 +351,18 @@ def test_commands_refuse_bad_requests(catalogue, tmp_path):
 
 def test_image_less_listings_are_matched_by_their_words(celery_worker, tmp_path):
     """A title-only catalogue: the duplicate stage compares the titles word by word (IDF over the
-    catalogue), so a re-listing in other words beats a look-alike title of another product."""
-    from tests.ml_worker.test_lexical import LOOK_ALIKE, PARTNER, QUERY, TITLES
+    catalogue), their numbers and prices, so a re-listing in other words beats a look-alike title
+    of another product, and the candidate priced like the listing beats one worded as closely."""
+    from tests.ml_worker.test_lexical import LOOK_ALIKE, PARTNER, PRICED, PRICES, QUERY, TITLES
 
     rows = [
         {"sku": f"T{i}", "title": title, "family": f"F{i}", "category": ["Software"], "image": None}
         for i, title in enumerate(TITLES)
     ]
+    # words tie between the last two; the one priced like the first is its re-listing
+    for title, price in zip(PRICED, [PRICES[0], PRICES[2], PRICES[1]], strict=True):
+        rows.append({"sku": f"P{len(rows)}", "title": title, "family": f"F{len(rows)}", "image": None})
+        rows[-1] |= {"category": ["Software"], "attributes": {"price": price}}
     path = tmp_path / "titles.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     catalogue_import(path=path)
@@ -365,3 +370,5 @@ def test_image_less_listings_are_matched_by_their_words(celery_worker, tmp_path)
     sku = {r["title"]: r["sku"] for r in rows}
     query = ProductEmbedding.objects.get(product__sku=sku[QUERY])
     assert query.duplicate_of.sku == sku[PARTNER] != sku[LOOK_ALIKE]
+    priced = ProductEmbedding.objects.get(product__sku=sku[PRICED[0]])
+    assert priced.duplicate_of.sku == sku[PRICED[2]]
