@@ -1,0 +1,191 @@
+"""What reviewer decisions are worth, offline: train with and without them, measure on catalogues no
+reviewer saw, over several training seeds (the review simulator runs one seed per round through the
+app; this isolates the labels' effect from the seed-to-seed spread, about +-0.02 wrong_variant AP).
+
+1. The top N flags of a round-0 scores file (`ml_worker.evaluate CATALOGUE --train --out S`) are
+   decided as a perfect reviewer would (truth.json): wrong-variant flags (score >= 0.7) and duplicate
+   flags (>= 0.9), highest score first, as the app's default queue serves them.
+2. Decisions become reviewer pairs exactly as in the app (DESIGN 7): a confirmed wrong variant is
+   "different family" from each member and leaves its family; a rejected one "same family"; a
+   duplicate decision "same / different product" with its candidate.
+3. For each configuration and seed, one model is trained on every family of CATALOGUE (as a
+   version's final model) and scores each held-out catalogue; metrics.py's figures are printed as
+   JSON lines.
+
+Configurations: `none` (families only, the round-0 recipe), `wX` (reviewer pairs at loss weight X),
+`wX-pY` (weight X, Y reviewer pairs per step).
+
+usage: .venv/bin/python benchmarks/label_value.py CATALOGUE_DIR ROUND0_SCORES HELD_OUT_DIR...
+           [--decisions 300] [--configs none,w2] [--seeds 0,1,2] [--cache-dir var/feature-cache]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ml_worker.catalogue import load_catalogue  # noqa: E402
+from ml_worker.config import MapsConfig, TrainConfig  # noqa: E402
+from ml_worker.features import extract_features  # noqa: E402
+from ml_worker.scoring import encode_all, score_listings  # noqa: E402
+from ml_worker.train import Labels, ReviewPairs, train_model  # noqa: E402
+
+METRICS = ROOT.parent / "shared" / "eval" / "metrics.py"
+WRONG_VARIANT_THRESHOLD, DUPLICATE_THRESHOLD = 0.7, 0.9
+CONFIG = re.compile(r"^(none|w(\d+(?:\.\d+)?)(?:-p(\d+))?)$")
+
+
+def load_metrics():
+    spec = importlib.util.spec_from_file_location("metrics", METRICS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def decide(listings, truth: dict, scores: list[dict], n: int):
+    """The reviewer pairs of the top `n` flags and the rows a confirmed wrong variant moves out."""
+    wrong = {t["sku"] for t in truth.get("wrong_variant", [])}
+    partners = collections.defaultdict(set)
+    for t in truth.get("duplicate", []):
+        partners[t["sku"]].add(t["of"])
+        partners[t["of"]].add(t["sku"])
+    row = {x.sku: i for i, x in enumerate(listings)}
+    members = collections.defaultdict(list)
+    for i, x in enumerate(listings):
+        members[x.family].append(i)
+    flags = [
+        (s["wrong_variant_score"], "wrong_variant", s["sku"], None)
+        for s in scores
+        if s.get("wrong_variant_score") is not None and s["wrong_variant_score"] >= WRONG_VARIANT_THRESHOLD
+    ]
+    flags += [
+        (s["duplicate_score"], "duplicate", s["sku"], s["duplicate_of"])
+        for s in scores
+        if s.get("duplicate_score") is not None and s["duplicate_score"] >= DUPLICATE_THRESHOLD
+    ]
+    flags.sort(key=lambda f: -f[0])
+    a, b, head, target, moved = [], [], [], [], set()
+    decisions = collections.Counter()
+    for _score, kind, sku, other in flags[:n]:
+        if sku not in row or (other is not None and other not in row):
+            raise SystemExit(f"the scores file names a listing the catalogue lacks: {sku} / {other}")
+        i = row[sku]
+        if kind == "wrong_variant":
+            confirmed = sku in wrong
+            if confirmed:
+                moved.add(i)
+            for j in members[listings[i].family]:
+                if j != i:
+                    a.append(i), b.append(j), head.append(0), target.append(not confirmed)
+        else:
+            confirmed = other in partners[sku]
+            a.append(i), b.append(row[other]), head.append(1), target.append(confirmed)
+        decisions[f"{kind} {'confirmed' if confirmed else 'rejected'}"] += 1
+    pairs = ReviewPairs(
+        np.array(a, dtype=np.int64), np.array(b, dtype=np.int64), np.array(head), np.array(target)
+    )
+    return pairs, moved, dict(decisions)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("catalogue", type=Path)
+    ap.add_argument("round0_scores", type=Path)
+    ap.add_argument("held_out", type=Path, nargs="+")
+    ap.add_argument("--decisions", type=int, default=300)
+    ap.add_argument("--configs", default="none,w2")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--cache-dir", type=Path, default=ROOT / "var" / "feature-cache")
+    args = ap.parse_args(argv)
+    configs = args.configs.split(",")
+    for c in configs:
+        if not CONFIG.match(c):
+            ap.error(f"unknown configuration {c!r}: none, wX or wX-pY")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        ap.error("--seeds takes integers separated by commas")
+    for d in [args.catalogue, *args.held_out]:
+        if not (d / "catalogue.jsonl").is_file() or not (d / "truth.json").is_file():
+            ap.error(f"{d} is not an evaluation directory (catalogue.jsonl + truth.json)")
+    if not METRICS.is_file():
+        ap.error(f"{METRICS} not found (../shared/eval beside the project)")
+    metrics = load_metrics()
+    torch.manual_seed(0)
+
+    config = MapsConfig()
+    listings = load_catalogue(args.catalogue)
+    truth = json.loads((args.catalogue / "truth.json").read_text())
+    scores = [json.loads(line) for line in args.round0_scores.read_text().splitlines() if line.strip()]
+    pairs, moved, decisions = decide(listings, truth, scores, args.decisions)
+    print(json.dumps({"decisions": decisions, "pairs": pairs.counts(), "moved_out": len(moved)}), flush=True)
+    features = extract_features(listings, config, cache_dir=args.cache_dir, progress=False)
+    held_out = {}
+    for d in args.held_out:
+        rows = load_catalogue(d)
+        held_out[d] = (
+            rows,
+            extract_features(rows, config, cache_dir=args.cache_dir, progress=False, training=False),
+        )
+
+    for c in configs:
+        _, weight, per_step = CONFIG.match(c).groups()
+        with_labels = c != "none"
+        families = [
+            f"reviewed-out:{x.sku}" if with_labels and i in moved else x.family
+            for i, x in enumerate(listings)
+        ]
+        labels = Labels.build(families, [x.category for x in listings])
+        for seed in seeds:
+            train_config = TrainConfig(seed=seed, steps=args.steps)
+            if weight:
+                train_config.w_review = float(weight)
+            if per_step:
+                train_config.review_pairs_per_step = int(per_step)
+            t0 = time.perf_counter()
+            model, _ = train_model(
+                features,
+                labels,
+                np.arange(len(listings)),
+                config,
+                train_config,
+                progress=False,
+                review_pairs=pairs if with_labels else None,
+            )
+            line = {"config": c, "seed": seed, "train_s": round(time.perf_counter() - t0)}
+            for d, (rows, feats) in held_out.items():
+                out = score_listings(model, encode_all(model, feats), [x.family for x in rows])
+                export = {
+                    rows[i].sku: {
+                        "wrong_variant_score": s.wrong_variant_score,
+                        "duplicate_score": s.duplicate_score,
+                        "duplicate_of": rows[s.duplicate_of].sku if s.duplicate_of is not None else None,
+                    }
+                    for i, s in out.items()
+                }
+                m = metrics.evaluate(d, export)
+                line[d.name] = {
+                    k: m[k] for k in ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")
+                }
+            line["mean_wrong_variant_ap"] = round(
+                float(np.mean([line[d.name]["wrong_variant_ap"] for d in held_out])), 4
+            )
+            print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
