@@ -17,6 +17,7 @@ Configurations: `none` (families only, the round-0 recipe), `wX` (reviewer pairs
 
 usage: .venv/bin/python benchmarks/label_value.py CATALOGUE_DIR ROUND0_SCORES HELD_OUT_DIR...
            [--decisions 300] [--configs none,w2] [--seeds 0,1,2] [--cache-dir var/feature-cache]
+           [--kind all|wrong_variant|duplicate] [--wrong-variant-threshold 0.7]
 """
 
 from __future__ import annotations
@@ -54,8 +55,17 @@ def load_metrics():
     return module
 
 
-def decide(listings, truth: dict, scores: list[dict], n: int):
-    """The reviewer pairs of the top `n` flags and the rows a confirmed wrong variant moves out."""
+def decide(
+    listings,
+    truth: dict,
+    scores: list[dict],
+    n: int,
+    *,
+    kinds=("wrong_variant", "duplicate"),
+    wrong_variant_threshold: float = WRONG_VARIANT_THRESHOLD,
+):
+    """The reviewer pairs of the top `n` flags of `kinds` and the rows a confirmed wrong variant moves
+    out."""
     wrong = {t["sku"] for t in truth.get("wrong_variant", [])}
     partners = collections.defaultdict(set)
     for t in truth.get("duplicate", []):
@@ -68,13 +78,14 @@ def decide(listings, truth: dict, scores: list[dict], n: int):
     flags = [
         (s["wrong_variant_score"], "wrong_variant", s["sku"], None)
         for s in scores
-        if s.get("wrong_variant_score") is not None and s["wrong_variant_score"] >= WRONG_VARIANT_THRESHOLD
+        if s.get("wrong_variant_score") is not None and s["wrong_variant_score"] >= wrong_variant_threshold
     ]
     flags += [
         (s["duplicate_score"], "duplicate", s["sku"], s["duplicate_of"])
         for s in scores
         if s.get("duplicate_score") is not None and s["duplicate_score"] >= DUPLICATE_THRESHOLD
     ]
+    flags = [f for f in flags if f[1] in kinds]
     flags.sort(key=lambda f: -f[0])
     a, b, head, target, moved = [], [], [], [], set()
     decisions = collections.Counter()
@@ -108,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default="none,w2")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument(
+        "--kind", choices=["all", "wrong_variant", "duplicate"], default="all", help="the queue's kind filter"
+    )
+    ap.add_argument("--wrong-variant-threshold", type=float, default=WRONG_VARIANT_THRESHOLD)
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "var" / "feature-cache")
     args = ap.parse_args(argv)
     configs = args.configs.split(",")
@@ -130,7 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     listings = load_catalogue(args.catalogue)
     truth = json.loads((args.catalogue / "truth.json").read_text())
     scores = [json.loads(line) for line in args.round0_scores.read_text().splitlines() if line.strip()]
-    pairs, moved, decisions = decide(listings, truth, scores, args.decisions)
+    kinds = ("wrong_variant", "duplicate") if args.kind == "all" else (args.kind,)
+    pairs, moved, decisions = decide(
+        listings,
+        truth,
+        scores,
+        args.decisions,
+        kinds=kinds,
+        wrong_variant_threshold=args.wrong_variant_threshold,
+    )
     print(json.dumps({"decisions": decisions, "pairs": pairs.counts(), "moved_out": len(moved)}), flush=True)
     features = extract_features(listings, config, cache_dir=args.cache_dir, progress=False)
     held_out = {}
