@@ -46,7 +46,7 @@ from catalog_review.services.model_versions import active_version, load_model, m
 from ml_worker.catalogue import Listing
 from ml_worker.features import extract_features
 from ml_worker.heatmap import render_heatmap
-from ml_worker.lexical import TitleIdf, price_of
+from ml_worker.lexical import TitleIdf, numbers, price_of
 from ml_worker.modeling_maps import MapsOutput
 from ml_worker.scoring import encode_inputs, family_agreement
 from ml_worker.zero_shot import duplicate_probability
@@ -396,6 +396,25 @@ def _catalogue_idf(job_id: int) -> TitleIdf:
     return _IDF_CACHE[job_id]
 
 
+def _title_evidence(job_id: int, a: Product, b: Product, both_images: bool) -> dict:
+    """What a reviewer is shown of an image-less duplicate pair's words: their TF-IDF similarity, and
+    the numbers and prices that disagree (what `ml_worker.lexical.disagreement` counted against it)."""
+    if both_images:
+        return {}
+    out = {
+        "word_similarity": round(
+            float(_catalogue_idf(job_id).pair_similarity([a.title, b.title], [0], [1])), 4
+        )
+    }
+    na, nb = numbers(a.title), numbers(b.title)
+    if na and nb and not na & nb:
+        out["numbers_differ"] = [sorted(na), sorted(nb)]
+    pa, pb = price_of(a.attributes), price_of(b.attributes)
+    if pa is not None and pb is not None:
+        out["prices"] = [pa, pb]
+    return out
+
+
 def flag_chunk_run(chunk_id: int) -> str:
     chunk = _claim(chunk_id)
     if chunk is None:
@@ -502,6 +521,12 @@ def flag_chunk_run(chunk_id: int) -> str:
                         ),
                         "title_cosine": round(float(np.dot(a.raw_title, b.raw_title)), 4),
                         "counterpart_heatmap": _heatmap(b.product, b, version),
+                        **_title_evidence(
+                            job.pk,
+                            a.product,
+                            b.product,
+                            a.image_vector is not None and b.image_vector is not None,
+                        ),
                     },
                     heatmap=_heatmap(a.product, a, version),
                 )

@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from PIL import Image, ImageDraw
 
 from catalog_review.models import Flag, Job, JobChunk, ModelVersion, Product, ProductEmbedding
@@ -24,6 +25,7 @@ from ml_worker.config import MapsConfig
 from ml_worker.ensemble import CrossFitModel, save_cross_fit
 from ml_worker.modeling_maps import MapsModel
 from tests.conftest import wait_for
+from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -349,7 +351,7 @@ def test_commands_refuse_bad_requests(catalogue, tmp_path):
         call_command("train", force=True)
 
 
-def test_image_less_listings_are_matched_by_their_words(celery_worker, tmp_path):
+def test_image_less_listings_are_matched_by_their_words(celery_worker, tmp_path, settings, client):
     """A title-only catalogue: the duplicate stage compares the titles word by word (IDF over the
     catalogue), their numbers and prices, so a re-listing in other words beats a look-alike title
     of another product, and the candidate priced like the listing beats one worded as closely."""
@@ -365,6 +367,7 @@ def test_image_less_listings_are_matched_by_their_words(celery_worker, tmp_path)
         rows[-1] |= {"category": ["Software"], "attributes": {"price": price}}
     path = tmp_path / "titles.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
+    settings.FLAG_DUPLICATE_THRESHOLD = 0.0  # every best match becomes a flag: their evidence is checked
     catalogue_import(path=path)
     finished(score_start().pk)
     sku = {r["title"]: r["sku"] for r in rows}
@@ -372,3 +375,21 @@ def test_image_less_listings_are_matched_by_their_words(celery_worker, tmp_path)
     assert query.duplicate_of.sku == sku[PARTNER] != sku[LOOK_ALIKE]
     priced = ProductEmbedding.objects.get(product__sku=sku[PRICED[0]])
     assert priced.duplicate_of.sku == sku[PRICED[2]]
+
+    # the reviewer sees what the words said: similarity, disagreeing numbers, both prices
+    from ml_worker.lexical import numbers
+
+    flags = list(Flag.objects.filter(kind=Flag.Kind.DUPLICATE).select_related("product", "counterpart"))
+    assert flags
+    for flag in flags:
+        a, b = flag.product, flag.counterpart
+        assert 0.0 <= flag.evidence["word_similarity"] <= 1.0
+        na, nb = numbers(a.title), numbers(b.title)
+        differ = [sorted(na), sorted(nb)] if na and nb and not na & nb else None
+        assert flag.evidence.get("numbers_differ") == differ, (a.title, b.title)
+    assert any(f.evidence.get("numbers_differ") for f in flags)
+    pair = next(f for f in flags if {f.product.sku, f.counterpart.sku} == {sku[PRICED[0]], sku[PRICED[2]]})
+    assert pair.evidence["prices"] == [49.99, 52.0]  # the flag's listing first (the lower id)
+    client.force_login(UserFactory(username="words-reviewer"))
+    page = client.get(reverse("flag", args=[pair.pk])).content.decode()
+    assert "no image to compare; word similarity" in page and "Prices 49.99 vs 52.00." in page
