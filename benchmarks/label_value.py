@@ -15,9 +15,13 @@ app; this isolates the labels' effect from the seed-to-seed spread, about +-0.02
 Configurations: `none` (families only, the round-0 recipe), `wX` (reviewer pairs at loss weight X),
 `wX-pY` (weight X, Y reviewer pairs per step).
 
+With `--end-to-end` (the GPU path) both backbones are fine-tuned as well, and each model scores the
+held-out catalogues through its own fine-tuned backbones.
+
 usage: .venv/bin/python benchmarks/label_value.py CATALOGUE_DIR ROUND0_SCORES HELD_OUT_DIR...
            [--decisions 300] [--configs none,w2] [--seeds 0,1,2] [--cache-dir var/feature-cache]
-           [--kind all|wrong_variant|duplicate] [--wrong-variant-threshold 0.7]
+           [--kind all|wrong_variant|duplicate] [--wrong-variant-threshold 0.7] [--end-to-end]
+           [--metrics ../shared/eval/metrics.py]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from ml_worker.catalogue import load_catalogue  # noqa: E402
 from ml_worker.config import MapsConfig, TrainConfig  # noqa: E402
+from ml_worker.end_to_end import load_raw_inputs  # noqa: E402
 from ml_worker.features import extract_features  # noqa: E402
 from ml_worker.scoring import encode_all, score_listings  # noqa: E402
 from ml_worker.train import Labels, ReviewPairs, train_model  # noqa: E402
@@ -48,8 +53,8 @@ WRONG_VARIANT_THRESHOLD, DUPLICATE_THRESHOLD = 0.7, 0.9
 CONFIG = re.compile(r"^(none|w(\d+(?:\.\d+)?)(?:-p(\d+))?)$")
 
 
-def load_metrics():
-    spec = importlib.util.spec_from_file_location("metrics", METRICS)
+def load_metrics(path: Path = METRICS):
+    spec = importlib.util.spec_from_file_location("metrics", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -124,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--wrong-variant-threshold", type=float, default=WRONG_VARIANT_THRESHOLD)
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "var" / "feature-cache")
+    ap.add_argument(
+        "--end-to-end", action="store_true", help="fine-tune both backbones too (the GPU path; slow on a CPU)"
+    )
+    ap.add_argument("--metrics", type=Path, default=METRICS, help="the protocol's metrics.py")
     args = ap.parse_args(argv)
     configs = args.configs.split(",")
     for c in configs:
@@ -136,12 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     for d in [args.catalogue, *args.held_out]:
         if not (d / "catalogue.jsonl").is_file() or not (d / "truth.json").is_file():
             ap.error(f"{d} is not an evaluation directory (catalogue.jsonl + truth.json)")
-    if not METRICS.is_file():
-        ap.error(f"{METRICS} not found (../shared/eval beside the project)")
-    metrics = load_metrics()
+    if not args.metrics.is_file():
+        ap.error(f"{args.metrics} not found (../shared/eval beside the project, or --metrics)")
+    metrics = load_metrics(args.metrics)
     torch.manual_seed(0)
 
-    config = MapsConfig()
+    config = MapsConfig(end_to_end=args.end_to_end)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     listings = load_catalogue(args.catalogue)
     truth = json.loads((args.catalogue / "truth.json").read_text())
     scores = [json.loads(line) for line in args.round0_scores.read_text().splitlines() if line.strip()]
@@ -155,13 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         wrong_variant_threshold=args.wrong_variant_threshold,
     )
     print(json.dumps({"decisions": decisions, "pairs": pairs.counts(), "moved_out": len(moved)}), flush=True)
-    features = extract_features(listings, config, cache_dir=args.cache_dir, progress=False)
+    features = extract_features(listings, config, cache_dir=args.cache_dir, device=device, progress=False)
+    raw = load_raw_inputs(listings, config, progress=False) if args.end_to_end else None
     held_out = {}
     for d in args.held_out:
         rows = load_catalogue(d)
         held_out[d] = (
             rows,
-            extract_features(rows, config, cache_dir=args.cache_dir, progress=False, training=False),
+            None
+            if args.end_to_end  # each model scores through its own backbones
+            else extract_features(rows, config, device=device, progress=False, training=False),
         )
 
     for c in configs:
@@ -185,12 +198,26 @@ def main(argv: list[str] | None = None) -> int:
                 np.arange(len(listings)),
                 config,
                 train_config,
+                device=device,
                 progress=False,
                 review_pairs=pairs if with_labels else None,
+                raw=raw,
             )
-            line = {"config": c, "seed": seed, "train_s": round(time.perf_counter() - t0)}
+            model.eval()
+            line = {"config": c, "seed": seed, "device": device, "train_s": round(time.perf_counter() - t0)}
             for d, (rows, feats) in held_out.items():
-                out = score_listings(model, encode_all(model, feats), [x.family for x in rows])
+                model.to(device)  # score_listings leaves it on the CPU
+                if feats is None:
+                    feats = extract_features(
+                        rows,
+                        config,
+                        device=device,
+                        progress=False,
+                        training=False,
+                        backbones=model.backbones(),
+                    )
+                outputs = encode_all(model, feats, device=device)
+                out = score_listings(model, outputs, [x.family for x in rows])
                 export = {
                     rows[i].sku: {
                         "wrong_variant_score": s.wrong_variant_score,

@@ -68,3 +68,13 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path), str(tmp_path / "s.jsonl"), str(tmp_path)])
     assert "is not an evaluation directory" in capsys.readouterr().err
+
+
+def test_a_missing_metrics_script_is_named(tmp_path, capsys):
+    for name in ("catalogue.jsonl", "truth.json", "s.jsonl"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(SystemExit):
+        main(
+            [str(tmp_path), str(tmp_path / "s.jsonl"), str(tmp_path), "--metrics", str(tmp_path / "nope.py")]
+        )
+    assert "nope.py not found" in capsys.readouterr().err
