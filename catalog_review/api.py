@@ -309,7 +309,12 @@ def jobs_train(request):
         activate, force = body.get("activate", False), body.get("force", False)
         if not isinstance(activate, bool) or not isinstance(force, bool):
             raise ValueError("activate and force must be true or false")
-        job = train_start(requested_by=request.user, activate=activate, force=force, steps=steps)
+        end_to_end = body.get("end_to_end")
+        if end_to_end is not None and not isinstance(end_to_end, bool):
+            raise ValueError("end_to_end must be true, false or null (TRAIN_END_TO_END decides)")
+        job = train_start(
+            requested_by=request.user, activate=activate, force=force, steps=steps, end_to_end=end_to_end
+        )
     except (ValueError, TrainingError) as exc:
         return _error(400, str(exc))
     return JsonResponse(job_json(job, request), status=202)
@@ -418,6 +423,10 @@ OPENAPI = {
                         "steps": {"type": "integer"},
                         "activate": {"type": "boolean"},
                         "force": {"type": "boolean"},
+                        "end_to_end": {
+                            "type": ["boolean", "null"],
+                            "description": "fine-tune both backbones (GPU); null: TRAIN_END_TO_END decides",
+                        },
                     },
                 },
                 responses={202: "the job", 403: "not an admin", **_COMMON},

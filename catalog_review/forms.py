@@ -95,3 +95,14 @@ class TrainJobForm(forms.Form):
     steps = forms.IntegerField(required=False, min_value=1, max_value=100_000, help_text="per model")
     activate = forms.BooleanField(required=False, initial=True, label="activate if not worse")
     force = forms.BooleanField(required=False, label="activate even if worse")
+    backbones = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("", "as configured (TRAIN_END_TO_END)"),
+            ("end_to_end", "fine-tune end to end (GPU)"),
+            ("frozen", "frozen features"),
+        ],
+    )
+
+    def end_to_end(self) -> bool | None:
+        return {"end_to_end": True, "frozen": False}.get(self.cleaned_data.get("backbones") or "")

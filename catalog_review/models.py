@@ -279,7 +279,8 @@ class Job(models.Model):
             )
             return f"{what} · {scope.get('model_version', '')}"
         if self.kind == self.Kind.TRAIN:
-            return f"{scope.get('steps')} steps" + (", activate" if scope.get("activate") else "")
+            backbones = {True: ", end to end", False: ", frozen"}.get(scope.get("end_to_end"), "")
+            return f"{scope.get('steps')} steps{backbones}" + (", activate" if scope.get("activate") else "")
         return str(scope.get("file", ""))
 
 

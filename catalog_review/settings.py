@@ -46,6 +46,16 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -233,6 +243,9 @@ FLAG_DUPLICATE_THRESHOLD = env_float("FLAG_DUPLICATE_THRESHOLD", 0.9)
 FLAG_WRONG_VARIANT_MAX_FRACTION = env_float("FLAG_WRONG_VARIANT_MAX_FRACTION", 0.1)
 TRAIN_STEPS = env_int("TRAIN_STEPS", 200, minimum=1)
 TRAIN_FOLDS = env_int("TRAIN_FOLDS", 2, minimum=1)
+# fine-tune both backbones with each version (+0.09 duplicate AP from the same reviewer labels,
+# BENCHMARKS.md; minutes on a GPU, hours on a CPU): auto = when the gpu worker has CUDA
+TRAIN_END_TO_END = env_choice("TRAIN_END_TO_END", "auto", ("auto", "on", "off"))
 # a new version is activated when its validation PR-AUC >= the active one's minus this tolerance
 PROMOTION_TOLERANCE = env_float("PROMOTION_TOLERANCE", 0.005)
 # held-out reviewer-labelled pairs needed before they count in the promotion gate

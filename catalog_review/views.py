@@ -399,6 +399,7 @@ def manage_start_train(request):
         activate=form.cleaned_data["activate"],
         force=form.cleaned_data["force"],
         steps=form.cleaned_data["steps"],
+        end_to_end=form.end_to_end(),
     )
     return redirect("job", job_id=job.pk)
 

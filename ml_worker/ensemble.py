@@ -27,6 +27,7 @@ from torch import nn
 
 from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.end_to_end import RawInputs
 from ml_worker.features import FeatureCache
 from ml_worker.train import Labels, ReviewPairs, train_model
 from ml_worker.validation import planted_validation, review_pair_validation
@@ -107,14 +108,28 @@ def train_cross_fit(
     on_progress: Callable[[int, int], None] | None = None,
     baseline: CrossFitModel | None = None,
     review_pairs: ReviewPairs | None = None,
+    raw: RawInputs | None = None,
+    features_of: Callable[[nn.Module], FeatureCache] | None = None,
 ) -> tuple[CrossFitModel, dict]:
     """Train the fold models and the final model; validate every fold model on errors planted into
     the families it never saw and on the reviewer labels of those families (and `baseline`, the
     active version, on exactly the same data). `review_pairs` (reviewer labels) join the training of
-    every model whose families they belong to."""
-    if config.end_to_end:
-        # the app embeds and scores with the packaged frozen backbones (one feature pass per catalogue)
-        raise ValueError("app versions train on frozen features: end_to_end is for ml_worker.evaluate")
+    every model whose families they belong to.
+
+    End to end (`config.end_to_end`, the GPU path) every member fine-tunes its own backbones from
+    `raw` (pixels and token ids); `features` (frozen) then only mine look-alike negatives, and
+    `features_of(model)` gives what a model with its own backbones reads (every listing through
+    them, both views), for validating it (and a baseline that was trained end to end)."""
+    if config.end_to_end and raw is None:
+        raise ValueError("end_to_end training needs the raw inputs (ml_worker.end_to_end.load_raw_inputs)")
+
+    def read(model: nn.Module) -> FeatureCache:
+        if getattr(model, "backbones", lambda: None)() is None:
+            return features
+        if features_of is None:
+            raise ValueError("a model with its own backbones needs features_of to be validated")
+        return features_of(model)
+
     labels = Labels.build(family_codes, categories)
     k = max(1, train_config.folds)
     fold = np.array([family_fold(code, k) for code in family_codes])
@@ -141,6 +156,7 @@ def train_cross_fit(
             desc=f"fold {run + 1}/{k}" if run != "final" else "final model",
             on_step=step,
             review_pairs=review_pairs,
+            raw=raw,
         )
         info.setdefault("review_pairs_used", {})[str(run)] = run_info["review_pairs_used"]
         done += train_config.steps
@@ -152,28 +168,26 @@ def train_cross_fit(
         held_out = np.nonzero(fold == run)[0]
         seed = train_config.seed + run
         held_out_pairs = review_pairs.within(held_out) if review_pairs is not None else None
-        validation.append(
-            planted_validation(model, features, labels.family, labels.leaf_category, held_out, seed=seed)
-            | (review_pair_validation(model, features, held_out_pairs) if held_out_pairs else {})
-        )
+        validation.append(_validate(model, read(model), labels, held_out, held_out_pairs, seed))
         if baseline is not None:
             reference = _fold_model_for(baseline, run, k)
             baseline_validation.append(
-                planted_validation(
-                    reference, features, labels.family, labels.leaf_category, held_out, seed=seed
-                )
-                | (review_pair_validation(reference, features, held_out_pairs) if held_out_pairs else {})
+                _validate(reference, read(reference), labels, held_out, held_out_pairs, seed)
             )
     if k == 1:  # no held-out families: validate on planted errors among all (optimistic; noted)
-        validation.append(
-            planted_validation(
-                final, features, labels.family, labels.leaf_category, np.arange(len(family_codes))
-            )
-        )
+        everyone = np.arange(len(family_codes))
+        validation.append(_validate(final, read(final), labels, everyone, None, train_config.seed))
     info["validation"] = _mean_metrics(validation)
     if baseline is not None and baseline_validation:
         info["baseline_validation"] = _mean_metrics(baseline_validation)
     return CrossFitModel(final=final, folds=fold_models), info
+
+
+def _validate(model, features: FeatureCache, labels: Labels, rows, pairs: ReviewPairs | None, seed) -> dict:
+    """Planted errors among `rows`, and the reviewer labels `pairs` of those rows."""
+    return planted_validation(model, features, labels.family, labels.leaf_category, rows, seed=seed) | (
+        review_pair_validation(model, features, pairs) if pairs else {}
+    )
 
 
 def _fold_model_for(model: CrossFitModel, fold: int, folds: int) -> nn.Module:

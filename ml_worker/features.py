@@ -105,6 +105,12 @@ def cache_key(listings: list[Listing], config: MapsConfig) -> str:
     return h.hexdigest()[:24]
 
 
+def own_backbones(model) -> tuple[EfficientNetLite0, TextEncoder] | None:
+    """A model's own fine-tuned backbones (trained end to end), or None: it reads the packaged ones."""
+    backbones = getattr(model, "backbones", None)
+    return backbones() if backbones is not None else None
+
+
 def extract_features(
     listings: list[Listing],
     config: MapsConfig,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ml_worker.backbones import TextEncoder
+from ml_worker.features import own_backbones
 from ml_worker.modeling_maps import MapsInputs
 
 
@@ -21,7 +22,13 @@ def text_encoder(model_dir: str | None, max_tokens: int) -> TextEncoder:
 def title_query_vector(model, text: str) -> np.ndarray:
     """The L2-normalised title embedding of `text` under `model` (MAPS or zero-shot)."""
     config = model.config
-    states, mask = text_encoder(config.text_model_dir, config.max_tokens)([text])
+    backbones = own_backbones(model)  # a version trained end to end reads titles with its own MiniLM
+    encoder = (
+        backbones[1].eval()
+        if backbones is not None
+        else text_encoder(config.text_model_dir, config.max_tokens)
+    )
+    states, mask = encoder([text])
     h = config.image_size // 32
     x = MapsInputs(
         top=torch.zeros(1, config.top_channels, h, h),

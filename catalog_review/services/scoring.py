@@ -44,7 +44,7 @@ from catalog_review.models import (
 from catalog_review.services.jobs import job_create, job_mark_running, refresh_planner_statistics
 from catalog_review.services.model_versions import active_version, load_model, ml_device
 from ml_worker.catalogue import Listing
-from ml_worker.features import extract_features
+from ml_worker.features import FeatureCache, extract_features, own_backbones
 from ml_worker.heatmap import render_heatmap
 from ml_worker.lexical import TitleIdf, numbers, price_of
 from ml_worker.modeling_maps import MapsOutput
@@ -201,10 +201,10 @@ def embed_chunk_run(chunk_id: int) -> str:
     rows = []
     if products:
         listings = [product_listing(p) for p in products]
-        features = extract_features(listings, model.config, device=device, progress=False, training=False)
+        features = _read(model.final, listings, device)
         inputs = features.inputs(torch.arange(len(products))).to(device)
         out = encode_inputs(model.final.to(device), inputs)
-        wrong_variant, evidence = _wrong_variant_scores(model, products, inputs, device)
+        wrong_variant, evidence = _wrong_variant_scores(model, products, listings, inputs, device)
         now = timezone.now()
         for i, p in enumerate(products):
             rows.append(
@@ -253,8 +253,23 @@ def embed_chunk_run(chunk_id: int) -> str:
     return f"embedded {len(rows)}"
 
 
-def _wrong_variant_scores(model, products: list[Product], inputs, device: str) -> tuple[dict, dict]:
-    """1 - mean P(same family) against the other members, from the model that never saw the family."""
+def _read(model, listings: list[Listing], device: str) -> FeatureCache:
+    """The listings as `model` reads them: through its own fine-tuned backbones (a version trained end
+    to end: one backbone pass per member model) or through the packaged frozen ones."""
+    backbones = own_backbones(model)
+    if backbones is not None:
+        model.to(device)
+    return extract_features(
+        listings, model.config, device=device, progress=False, training=False, backbones=backbones
+    )
+
+
+def _wrong_variant_scores(
+    model, products: list[Product], listings: list[Listing], inputs, device: str
+) -> tuple[dict, dict]:
+    """1 - mean P(same family) against the other members, from the model that never saw the family
+    (`inputs`: the chunk as the final model reads it; a fold model with its own backbones reads its
+    families through them)."""
     members = defaultdict(list)
     for i, p in enumerate(products):
         members[p.family.code].append(i)
@@ -268,7 +283,13 @@ def _wrong_variant_scores(model, products: list[Product], inputs, device: str) -
         rows = [i for code in codes for i in members[code]]
         local = {r: k for k, r in enumerate(rows)}
         groups = [[local[i] for i in members[code]] for code in codes]
-        out = encode_inputs(family_model, inputs.index(torch.as_tensor(rows)))
+        if own_backbones(family_model) is None:
+            family_inputs = inputs.index(torch.as_tensor(rows))
+        else:
+            family_inputs = _read(family_model, [listings[i] for i in rows], device).inputs(
+                torch.arange(len(rows))
+            )
+        out = encode_inputs(family_model, family_inputs.to(device))
         agreement = family_agreement(family_model, out, groups)
         for code in codes:
             idx = members[code]

@@ -3,9 +3,10 @@
 The catalogue's families are the weak labels, corrected by reviewer labels in force: a listing a
 reviewer confirmed as a wrong variant leaves its family (`training_families`). The trainer builds a
 cross-fitted version (ml_worker.ensemble): fold models score the families they never saw, a final
-model gives the embeddings. Each fold model is validated on errors planted into
-its held-out families, and the active version is measured on exactly the same plants: the promotion
-gate compares the two.
+model gives the embeddings. With TRAIN_END_TO_END (auto: on a CUDA worker) every member fine-tunes
+its own copy of both backbones, and scoring reads the catalogue through them. Each fold model is
+validated on errors planted into its held-out families, and the active version is measured on exactly
+the same plants: the promotion gate compares the two.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from catalog_review.services.model_versions import (
 )
 from catalog_review.services.scoring import product_listing, score_start
 from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.ensemble import save_cross_fit, train_cross_fit
-from ml_worker.features import extract_features
+from ml_worker.features import FeatureCache, extract_features
 from ml_worker.train import ReviewPairs
 
 MIN_FAMILIES = 4  # with 2+ listings each: fewer gives no negatives to learn from
@@ -45,19 +47,27 @@ class TrainingError(Exception):
 
 
 def train_start(
-    *, requested_by=None, activate: bool = False, force: bool = False, steps: int | None = None
+    *,
+    requested_by=None,
+    activate: bool = False,
+    force: bool = False,
+    steps: int | None = None,
+    end_to_end: bool | None = None,
 ) -> Job:
+    """Queue a train job. `end_to_end` None leaves it to TRAIN_END_TO_END on the worker that runs it
+    (auto: fine-tune the backbones when that worker has CUDA)."""
     from catalog_review.gpu_tasks import train_version
 
     steps = steps or settings.TRAIN_STEPS
     if steps < 1:
         raise TrainingError("steps must be at least 1")
+    if end_to_end is not None and not isinstance(end_to_end, bool):
+        raise TrainingError("end_to_end must be true, false or left out (TRAIN_END_TO_END decides)")
+    scope = {"activate": activate, "force": force, "steps": steps, "folds": settings.TRAIN_FOLDS}
+    if end_to_end is not None:
+        scope["end_to_end"] = end_to_end
     with transaction.atomic():
-        job = job_create(
-            kind=Job.Kind.TRAIN,
-            scope={"activate": activate, "force": force, "steps": steps, "folds": settings.TRAIN_FOLDS},
-            requested_by=requested_by,
-        )
+        job = job_create(kind=Job.Kind.TRAIN, scope=scope, requested_by=requested_by)
         transaction.on_commit(lambda: train_version.delay(job_id=job.pk))
     return job
 
@@ -141,23 +151,36 @@ def train_run(job_id: int) -> str:
             f"the catalogue has {trainable} families with 2+ listings; training needs at least {MIN_FAMILIES}"
         )
     scope = job.scope
-    config = MapsConfig()
+    device = ml_device()
+    end_to_end = scope.get("end_to_end")
+    if end_to_end is None:
+        end_to_end = settings.TRAIN_END_TO_END == "on" or (
+            settings.TRAIN_END_TO_END == "auto" and device.startswith("cuda")
+        )
+    config = MapsConfig(end_to_end=end_to_end)
     train_config = TrainConfig(steps=scope.get("steps", settings.TRAIN_STEPS), folds=scope.get("folds", 2))
     runs = train_config.folds + 1 if train_config.folds > 1 else 1
     n = len(products)
     total = n + runs * train_config.steps
-    job_set_progress(job=job, done=0, total=total, counts={"phase": "features"})
-    device = ml_device()
+    job_set_progress(job=job, done=0, total=total, counts={"phase": "features", "end_to_end": end_to_end})
+    listings = [product_listing(p) for p in products]
     features = extract_features(
-        [product_listing(p) for p in products],
+        listings,
         config,
         cache_dir=settings.FEATURE_CACHE_DIR,
         device=device,
         progress=False,
         on_progress=lambda done, _n: _progress(job, done),
     )
+    raw = load_raw_inputs(listings, config, progress=False) if end_to_end else None
     features_s = time.perf_counter() - started
-    job_set_progress(job=job, done=n, counts={"phase": "training"})
+    job_set_progress(job=job, done=n, counts={"phase": "training", "end_to_end": end_to_end})
+
+    def features_of(model) -> FeatureCache:
+        """What a model with its own fine-tuned backbones reads, for validating it."""
+        model.to(device)
+        return extract_features(listings, config, device=device, progress=False, backbones=model.backbones())
+
     parent = active_version()
     model, info = train_cross_fit(
         features,
@@ -170,6 +193,8 @@ def train_run(job_id: int) -> str:
         on_progress=lambda done, _t: _progress(job, n + done),
         baseline=load_model(parent),
         review_pairs=review_pairs_for(products),
+        raw=raw,
+        features_of=features_of,
     )
     name = f"maps-{timezone.now():%Y%m%d-%H%M%S}-j{job.pk}"
     directory = settings.MODEL_DIR / name

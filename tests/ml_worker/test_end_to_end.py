@@ -143,7 +143,7 @@ def test_end_to_end_refuses_what_it_cannot_do(catalogue, tmp_path):  # noqa: F81
     labels = Labels.build([x.family for x in listings], [x.category for x in listings])
     with pytest.raises(ValueError, match="raw inputs"):
         train_model(features, labels, np.arange(len(listings)), small_config(), TrainConfig(steps=1))
-    with pytest.raises(ValueError, match="frozen features"):
+    with pytest.raises(ValueError, match="raw inputs"):
         train_cross_fit(
             features,
             [x.family for x in listings],
@@ -151,6 +151,52 @@ def test_end_to_end_refuses_what_it_cannot_do(catalogue, tmp_path):  # noqa: F81
             small_config(),
             TrainConfig(steps=1),
         )
+
+
+def test_cross_fitted_versions_fine_tune_each_member_and_validate_on_its_own_features(catalogue):  # noqa: F811
+    """An app version trained end to end: every member owns its backbones, and validation (its own and
+    the baseline's, itself end to end) reads the listings through each model's own backbones."""
+    listings = load_catalogue(catalogue)
+    config = small_config()
+    frozen = extract_features(listings, config, progress=False)
+    raw = load_raw_inputs(listings, config, progress=False)
+    read_by = []
+
+    def features_of(model):
+        read_by.append(model)
+        return extract_features(listings, config, progress=False, backbones=model.backbones())
+
+    args = ([x.family for x in listings], [x.category for x in listings], config)
+    train_config = TrainConfig(steps=2, folds=2, families_per_batch=3, listings_per_family=2)
+    first, _ = train_cross_fit(frozen, *args, train_config, progress=False, raw=raw, features_of=features_of)
+    assert len(first.folds) == 2
+    members = [first.final, *first.folds]
+    assert all(m.backbones() is not None for m in members)
+    stems = [m.image_backbone._conv_stem.weight for m in members]
+    assert not torch.equal(stems[0], stems[1]) and not torch.equal(stems[1], stems[2])  # each its own
+    assert {id(m) for m in read_by} == {id(m) for m in first.folds}  # each fold model read its own
+    read_by.clear()
+    second, info = train_cross_fit(
+        frozen, *args, train_config, progress=False, raw=raw, features_of=features_of, baseline=first
+    )
+    assert (
+        "validation_families" in info["validation"] and "validation_families" in info["baseline_validation"]
+    )
+    assert {id(m) for m in first.folds} <= {id(m) for m in read_by}  # the baseline read through its own
+    with pytest.raises(ValueError, match="needs features_of"):
+        train_cross_fit(frozen, *args, train_config, progress=False, raw=raw)
+
+    # a text query lands where a listing with that title lands: through the fine-tuned MiniLM
+    from ml_worker.query import title_query_vector
+
+    tuned = extract_features(
+        listings, config, progress=False, training=False, backbones=second.final.backbones()
+    )
+    want = encode_all(second.final.eval(), tuned).title_embedding[0].numpy()
+    query = title_query_vector(second.final, listings[0].title)
+    assert np.abs(query - want).max() < 5e-4  # (the stored features are float16)
+    packaged = extract_features(listings, config, progress=False, training=False)  # what it read before
+    assert np.abs(query - encode_all(second.final, packaged).title_embedding[0].numpy()).max() > 5e-3
 
 
 @pytest.mark.gpu
@@ -163,3 +209,38 @@ def test_end_to_end_trains_on_cuda_in_bf16(catalogue):  # noqa: F811
         listings, config, device="cuda", progress=False, training=False, backbones=model.backbones()
     )
     assert torch.isfinite(tuned.top.float()).all() and tuned.has_image.sum() == 9
+
+
+@pytest.mark.gpu
+@gpu
+def test_cross_fitted_end_to_end_version_trains_validates_and_scores_on_cuda(catalogue, tmp_path):  # noqa: F811
+    from ml_worker.ensemble import load_cross_fit, save_cross_fit
+
+    listings = load_catalogue(catalogue)
+    config = small_config()
+    frozen = extract_features(listings, config, device="cuda", progress=False)
+    raw = load_raw_inputs(listings, config, progress=False)
+
+    def features_of(model):
+        model.to("cuda")
+        return extract_features(listings, config, device="cuda", progress=False, backbones=model.backbones())
+
+    version, info = train_cross_fit(
+        frozen,
+        [x.family for x in listings],
+        [x.category for x in listings],
+        config,
+        TrainConfig(steps=3, folds=2, families_per_batch=3, listings_per_family=2),
+        device="cuda",
+        progress=False,
+        raw=raw,
+        features_of=features_of,
+    )
+    assert all(np.isfinite(v) for v in info["final_losses"].values())
+    save_cross_fit(version, tmp_path / "v")
+    loaded = load_cross_fit(tmp_path / "v").final.to("cuda")
+    tuned = extract_features(
+        listings, config, device="cuda", progress=False, training=False, backbones=loaded.backbones()
+    )
+    out = encode_all(loaded, tuned, device="cuda")
+    assert torch.isfinite(out.embedding).all() and out.embedding.shape[0] == len(listings)

@@ -1,4 +1,4 @@
-"""python manage.py train [--wait] [--activate] [--force] [--steps N]"""
+"""python manage.py train [--wait] [--activate] [--force] [--steps N] [--end-to-end | --frozen]"""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ class Command(BaseCommand):
     help = (
         "Train a new model version from the catalogue's families (gpu queue) and print its validation "
         "metrics next to the active version's on the same held-out data. --activate promotes it when it "
-        "is not worse (--force: regardless)."
+        "is not worse (--force: regardless). Without --end-to-end / --frozen, TRAIN_END_TO_END decides "
+        "(auto: fine-tune the backbones when the gpu worker has CUDA)."
     )
 
     def add_arguments(self, parser):
@@ -24,9 +25,24 @@ class Command(BaseCommand):
         )
         parser.add_argument("--force", action="store_true", help="with --activate: activate even if worse")
         parser.add_argument("--steps", type=int, default=None, help="optimisation steps per model")
+        backbones = parser.add_mutually_exclusive_group()
+        backbones.add_argument(
+            "--end-to-end",
+            dest="end_to_end",
+            action="store_const",
+            const=True,
+            help="fine-tune both backbones with the version (minutes on a GPU worker, hours on a CPU)",
+        )
+        backbones.add_argument(
+            "--frozen",
+            dest="end_to_end",
+            action="store_const",
+            const=False,
+            help="train on the packaged backbones' frozen features",
+        )
         parser.add_argument("--no-progress", action="store_true")
 
-    def handle(self, *args, wait, activate, force, steps, no_progress, **options):
+    def handle(self, *args, wait, activate, force, steps, end_to_end, no_progress, **options):
         if force and not activate:
             raise CommandError("--force only makes sense with --activate")
         if steps is not None and steps < 1:
@@ -34,7 +50,7 @@ class Command(BaseCommand):
         if wait:
             require_worker("gpu")
         try:
-            job = train_start(activate=activate, force=force, steps=steps)
+            job = train_start(activate=activate, force=force, steps=steps, end_to_end=end_to_end)
         except TrainingError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"Train job #{job.pk} queued.")
@@ -42,7 +58,8 @@ class Command(BaseCommand):
             return
         job = wait_for_job(job, desc="training", no_progress=no_progress)
         c = job.counts
-        self.stdout.write(f"Model version {c['model_version']}")
+        backbones = "fine-tuned end to end" if c.get("end_to_end") else "frozen"
+        self.stdout.write(f"Model version {c['model_version']} (backbones {backbones})")
         self.stdout.write("validation (errors planted into held-out families), new vs active:")
         new, old = c.get("validation") or {}, c.get("parent_on_same_data") or {}
         for key in ("pr_auc", "wrong_variant_ap", "wrong_product_ap", "wrong_image_ap", "duplicate_ap"):
