@@ -134,6 +134,16 @@ def review_pairs_for(products: list[Product]) -> ReviewPairs:
     )
 
 
+def end_to_end_for(requested: bool | None, device: str) -> bool:
+    """Whether a train job fine-tunes the backbones: as requested, else TRAIN_END_TO_END (auto: on a
+    CUDA device)."""
+    if requested is not None:
+        return requested
+    return settings.TRAIN_END_TO_END == "on" or (
+        settings.TRAIN_END_TO_END == "auto" and device.startswith("cuda")
+    )
+
+
 def train_run(job_id: int) -> str:
     job = Job.objects.get(pk=job_id)
     if job.is_finished:
@@ -152,11 +162,7 @@ def train_run(job_id: int) -> str:
         )
     scope = job.scope
     device = ml_device()
-    end_to_end = scope.get("end_to_end")
-    if end_to_end is None:
-        end_to_end = settings.TRAIN_END_TO_END == "on" or (
-            settings.TRAIN_END_TO_END == "auto" and device.startswith("cuda")
-        )
+    end_to_end = end_to_end_for(scope.get("end_to_end"), device)
     config = MapsConfig(end_to_end=end_to_end)
     train_config = TrainConfig(steps=scope.get("steps", settings.TRAIN_STEPS), folds=scope.get("folds", 2))
     runs = train_config.folds + 1 if train_config.folds > 1 else 1
@@ -239,6 +245,7 @@ def train_run(job_id: int) -> str:
             done=total,
             counts={
                 "model_version": name,
+                "end_to_end": end_to_end,
                 "activated": activated,
                 "gate": reason,
                 "validation": validation,

@@ -9,8 +9,10 @@ import json
 import signal
 import time
 
+import numpy as np
 import psutil
 import pytest
+import torch
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from PIL import Image, ImageDraw
@@ -19,7 +21,7 @@ from catalog_review.models import Flag, Job, JobChunk, ModelVersion, Product, Pr
 from catalog_review.services.catalogue_import import catalogue_import
 from catalog_review.services.model_versions import active_version, load_model, promotion_decision
 from catalog_review.services.scoring import score_start
-from catalog_review.services.training import train_start
+from catalog_review.services.training import TrainingError, train_start
 from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import MapsConfig
 from ml_worker.ensemble import CrossFitModel, save_cross_fit
@@ -312,6 +314,54 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
 
     finished(score_start().pk)  # the cross-fitted version scores (fold models for wrong variants)
     assert ProductEmbedding.objects.filter(model_version=trained).count() == Product.objects.count()
+
+
+def test_a_version_trained_end_to_end_scores_through_its_own_backbones(celery_worker, catalogue):
+    """An end-to-end train job on a CPU worker (the GPU path; 3 steps, past OneCycleLR's warm-up):
+    every member fine-tunes its own backbones, and the score job embeds the catalogue through the
+    final model's and scores each family's wrong variants through its fold model's."""
+    from catalog_review.services.scoring import product_listing
+    from ml_worker.features import extract_features
+    from ml_worker.scoring import encode_all
+
+    job = finished(train_start(steps=3, activate=True, force=True, end_to_end=True).pk, timeout=600)
+    assert job.counts["end_to_end"] is True and "end to end" in job.scope_label
+    version = ModelVersion.objects.get(name=job.counts["model_version"], is_active=True)
+    assert version.config["model"]["end_to_end"] is True
+    finished(job.counts["rescore_job"], timeout=600)
+
+    model = load_model(version)
+    assert all(m.backbones() is not None for m in (model.final, *model.folds))
+    products = list(Product.objects.select_related("family", "category").order_by("id"))
+    listings = [product_listing(p) for p in products]
+    own = extract_features(
+        listings, model.config, progress=False, training=False, backbones=model.final.backbones()
+    )
+    packaged = extract_features(listings, model.config, progress=False, training=False)
+    want, before = encode_all(model.final, own).embedding, encode_all(model.final, packaged).embedding
+    stored = {e.product_id: e for e in ProductEmbedding.objects.filter(model_version=version)}
+    got = torch.as_tensor(np.stack([stored[p.pk].vector for p in products]))
+    assert (got - want).abs().max() < 1e-5
+    assert (got - before).abs().max() > 5e-3  # not what the packaged backbones give (0.02 here)
+    in_families = [
+        p for p in products if p.family.code.startswith("FAM-") and p.family.code != "FAM-relisted"
+    ]
+    assert all(stored[p.pk].wrong_variant_score is not None for p in in_families)
+
+    with pytest.raises(TrainingError, match="end_to_end must be"):
+        train_start(end_to_end="yes")
+
+
+def test_train_end_to_end_setting_decides_unless_the_job_asks(settings):
+    from catalog_review.services.training import end_to_end_for
+
+    settings.TRAIN_END_TO_END = "auto"
+    assert end_to_end_for(None, "cuda") is True and end_to_end_for(None, "cpu") is False
+    assert end_to_end_for(True, "cpu") is True and end_to_end_for(False, "cuda") is False
+    settings.TRAIN_END_TO_END = "on"
+    assert end_to_end_for(None, "cpu") is True
+    settings.TRAIN_END_TO_END = "off"
+    assert end_to_end_for(None, "cuda") is False and end_to_end_for(True, "cuda") is True
 
 
 def test_import_rescores_only_the_changed_families(celery_worker, catalogue, tmp_path):
