@@ -74,7 +74,10 @@ def test_reviewers_get_403_on_admin_endpoints(reviewer, admin_user, world):
     assert as_reviewer.get("/api/jobs/999999").status_code == 404
     assert post_json(as_admin, "/api/jobs/score", {"family": "nope"}).status_code == 400
     assert post_json(as_admin, "/api/jobs/train", {"steps": 0}).status_code == 400
+    assert post_json(as_admin, "/api/jobs/train", {"end_to_end": "yes"}).status_code == 400
     assert post_json(as_admin, "/api/jobs/train", {"steps": 3, "activate": True}).status_code == 202
+    response = post_json(as_admin, "/api/jobs/train", {"end_to_end": False})
+    assert response.status_code == 202 and response.json()["scope"]["end_to_end"] is False
     assert as_admin.get("/api/jobs/score").status_code == 405
 
 

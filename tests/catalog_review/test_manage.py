@@ -72,6 +72,11 @@ def test_start_training_and_cancel_it(admin_client):
     assert job.status == Job.Status.CANCELLED and job.finished_at
     response = admin_client.post(reverse("manage_start_train"), {"steps": "0"})
     assert response.status_code == 400
+    response = admin_client.post(reverse("manage_start_train"), {"backbones": "sideways"})
+    assert response.status_code == 400 and b"Select a valid choice" in response.content
+    admin_client.post(reverse("manage_start_train"), {"steps": "5", "backbones": "end_to_end"})
+    job = Job.objects.filter(kind=Job.Kind.TRAIN).latest("pk")
+    assert job.scope["end_to_end"] is True and job.scope_label == "5 steps, end to end"
 
 
 def test_activation_goes_through_the_promotion_gate(admin_client):

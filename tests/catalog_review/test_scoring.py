@@ -399,6 +399,8 @@ def test_commands_refuse_bad_requests(catalogue, tmp_path):
         call_command("score", model_version="v9")
     with pytest.raises(CommandError, match="--force only makes sense with --activate"):
         call_command("train", force=True)
+    with pytest.raises(CommandError, match="not allowed with argument"):
+        call_command("train", "--end-to-end", "--frozen")
 
 
 def test_image_less_listings_are_matched_by_their_words(celery_worker, tmp_path, settings, client):
