@@ -6,10 +6,14 @@
    decode + preprocessing on the host, backbones on the device), listings per second;
 3. MAPS training steps on the cached features (ml_worker.train.train_model, P x K batches), steps/s,
    with frozen backbones and with the image backbone's last stages fine-tuned (tune_backbone_top);
-4. scoring (ml_worker.scoring.encode_all + score_listings), listings per second.
+4. scoring (ml_worker.scoring.encode_all + score_listings), listings per second;
+5. with --version-steps N: a model version as an app train job builds it end to end
+   (ml_worker.ensemble.train_cross_fit: decoding the catalogue, 2 fold models + the final model
+   fine-tuning their own backbones for N steps each, each fold model validated on its own features),
+   then a score job's stage 1 (one feature pass through each member's backbones), seconds each.
 
 usage: python benchmarks/gpu_bench.py CATALOGUE_DIR [--device cuda|cpu] [--steps N] [--max-listings N]
-       [--skip-backbones] [--out FILE]
+       [--skip-backbones] [--version-steps N] [--out FILE]
 Prints one JSON object (and writes it to --out). Compare devices only through figures of this script.
 """
 
@@ -57,6 +61,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="32,128,256")
     ap.add_argument("--max-listings", type=int, default=0, help="the first N listings only (0 = all)")
     ap.add_argument("--skip-backbones", action="store_true", help="skip stage 1 (the backbones alone)")
+    ap.add_argument("--version-steps", type=int, default=0, help="stage 5: steps per member (0 = skip)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     device = args.device
@@ -131,11 +136,54 @@ def main() -> None:
     score_listings(model, encode_all(model, features, device=device), families)
     result["score_s"] = round(time.perf_counter() - t, 2)
     result["score_listings_per_s"] = round(len(listings) / result["score_s"], 1)
+    if args.version_steps:
+        result.update(version_end_to_end(listings, features, args.version_steps, device))
     if cuda:
         result["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     print(json.dumps(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def version_end_to_end(listings, frozen, steps: int, device: str) -> dict:
+    """Stage 5: an app version trained end to end, then embedded as a score job's stage 1 does."""
+    from ml_worker.end_to_end import load_raw_inputs
+    from ml_worker.ensemble import train_cross_fit
+    from ml_worker.features import own_backbones
+
+    config = MapsConfig(end_to_end=True)
+    out = {"version_steps": steps}
+    t = time.perf_counter()
+    raw = load_raw_inputs(listings, config, progress=False)
+    out["version_decode_s"] = round(time.perf_counter() - t, 1)
+
+    def features_of(model):
+        model.to(device)
+        return extract_features(listings, config, device=device, progress=False, backbones=model.backbones())
+
+    t = time.perf_counter()
+    version, info = train_cross_fit(
+        frozen,
+        [x.family for x in listings],
+        [x.category for x in listings],
+        config,
+        TrainConfig(steps=steps, folds=2),
+        device=device,
+        progress=False,
+        raw=raw,
+        features_of=features_of,
+    )
+    out["version_train_and_validate_s"] = round(time.perf_counter() - t, 1)
+    out["version_validation"] = {k: v for k, v in info["validation"].items() if isinstance(v, float)}
+    t = time.perf_counter()
+    for member in (version.final, *version.folds):
+        member.to(device)
+        feats = extract_features(
+            listings, config, device=device, progress=False, training=False, backbones=own_backbones(member)
+        )
+        encode_all(member.eval(), feats, device=device)
+    out["version_embed_s"] = round(time.perf_counter() - t, 1)
+    return out
 
 
 if __name__ == "__main__":
