@@ -182,9 +182,10 @@ def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
         review.claim(flag=flag, user=request.user)
     members = selectors.flag_family(flag)
     evidence = flag.evidence or {}
-    agreement = {a["sku"]: a["p_same_family"] for a in evidence.get("family_agreement", [])}
+    agreement = {a["sku"]: a for a in evidence.get("family_agreement", [])}
     for member in members:
-        member.p_same_family = agreement.get(member.sku)
+        member.p_same_family = agreement.get(member.sku, {}).get("p_same_family")
+        member.excluded = agreement.get(member.sku, {}).get("excluded", False)
     history = flag.decisions.select_related("reviewer", "undoes").order_by("created_at", "id")
     return {
         "flag": flag,

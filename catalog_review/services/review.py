@@ -250,3 +250,22 @@ def decide_many(*, flags: list[Flag], user, decision: str, note: str = "") -> tu
         except ReviewConflict:
             conflicts += 1
     return done, conflicts
+
+
+def review_labels_in_force() -> QuerySet[LabelledPair]:
+    """Reviewer labels that stand: neither a retraction nor retracted."""
+    return LabelledPair.objects.filter(
+        source=LabelledPair.Source.REVIEW, retracts__isnull=True, retracted_by__isnull=True
+    )
+
+
+def confirmed_wrong_variants(product_ids=None) -> set[int]:
+    """Listings a reviewer confirmed as wrong variants (labels in force, so an undo brings them back):
+    they no longer count as members of the family they are linked into, neither as positives when
+    training nor in their siblings' wrong-variant scores."""
+    pairs = review_labels_in_force().filter(
+        relation=LabelledPair.Relation.DIFFERENT, decision__flag__kind=Flag.Kind.WRONG_VARIANT
+    )
+    if product_ids is not None:
+        pairs = pairs.filter(decision__flag__product_id__in=list(product_ids))
+    return set(pairs.values_list("decision__flag__product_id", flat=True))

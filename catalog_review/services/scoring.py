@@ -43,6 +43,7 @@ from catalog_review.models import (
 )
 from catalog_review.services.jobs import job_create, job_mark_running, refresh_planner_statistics
 from catalog_review.services.model_versions import active_version, load_model, ml_device
+from catalog_review.services.review import confirmed_wrong_variants
 from ml_worker.catalogue import Listing
 from ml_worker.features import FeatureCache, extract_features, own_backbones
 from ml_worker.heatmap import render_heatmap
@@ -269,7 +270,10 @@ def _wrong_variant_scores(
 ) -> tuple[dict, dict]:
     """1 - mean P(same family) against the other members, from the model that never saw the family
     (`inputs`: the chunk as the final model reads it; a fold model with its own backbones reads its
-    families through them)."""
+    families through them). A member a reviewer confirmed as a wrong variant is left out of its
+    siblings' means (shown, marked `excluded`): the family it was wrongly linked into should not make
+    its rightful members look wrong. A listing left with no sibling to compare with gets no score."""
+    confirmed_out = confirmed_wrong_variants([p.pk for p in products])
     members = defaultdict(list)
     for i, p in enumerate(products):
         members[p.family.code].append(i)
@@ -296,13 +300,17 @@ def _wrong_variant_scores(
             for i in idx:
                 others = [j for j in idx if j != i]
                 p = agreement[local[i]]
-                scores[products[i].pk] = 1.0 - float(np.mean(p))
-                evidence[products[i].pk] = {
-                    "family_agreement": [
-                        {"sku": products[j].sku, "p_same_family": round(v, 4)}
-                        for j, v in zip(others, p, strict=True)
-                    ]
-                }
+                excluded = [products[j].pk in confirmed_out for j in others]
+                counted = [v for v, x in zip(p, excluded, strict=True) if not x]
+                if not counted:
+                    continue
+                scores[products[i].pk] = 1.0 - float(np.mean(counted))
+                entries = []
+                for j, v, x in zip(others, p, excluded, strict=True):
+                    entries.append({"sku": products[j].sku, "p_same_family": round(v, 4)})
+                    if x:
+                        entries[-1]["excluded"] = True
+                evidence[products[i].pk] = {"family_agreement": entries}
     return scores, evidence
 
 
@@ -499,7 +507,8 @@ def flag_chunk_run(chunk_id: int) -> str:
             product = e.product
             if e.wrong_variant_score is not None and e.wrong_variant_score >= thresholds["wrong_variant"]:
                 agreement = e.evidence.get("family_agreement", [])
-                agreeing = sum(1 for a in agreement if a["p_same_family"] >= 0.5)
+                counted = [a for a in agreement if not a.get("excluded")]
+                agreeing = sum(1 for a in counted if a["p_same_family"] >= 0.5)
                 outcome = assert_flag(
                     kind=Flag.Kind.WRONG_VARIANT,
                     product=product,
@@ -510,7 +519,7 @@ def flag_chunk_run(chunk_id: int) -> str:
                     evidence={
                         "wrong_variant_score": round(e.wrong_variant_score, 4),
                         "agrees_with": agreeing,
-                        "family_size": len(agreement) + 1,
+                        "family_size": len(counted) + 1,
                         "family_agreement": agreement,
                     },
                     heatmap=_heatmap(product, e, version),

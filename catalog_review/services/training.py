@@ -32,6 +32,7 @@ from catalog_review.services.model_versions import (
     ml_device,
     promotion_decision,
 )
+from catalog_review.services.review import confirmed_wrong_variants, review_labels_in_force
 from catalog_review.services.scoring import product_listing, score_start
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
@@ -72,15 +73,6 @@ def train_start(
     return job
 
 
-def review_labels_in_force():
-    """Reviewer labels that stand: neither a retraction nor retracted."""
-    from catalog_review.models import LabelledPair
-
-    return LabelledPair.objects.filter(
-        source=LabelledPair.Source.REVIEW, retracts__isnull=True, retracted_by__isnull=True
-    )
-
-
 def training_families(products: list[Product]) -> tuple[list[str], dict]:
     """The family label of each listing for training, corrected by reviewer labels in force (not
     retracted): a listing a reviewer confirmed as a wrong variant leaves its family (it becomes a
@@ -88,14 +80,8 @@ def training_families(products: list[Product]) -> tuple[list[str], dict]:
     Returns the labels and the counts of reviewer labels used, by relation."""
     from django.db.models import Count
 
-    from catalog_review.models import Flag, LabelledPair
-
     in_force = review_labels_in_force()
-    moved_out = set(
-        in_force.filter(
-            relation=LabelledPair.Relation.DIFFERENT, decision__flag__kind=Flag.Kind.WRONG_VARIANT
-        ).values_list("decision__flag__product_id", flat=True)
-    )
+    moved_out = confirmed_wrong_variants()
     families = [f"reviewed-out:{p.sku}" if p.pk in moved_out else p.family.code for p in products]
     by_relation = dict(in_force.values_list("relation").annotate(n=Count("id")).order_by())
     return families, {

@@ -214,6 +214,65 @@ def test_rescoring_keeps_decisions_updates_open_flags_and_marks_stale(celery_wor
     ).exists()
 
 
+def test_a_confirmed_wrong_variant_stops_counting_against_its_siblings(
+    celery_worker, catalogue, reviewer, client
+):
+    """Once a reviewer confirms PLANTED is not of FAM-circle, the circle lamps are scored against each
+    other alone (PLANTED shown, marked excluded); PLANTED keeps its own score; an undo restores it."""
+    from catalog_review.services import review
+
+    def circle_scores():
+        rows = ProductEmbedding.objects.filter(
+            model_version=active_version(), product__family__code="FAM-circle"
+        ).select_related("product")
+        return {e.product.sku: e for e in rows}
+
+    finished(score_start().pk)
+    before = circle_scores()
+    flag, _ = Flag.objects.get_or_create(
+        kind=Flag.Kind.WRONG_VARIANT,
+        product=Product.objects.get(sku="PLANTED"),
+        status=Flag.Status.OPEN,
+        defaults={"score": 0.9, "model_version": active_version()},
+    )
+    review.decide(flag_id=flag.pk, user=reviewer, decision="confirm")
+    finished(score_start(scope={"family": "FAM-circle"}).pk)
+    after = circle_scores()
+    for sku in ("circle-red", "circle-blue", "circle-green"):
+        agreement = {a["sku"]: a for a in after[sku].evidence["family_agreement"]}
+        assert agreement["PLANTED"].get("excluded") is True and len(agreement) == 3
+        counted = [a["p_same_family"] for a in agreement.values() if not a.get("excluded")]
+        assert after[sku].wrong_variant_score == pytest.approx(1 - np.mean(counted), abs=1e-4)  # (rounded)
+        assert after[sku].wrong_variant_score < before[sku].wrong_variant_score  # the bar no longer drags
+    assert after["PLANTED"].wrong_variant_score == pytest.approx(
+        before["PLANTED"].wrong_variant_score, abs=1e-5
+    )
+    assert not any(a.get("excluded") for a in after["PLANTED"].evidence["family_agreement"])
+
+    # the flag page of a sibling shows the excluded member as not counted
+    sibling, _ = Flag.objects.update_or_create(
+        kind=Flag.Kind.WRONG_VARIANT,
+        product=after["circle-red"].product,
+        status=Flag.Status.OPEN,
+        defaults={
+            "score": 0.8,
+            "model_version": active_version(),
+            "evidence": {"family_agreement": after["circle-red"].evidence["family_agreement"]},
+        },
+    )
+    client.force_login(reviewer)
+    page = client.get(reverse("flag", args=[sibling.pk])).content.decode()
+    assert page.count("not counted in the score") == 1
+
+    review.undo(flag_id=flag.pk, user=reviewer)
+    finished(score_start(scope={"family": "FAM-circle"}).pk)
+    restored = circle_scores()
+    assert not any(a.get("excluded") for a in restored["circle-red"].evidence["family_agreement"])
+    assert restored["circle-red"].wrong_variant_score == pytest.approx(
+        before["circle-red"].wrong_variant_score, abs=1e-5
+    )
+
+
 def test_redelivered_chunks_write_nothing_twice(celery_worker, catalogue):
     from catalog_review.gpu_tasks import embed_chunk
 
