@@ -78,3 +78,16 @@ def test_a_missing_metrics_script_is_named(tmp_path, capsys):
             [str(tmp_path), str(tmp_path / "s.jsonl"), str(tmp_path), "--metrics", str(tmp_path / "nope.py")]
         )
     assert "nope.py not found" in capsys.readouterr().err
+
+
+def test_the_reviewed_listings_are_the_top_flags_and_their_candidates():
+    from benchmarks.sibling_flags import reviewed_listings
+
+    scores = [
+        {"sku": "a", "wrong_variant_score": 0.95, "duplicate_score": None, "duplicate_of": None},
+        {"sku": "b", "wrong_variant_score": 0.2, "duplicate_score": 0.93, "duplicate_of": "c"},
+        {"sku": "d", "wrong_variant_score": 0.8, "duplicate_score": 0.5, "duplicate_of": "a"},
+        {"sku": "e", "wrong_variant_score": 0.6, "duplicate_score": 0.91, "duplicate_of": "f"},
+    ]
+    assert reviewed_listings(scores, 2) == {"a", "b", "c"}  # a (0.95), then the b-c pair (0.93)
+    assert reviewed_listings(scores, 4) == {"a", "b", "c", "d", "e", "f"}
