@@ -1,4 +1,5 @@
 from django import forms
+from django.conf import settings
 
 from catalog_review.models import Category, Flag, ImageStatus, ModelVersion, ReviewDecision
 
@@ -103,6 +104,16 @@ class TrainJobForm(forms.Form):
             ("frozen", "frozen features"),
         ],
     )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        configured = {
+            "auto": "end to end on a GPU worker, frozen on a CPU",
+            "on": "end to end",
+            "off": "frozen features",
+        }[settings.TRAIN_END_TO_END]
+        field = self.fields["backbones"]
+        field.choices = [("", f"as configured: {configured}"), *field.choices[1:]]
 
     def end_to_end(self) -> bool | None:
         return {"end_to_end": True, "frozen": False}.get(self.cleaned_data.get("backbones") or "")

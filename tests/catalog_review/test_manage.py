@@ -72,6 +72,8 @@ def test_start_training_and_cancel_it(admin_client):
     assert job.status == Job.Status.CANCELLED and job.finished_at
     response = admin_client.post(reverse("manage_start_train"), {"steps": "0"})
     assert response.status_code == 400
+    page = admin_client.get(reverse("manage_jobs")).content.decode()
+    assert "as configured: end to end on a GPU worker, frozen on a CPU" in page  # TRAIN_END_TO_END=auto
     response = admin_client.post(reverse("manage_start_train"), {"backbones": "sideways"})
     assert response.status_code == 400 and b"Select a valid choice" in response.content
     admin_client.post(reverse("manage_start_train"), {"steps": "5", "backbones": "end_to_end"})
