@@ -4,7 +4,7 @@ The catalogue's families are the training labels, and they contain the errors we
 trained on a wrong listing as a member of its family calls it consistent. Measured on hm-dev (seed 7,
 200 steps, BENCHMARKS.md): one model trained on every family and scoring every family reaches
 wrong_variant AP 0.684; 2-fold cross-fitting (each family scored by a model that never saw it) 0.751.
-So a version holds:
+So a version holds (each member with its own fine-tuned backbones when trained end to end):
 - `folds[k]`: trained without the families of fold k; scores the wrong variants of fold k's families;
 - `final`: trained on every family; gives the stored embeddings (pgvector kNN, search), the duplicate
   scores and the attention maps, which compare listings across families.
@@ -28,7 +28,7 @@ from torch import nn
 from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import RawInputs
-from ml_worker.features import FeatureCache
+from ml_worker.features import FeatureCache, own_backbones
 from ml_worker.train import Labels, ReviewPairs, train_model
 from ml_worker.validation import planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
@@ -124,7 +124,7 @@ def train_cross_fit(
         raise ValueError("end_to_end training needs the raw inputs (ml_worker.end_to_end.load_raw_inputs)")
 
     def read(model: nn.Module) -> FeatureCache:
-        if getattr(model, "backbones", lambda: None)() is None:
+        if own_backbones(model) is None:
             return features
         if features_of is None:
             raise ValueError("a model with its own backbones needs features_of to be validated")
