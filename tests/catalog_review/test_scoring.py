@@ -411,6 +411,16 @@ def test_a_version_trained_end_to_end_scores_through_its_own_backbones(celery_wo
         train_start(end_to_end="yes")
 
 
+def test_train_command_waits_and_reports_the_version(celery_worker, catalogue):
+    out = io.StringIO()
+    call_command("train", "--wait", "--frozen", "--steps", "1", "--no-progress", stdout=out)
+    text = out.getvalue()
+    version = ModelVersion.objects.exclude(name="zero-shot").get()
+    assert f"Model version {version.name} (backbones frozen)" in text
+    assert "pr_auc" in text and "Not activated" in text  # no --activate
+    assert version.config["model"]["end_to_end"] is False and not version.is_active
+
+
 def test_train_end_to_end_setting_decides_unless_the_job_asks(settings):
     from catalog_review.services.training import end_to_end_for
 
