@@ -13,7 +13,8 @@ count as seen.
 usage (the catalogue imported and scored, a stack running, an admin token):
   .venv/bin/python benchmarks/review_simulator.py EVAL_DIR --url http://127.0.0.1:8000 --token TOKEN \
       [--rounds 3] [--per-round 100] [--steps 200] [--ordering -score|uncertain] [--compare-version NAME]...
-      [--out results.jsonl]
+      [--end-to-end | --frozen] [--out results.jsonl]
+(`--end-to-end` / `--frozen` choose each retraining's backbones; neither: the server's TRAIN_END_TO_END.)
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def run(
     steps: int | None = None,
     ordering: str = "-score",
     earlier_versions: tuple[str, ...] = (),
+    end_to_end: bool | None = None,
     job_timeout_s: float = 3600,
     log=print,
 ) -> list[dict]:
@@ -175,9 +177,8 @@ def run(
             if flag["counterpart_sku"]:
                 reviewed.add(flag["counterpart_sku"])
         started = time.monotonic()
-        status, job = api.call(
-            "POST", "/api/jobs/train", {"activate": True, **({"steps": steps} if steps else {})}
-        )
+        body = {"activate": True, "end_to_end": end_to_end, **({"steps": steps} if steps else {})}
+        status, job = api.call("POST", "/api/jobs/train", body)
         if status != 202:
             raise RuntimeError(f"POST /api/jobs/train: {status} {job}")
         job = api.wait(job["id"], job_timeout_s)
@@ -239,6 +240,9 @@ def main() -> None:
         default=[],
         help="an earlier round's version to measure on the final unreviewed set (repeatable, oldest first)",
     )
+    backbones = ap.add_mutually_exclusive_group()
+    backbones.add_argument("--end-to-end", dest="end_to_end", action="store_const", const=True)
+    backbones.add_argument("--frozen", dest="end_to_end", action="store_const", const=False)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -256,6 +260,7 @@ def main() -> None:
         steps=args.steps,
         ordering=args.ordering,
         earlier_versions=tuple(args.compare_version),
+        end_to_end=args.end_to_end,
     )
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in results))

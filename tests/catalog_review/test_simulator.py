@@ -41,9 +41,8 @@ def test_one_round_of_the_simulator(celery_worker, live_server, tmp_path, settin
     assert Flag.objects.filter(status="open").count() >= 5, "the job's own thresholds apply"
     admin = UserFactory(username="sim-admin", is_staff=True)
     lines = []
-    results = run(
-        eval_dir, Api(live_server.url, create_token(admin)), rounds=1, per_round=5, steps=1, log=lines.append
-    )
+    api = Api(live_server.url, create_token(admin))
+    results = run(eval_dir, api, rounds=1, per_round=5, steps=1, end_to_end=False, log=lines.append)
     rounds = [r for r in results if "round" in r]
     finals = [r for r in results if r.get("final_unreviewed_set")]
     assert [r["round"] for r in rounds] == [0, 1] and len(rounds) + len(finals) == len(results)
@@ -51,7 +50,8 @@ def test_one_round_of_the_simulator(celery_worker, live_server, tmp_path, settin
     assert first["decisions"] == 5 and first["confirmed"] + first["rejected"] == 5
     assert first["reviewed_listings"] >= 5
     assert first["listings"] == rounds[0]["listings"] - first["reviewed_listings"]
-    assert ModelVersion.objects.filter(name=first["model_version"]).exists()
+    version = ModelVersion.objects.get(name=first["model_version"])
+    assert version.config["model"]["end_to_end"] is False  # as the simulator asked
     assert Flag.objects.filter(status__in=["confirmed", "rejected"]).count() >= 5
     assert LabelledPair.objects.exists()
     assert len(lines) == len(results) and json.loads(lines[1])["round"] == 1
