@@ -177,7 +177,12 @@ def main() -> None:
     ) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB}")
         conn.execute(f"CREATE DATABASE {DB}")
-    env = {"DATABASE_NAME": DB, "SCORE_ON_IMPORT": "false", "ALLOWED_HOSTS": "127.0.0.1,localhost"}
+    env = {
+        "DATABASE_NAME": DB,
+        "SCORE_ON_IMPORT": "false",
+        "RESCORE_FAMILY_ON_CONFIRM": "false",  # no workers here: no re-score tasks left in the broker
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+    }
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=os.environ | env, check=True
     )

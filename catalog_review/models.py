@@ -273,6 +273,8 @@ class Job(models.Model):
                 if "category" in scope
                 else f"{len(scope['skus'])} skus"
                 if "skus" in scope
+                else "the family of a confirmed wrong variant"
+                if scope.get("reason") == "review"
                 else f"{len(scope['family_ids'])} changed families"
                 if "family_ids" in scope
                 else "whole catalogue"

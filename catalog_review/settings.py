@@ -251,6 +251,8 @@ PROMOTION_TOLERANCE = env_float("PROMOTION_TOLERANCE", 0.005)
 # held-out reviewer-labelled pairs needed before they count in the promotion gate
 PROMOTION_MIN_REVIEW_PAIRS = env_int("PROMOTION_MIN_REVIEW_PAIRS", 20, minimum=1)
 SCORE_ON_IMPORT = env_bool("SCORE_ON_IMPORT", True)
+# a confirmed (or undone) wrong variant re-scores its family at once (its siblings' scores change)
+RESCORE_FAMILY_ON_CONFIRM = env_bool("RESCORE_FAMILY_ON_CONFIRM", True)
 SCORE_AFTER_ACTIVATION = env_bool(
     "SCORE_AFTER_ACTIVATION", True
 )  # activating a version re-scores  # import enqueues scoring of the changed families

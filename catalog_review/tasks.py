@@ -27,6 +27,20 @@ def flag_chunk(*, chunk_id: int) -> str:
     return _run_chunk(flag_chunk_run, chunk_id)
 
 
+@shared_task(acks_late=True)
+def rescore_family(*, family_id: int) -> str:
+    """Re-score one family with the active version after a reviewer confirmed (or undid the
+    confirmation of) a wrong variant in it."""
+    from catalog_review.models import ModelVersion, VariationFamily
+    from catalog_review.services.scoring import score_start
+
+    version = ModelVersion.objects.filter(is_active=True).first()
+    if version is None or not VariationFamily.objects.filter(pk=family_id).exists():
+        return "nothing to do"
+    job = score_start(scope={"family_ids": [family_id], "reason": "review"}, version=version)
+    return f"score job {job.pk}"
+
+
 def _run_chunk(run, chunk_id: int) -> str:
     from catalog_review.models import JobChunk
     from catalog_review.services.jobs import job_fail

@@ -30,6 +30,9 @@ def media_root(tmp_path_factory) -> Path:
     settings.MEDIA_ROOT = root
     settings.MODEL_DIR = root.parent / "models"
     settings.FEATURE_CACHE_DIR = root.parent / "feature-cache"
+    # a confirmed wrong variant publishes a re-score task: only tests with a worker (and its broker)
+    # switch it on, so no test without one leaves tasks behind
+    settings.RESCORE_FAMILY_ON_CONFIRM = False
     return root
 
 

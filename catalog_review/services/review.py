@@ -149,6 +149,8 @@ def decide(
                 flag.claimed_by, flag.claim_expires_at = None, None
                 flag.save(update_fields=["status", "claimed_by", "claim_expires_at", "updated_at"])
                 LabelledPair.objects.bulk_create(_pairs(flag, decision, row))
+                if decision == D.CONFIRM:
+                    _rescore_family_after(flag)
     except IntegrityError:
         if client_request_id:  # the same request raced itself: the first one won
             return DecisionResult(
@@ -213,7 +215,22 @@ def undo(*, flag_id: int, user) -> ReviewDecision:
                 )
                 for p in last.labelled_pairs.all()
             )
+            if last.decision == D.CONFIRM:
+                _rescore_family_after(flag)
     return row
+
+
+def _rescore_family_after(flag: Flag) -> None:
+    """A confirmed (or un-confirmed) wrong variant changes its siblings' scores (a confirmed wrong
+    variant does not count in them): re-score its family once the decision is committed, so their
+    flags follow at once instead of at the next score job (RESCORE_FAMILY_ON_CONFIRM). The request
+    only publishes a task; the score job is created by a worker."""
+    if flag.kind != Flag.Kind.WRONG_VARIANT or not settings.RESCORE_FAMILY_ON_CONFIRM:
+        return
+    from catalog_review.tasks import rescore_family
+
+    family_id = Product.objects.filter(pk=flag.product_id).values_list("family_id", flat=True).first()
+    transaction.on_commit(lambda: rescore_family.delay(family_id=family_id))
 
 
 def undo_last(*, user) -> ReviewDecision:

@@ -214,11 +214,24 @@ def test_rescoring_keeps_decisions_updates_open_flags_and_marks_stale(celery_wor
     ).exists()
 
 
+def review_rescore(n: int) -> Job:
+    """The n-th score job a review decision started, once finished."""
+    job = wait_for(
+        lambda: (
+            Job.objects.filter(kind=Job.Kind.SCORE, scope__reason="review").order_by("pk")[n - 1 : n].first()
+        ),
+        timeout=60,
+        message=f"review re-score job {n}",
+    )
+    return finished(job.pk)
+
+
 def test_a_confirmed_wrong_variant_stops_counting_against_its_siblings(
-    celery_worker, catalogue, reviewer, client
+    celery_worker, catalogue, reviewer, client, settings
 ):
-    """Once a reviewer confirms PLANTED is not of FAM-circle, the circle lamps are scored against each
-    other alone (PLANTED shown, marked excluded); PLANTED keeps its own score; an undo restores it."""
+    """Once a reviewer confirms PLANTED is not of FAM-circle, its family is re-scored at once and the
+    circle lamps are scored against each other alone (PLANTED shown, marked excluded); PLANTED keeps
+    its own score; an undo re-scores and restores it."""
     from catalog_review.services import review
 
     def circle_scores():
@@ -227,6 +240,7 @@ def test_a_confirmed_wrong_variant_stops_counting_against_its_siblings(
         ).select_related("product")
         return {e.product.sku: e for e in rows}
 
+    settings.RESCORE_FAMILY_ON_CONFIRM = True
     finished(score_start().pk)
     before = circle_scores()
     flag, _ = Flag.objects.get_or_create(
@@ -236,7 +250,9 @@ def test_a_confirmed_wrong_variant_stops_counting_against_its_siblings(
         defaults={"score": 0.9, "model_version": active_version()},
     )
     review.decide(flag_id=flag.pk, user=reviewer, decision="confirm")
-    finished(score_start(scope={"family": "FAM-circle"}).pk)
+    rescored = review_rescore(1)  # the confirmation re-scores the family by itself
+    assert rescored.scope["family_ids"] == [flag.product.family_id]
+    assert rescored.scope_label.startswith("the family of a confirmed wrong variant")
     after = circle_scores()
     for sku in ("circle-red", "circle-blue", "circle-green"):
         agreement = {a["sku"]: a for a in after[sku].evidence["family_agreement"]}
@@ -265,7 +281,7 @@ def test_a_confirmed_wrong_variant_stops_counting_against_its_siblings(
     assert page.count("not counted in the score") == 1
 
     review.undo(flag_id=flag.pk, user=reviewer)
-    finished(score_start(scope={"family": "FAM-circle"}).pk)
+    review_rescore(2)  # and so does the undo
     restored = circle_scores()
     assert not any(a.get("excluded") for a in restored["circle-red"].evidence["family_agreement"])
     assert restored["circle-red"].wrong_variant_score == pytest.approx(
