@@ -181,6 +181,14 @@ def dashboard_stats(*, days: int = 14) -> dict:
         votes[flag_id][name] = decision
     shared = [v for v in votes.values() if len(v) > 1]
     agreeing = sum(1 for v in shared if len(set(v.values())) == 1)
+    # per reviewer: of the flags someone else also decided, how many got the same answer from all
+    # the others (who disagrees most, and with how much evidence)
+    for r in reviewers:
+        mine = [v for v in shared if r["name"] in v]
+        r["shared"] = len(mine)
+        r["agreeing"] = sum(
+            1 for v in mine if all(d == v[r["name"]] for name, d in v.items() if name != r["name"])
+        )
     return {
         "by_kind": {label: dict(by_kind.get(kind, {})) for kind, label in Flag.Kind.choices},
         "by_category": {k: dict(v) for k, v in sorted(by_category.items())},

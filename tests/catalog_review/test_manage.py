@@ -145,27 +145,38 @@ def test_dashboard_counts_precision_and_agreement(admin_client, reviewer):
             score=score,
             model_version=version,
         )
-        for score in (0.95, 0.92, 0.75, 0.72)
+        for score in (0.95, 0.92, 0.75, 0.72, 0.71)
     ]
     alice = UserFactory(username="alice")
+    bob = UserFactory(username="bob")
     review.decide(flag_id=flags[0].pk, user=reviewer, decision="confirm")
     review.decide(flag_id=flags[1].pk, user=reviewer, decision="reject")
     review.decide(flag_id=flags[2].pk, user=alice, decision="confirm")
     review.undo(flag_id=flags[2].pk, user=alice)
     review.decide(flag_id=flags[2].pk, user=reviewer, decision="confirm")  # alice and reviewer agree
+    review.decide(flag_id=flags[4].pk, user=bob, decision="reject")
+    review.undo(flag_id=flags[4].pk, user=bob)
+    review.decide(flag_id=flags[4].pk, user=reviewer, decision="confirm")  # bob and reviewer disagree
     as_reviewer = Client()
     as_reviewer.force_login(reviewer)
     assert as_reviewer.get(reverse("manage_dashboard")).status_code == 403
     response = admin_client.get(reverse("manage_dashboard"))
     assert response.status_code == 200
     stats = response.context["stats"]
-    assert stats["by_kind"]["wrong variant"] == {"confirmed": 2, "rejected": 1, "open": 1}
-    assert stats["by_category"]["Shoes"]["confirmed"] == 2
+    assert stats["by_kind"]["wrong variant"] == {"confirmed": 3, "rejected": 1, "open": 1}
+    assert stats["by_category"]["Shoes"]["confirmed"] == 3
     band = {(b["kind"], b["band"]): b for b in stats["bands"]}
     assert band[("wrong variant", "0.9-1.0")]["precision"] == 0.5
     assert band[("wrong variant", "0.7-0.8")]["precision"] == 1.0
-    assert stats["agreement"] == {"flags": 1, "agreeing": 1}
-    assert {r["name"]: r["total"] for r in stats["reviewers"]} == {"alice": 1, "reviewer": 3}
+    assert stats["agreement"] == {"flags": 2, "agreeing": 1}
+    by_name = {r["name"]: r for r in stats["reviewers"]}
+    assert {name: r["total"] for name, r in by_name.items()} == {"alice": 1, "bob": 1, "reviewer": 4}
+    assert {name: (r["agreeing"], r["shared"]) for name, r in by_name.items()} == {
+        "alice": (1, 1),
+        "bob": (0, 1),
+        "reviewer": (1, 2),
+    }
+    assert "0 of 1" in response.content.decode()  # bob's column
     assert b"<svg" in response.content
 
 
