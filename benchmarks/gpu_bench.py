@@ -149,17 +149,13 @@ def version_end_to_end(listings, frozen, steps: int, device: str) -> dict:
     """Stage 5: an app version trained end to end, then embedded as a score job's stage 1 does."""
     from ml_worker.end_to_end import load_raw_inputs
     from ml_worker.ensemble import train_cross_fit
-    from ml_worker.features import own_backbones
+    from ml_worker.features import features_for
 
     config = MapsConfig(end_to_end=True)
     out = {"version_steps": steps}
     t = time.perf_counter()
     raw = load_raw_inputs(listings, config, progress=False)
     out["version_decode_s"] = round(time.perf_counter() - t, 1)
-
-    def features_of(model):
-        model.to(device)
-        return extract_features(listings, config, device=device, progress=False, backbones=model.backbones())
 
     t = time.perf_counter()
     version, info = train_cross_fit(
@@ -171,17 +167,13 @@ def version_end_to_end(listings, frozen, steps: int, device: str) -> dict:
         device=device,
         progress=False,
         raw=raw,
-        features_of=features_of,
+        features_of=lambda m: features_for(m, listings, device=device, training=True),
     )
     out["version_train_and_validate_s"] = round(time.perf_counter() - t, 1)
     out["version_validation"] = {k: v for k, v in info["validation"].items() if isinstance(v, float)}
     t = time.perf_counter()
     for member in (version.final, *version.folds):
-        member.to(device)
-        feats = extract_features(
-            listings, config, device=device, progress=False, training=False, backbones=own_backbones(member)
-        )
-        encode_all(member.eval(), feats, device=device)
+        encode_all(member.eval(), features_for(member, listings, device=device), device=device)
     out["version_embed_s"] = round(time.perf_counter() - t, 1)
     return out
 

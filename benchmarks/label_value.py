@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from ml_worker.catalogue import load_catalogue  # noqa: E402
 from ml_worker.config import MapsConfig, TrainConfig  # noqa: E402
 from ml_worker.end_to_end import load_raw_inputs  # noqa: E402
-from ml_worker.features import extract_features  # noqa: E402
+from ml_worker.features import extract_features, features_for  # noqa: E402
 from ml_worker.scoring import encode_all, score_listings  # noqa: E402
 from ml_worker.train import Labels, ReviewPairs, train_model  # noqa: E402
 
@@ -208,14 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             for d, (rows, feats) in held_out.items():
                 model.to(device)  # score_listings leaves it on the CPU
                 if feats is None:
-                    feats = extract_features(
-                        rows,
-                        config,
-                        device=device,
-                        progress=False,
-                        training=False,
-                        backbones=model.backbones(),
-                    )
+                    feats = features_for(model, rows, device=device)
                 outputs = encode_all(model, feats, device=device)
                 out = score_listings(model, outputs, [x.family for x in rows])
                 export = {

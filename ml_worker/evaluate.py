@@ -21,7 +21,7 @@ from ml_worker.catalogue import load_catalogue
 from ml_worker.checkpoint import load_checkpoint, save_checkpoint
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
-from ml_worker.features import FeatureCache, extract_features
+from ml_worker.features import FeatureCache, extract_features, features_for, own_backbones
 from ml_worker.lexical import price_of
 from ml_worker.scoring import encode_all, score_listings
 from ml_worker.train import Labels, train_model
@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def own_features(model) -> FeatureCache:
         """What a model scores: the frozen features, or its own fine-tuned backbones' (end to end)."""
-        if model.backbones() is None:
+        if own_backbones(model) is None:
             return features
-        return extract_features(listings, config, device=device, training=False, backbones=model.backbones())
+        return features_for(model, listings, device=device, progress=True)
 
     scores = {}
     t1 = time.perf_counter()

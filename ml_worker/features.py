@@ -111,6 +111,19 @@ def own_backbones(model) -> tuple[EfficientNetLite0, TextEncoder] | None:
     return backbones() if backbones is not None else None
 
 
+def features_for(
+    model, listings: list[Listing], *, device: str = "cpu", training: bool = False, progress: bool = False
+) -> FeatureCache:
+    """The listings as `model` reads them: through its own fine-tuned backbones (moved to `device`)
+    when it was trained end to end, else through the packaged frozen ones (not cached)."""
+    backbones = own_backbones(model)
+    if backbones is not None:
+        model.to(device)
+    return extract_features(
+        listings, model.config, device=device, progress=progress, training=training, backbones=backbones
+    )
+
+
 def extract_features(
     listings: list[Listing],
     config: MapsConfig,

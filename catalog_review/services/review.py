@@ -229,7 +229,7 @@ def _rescore_family_after(flag: Flag) -> None:
         return
     from catalog_review.tasks import rescore_family
 
-    family_id = Product.objects.filter(pk=flag.product_id).values_list("family_id", flat=True).first()
+    family_id = flag.product.family_id  # decide() has the product loaded already
     transaction.on_commit(lambda: rescore_family.delay(family_id=family_id))
 
 

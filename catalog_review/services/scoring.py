@@ -45,7 +45,7 @@ from catalog_review.services.jobs import job_create, job_mark_running, refresh_p
 from catalog_review.services.model_versions import active_version, load_model, ml_device
 from catalog_review.services.review import confirmed_wrong_variants
 from ml_worker.catalogue import Listing
-from ml_worker.features import FeatureCache, extract_features, own_backbones
+from ml_worker.features import features_for, own_backbones
 from ml_worker.heatmap import render_heatmap
 from ml_worker.lexical import TitleIdf, numbers, price_of
 from ml_worker.modeling_maps import MapsOutput
@@ -202,7 +202,7 @@ def embed_chunk_run(chunk_id: int) -> str:
     rows = []
     if products:
         listings = [product_listing(p) for p in products]
-        features = _read(model.final, listings, device)
+        features = features_for(model.final, listings, device=device)
         inputs = features.inputs(torch.arange(len(products))).to(device)
         out = encode_inputs(model.final.to(device), inputs)
         wrong_variant, evidence = _wrong_variant_scores(model, products, listings, inputs, device)
@@ -254,17 +254,6 @@ def embed_chunk_run(chunk_id: int) -> str:
     return f"embedded {len(rows)}"
 
 
-def _read(model, listings: list[Listing], device: str) -> FeatureCache:
-    """The listings as `model` reads them: through its own fine-tuned backbones (a version trained end
-    to end: one backbone pass per member model) or through the packaged frozen ones."""
-    backbones = own_backbones(model)
-    if backbones is not None:
-        model.to(device)
-    return extract_features(
-        listings, model.config, device=device, progress=False, training=False, backbones=backbones
-    )
-
-
 def _wrong_variant_scores(
     model, products: list[Product], listings: list[Listing], inputs, device: str
 ) -> tuple[dict, dict]:
@@ -290,7 +279,8 @@ def _wrong_variant_scores(
         if own_backbones(family_model) is None:
             family_inputs = inputs.index(torch.as_tensor(rows))
         else:
-            family_inputs = _read(family_model, [listings[i] for i in rows], device).inputs(
+            family_listings = [listings[i] for i in rows]
+            family_inputs = features_for(family_model, family_listings, device=device).inputs(
                 torch.arange(len(rows))
             )
         out = encode_inputs(family_model, family_inputs.to(device))

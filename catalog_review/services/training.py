@@ -37,7 +37,7 @@ from catalog_review.services.scoring import product_listing, score_start
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.ensemble import save_cross_fit, train_cross_fit
-from ml_worker.features import FeatureCache, extract_features
+from ml_worker.features import extract_features, features_for
 from ml_worker.train import ReviewPairs
 
 MIN_FAMILIES = 4  # with 2+ listings each: fewer gives no negatives to learn from
@@ -168,11 +168,6 @@ def train_run(job_id: int) -> str:
     features_s = time.perf_counter() - started
     job_set_progress(job=job, done=n, counts={"phase": "training", "end_to_end": end_to_end})
 
-    def features_of(model) -> FeatureCache:
-        """What a model with its own fine-tuned backbones reads, for validating it."""
-        model.to(device)
-        return extract_features(listings, config, device=device, progress=False, backbones=model.backbones())
-
     parent = active_version()
     model, info = train_cross_fit(
         features,
@@ -186,7 +181,7 @@ def train_run(job_id: int) -> str:
         baseline=load_model(parent),
         review_pairs=review_pairs_for(products),
         raw=raw,
-        features_of=features_of,
+        features_of=lambda m: features_for(m, listings, device=device, training=True),
     )
     name = f"maps-{timezone.now():%Y%m%d-%H%M%S}-j{job.pk}"
     directory = settings.MODEL_DIR / name
