@@ -18,10 +18,16 @@ Configurations: `none` (families only, the round-0 recipe), `wX` (reviewer pairs
 With `--end-to-end` (the GPU path) both backbones are fine-tuned as well, and each model scores the
 held-out catalogues through its own fine-tuned backbones.
 
+With `--calibrate` a configuration with labels trains a whole version as a train job does (2 fold
+models + the final model, `ml_worker.ensemble.train_cross_fit`), whose wrong-variant calibrator is
+fitted on the decided wrong-variant flags (each read by the fold model that never saw its family);
+the held-out catalogues are then scored by the final model twice, without the calibrator and with it
+(`*_calibrated`), so the two lines differ by the calibrator alone.
+
 usage: .venv/bin/python benchmarks/label_value.py CATALOGUE_DIR ROUND0_SCORES HELD_OUT_DIR...
            [--decisions 300] [--configs none,w2] [--seeds 0,1,2] [--cache-dir var/feature-cache]
            [--kind all|wrong_variant|duplicate] [--wrong-variant-threshold 0.7] [--end-to-end]
-           [--metrics ../shared/eval/metrics.py]
+           [--metrics ../shared/eval/metrics.py] [--calibrate]
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from ml_worker.catalogue import load_catalogue  # noqa: E402
 from ml_worker.config import MapsConfig, TrainConfig  # noqa: E402
 from ml_worker.end_to_end import load_raw_inputs  # noqa: E402
+from ml_worker.ensemble import train_cross_fit  # noqa: E402
 from ml_worker.features import extract_features, features_for  # noqa: E402
 from ml_worker.scoring import encode_all, score_listings  # noqa: E402
 from ml_worker.train import Labels, ReviewPairs, train_model  # noqa: E402
@@ -133,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         "--end-to-end", action="store_true", help="fine-tune both backbones too (the GPU path; slow on a CPU)"
     )
     ap.add_argument("--metrics", type=Path, default=METRICS, help="the protocol's metrics.py")
+    ap.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="configurations with labels: train a cross-fitted version and fit its wrong-variant calibrator",
+    )
     args = ap.parse_args(argv)
     configs = args.configs.split(",")
     for c in configs:
@@ -165,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         wrong_variant_threshold=args.wrong_variant_threshold,
     )
     print(json.dumps({"decisions": decisions, "pairs": pairs.counts(), "moved_out": len(moved)}), flush=True)
+    # the decided wrong-variant flags: the listing of each "same / different family" pair
+    wrong_variant_labels = {
+        int(a): not bool(t) for a, h, t in zip(pairs.a, pairs.head, pairs.target, strict=True) if h == 0
+    }
     features = extract_features(listings, config, cache_dir=args.cache_dir, device=device, progress=False)
     raw = load_raw_inputs(listings, config, progress=False) if args.end_to_end else None
     held_out = {}
@@ -192,17 +208,36 @@ def main(argv: list[str] | None = None) -> int:
             if per_step:
                 train_config.review_pairs_per_step = int(per_step)
             t0 = time.perf_counter()
-            model, _ = train_model(
-                features,
-                labels,
-                np.arange(len(listings)),
-                config,
-                train_config,
-                device=device,
-                progress=False,
-                review_pairs=pairs if with_labels else None,
-                raw=raw,
-            )
+            calibrator = None
+            if args.calibrate and with_labels:
+                train_config.folds = 2
+                version, _ = train_cross_fit(
+                    features,
+                    families,
+                    [x.category for x in listings],
+                    config,
+                    train_config,
+                    device=device,
+                    progress=False,
+                    review_pairs=pairs,
+                    raw=raw,
+                    features_of=lambda m: features_for(m, listings, device=device, training=True),
+                    wrong_variant_labels=wrong_variant_labels,
+                    listed_families=[x.family for x in listings],
+                )
+                model, calibrator = version.final, version.calibrator
+            else:
+                model, _ = train_model(
+                    features,
+                    labels,
+                    np.arange(len(listings)),
+                    config,
+                    train_config,
+                    device=device,
+                    progress=False,
+                    review_pairs=pairs if with_labels else None,
+                    raw=raw,
+                )
             model.eval()
             line = {"config": c, "seed": seed, "device": device, "train_s": round(time.perf_counter() - t0)}
             for d, (rows, feats) in held_out.items():
@@ -210,22 +245,24 @@ def main(argv: list[str] | None = None) -> int:
                 if feats is None:
                     feats = features_for(model, rows, device=device)
                 outputs = encode_all(model, feats, device=device)
-                out = score_listings(model, outputs, [x.family for x in rows])
-                export = {
-                    rows[i].sku: {
-                        "wrong_variant_score": s.wrong_variant_score,
-                        "duplicate_score": s.duplicate_score,
-                        "duplicate_of": rows[s.duplicate_of].sku if s.duplicate_of is not None else None,
+                for suffix, cal in [("", None), *([("_calibrated", calibrator)] if calibrator else [])]:
+                    out = score_listings(model, outputs, [x.family for x in rows], calibrator=cal)
+                    export = {
+                        rows[i].sku: {
+                            "wrong_variant_score": s.wrong_variant_score,
+                            "duplicate_score": s.duplicate_score,
+                            "duplicate_of": rows[s.duplicate_of].sku if s.duplicate_of is not None else None,
+                        }
+                        for i, s in out.items()
                     }
-                    for i, s in out.items()
-                }
-                m = metrics.evaluate(d, export)
-                line[d.name] = {
-                    k: m[k] for k in ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")
-                }
-            line["mean_wrong_variant_ap"] = round(
-                float(np.mean([line[d.name]["wrong_variant_ap"] for d in held_out])), 4
-            )
+                    m = metrics.evaluate(d, export)
+                    line[d.name + suffix] = {
+                        k: m[k] for k in ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")
+                    }
+            for suffix in ["", *(["_calibrated"] if calibrator else [])]:
+                line["mean_wrong_variant_ap" + suffix] = round(
+                    float(np.mean([line[d.name + suffix]["wrong_variant_ap"] for d in held_out])), 4
+                )
             print(json.dumps(line), flush=True)
     return 0
 

@@ -7,11 +7,14 @@ wrong_variant AP 0.684; 2-fold cross-fitting (each family scored by a model that
 So a version holds (each member with its own fine-tuned backbones when trained end to end):
 - `folds[k]`: trained without the families of fold k; scores the wrong variants of fold k's families;
 - `final`: trained on every family; gives the stored embeddings (pgvector kNN, search), the duplicate
-  scores and the attention maps, which compare listings across families.
+  scores and the attention maps, which compare listings across families;
+- `calibrator` (once reviewers have decided enough wrong-variant flags): how to weigh a listing's
+  wrong-variant evidence, fitted on those decisions (ml_worker.calibration).
 A family's fold is a stable hash of its code, so it never changes between jobs or machines.
 
 On disk: `final/`, `fold-0/`, ... (each a safetensors checkpoint, ml_worker.checkpoint) and
-`manifest.json` with their sha256; the sha256 of the manifest identifies the version.
+`manifest.json` with their sha256 and the calibrator; the sha256 of the manifest identifies the
+version.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
+from ml_worker.calibration import MIN_LABELS, WrongVariantCalibrator, wrong_variant_evidence
 from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import RawInputs
 from ml_worker.features import FeatureCache, own_backbones
+from ml_worker.scoring import encode_inputs
 from ml_worker.train import Labels, ReviewPairs, train_model
 from ml_worker.validation import planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
@@ -46,6 +52,7 @@ def family_fold(family_code: str, folds: int) -> int:
 class CrossFitModel:
     final: nn.Module
     folds: list[nn.Module] = field(default_factory=list)
+    calibrator: WrongVariantCalibrator | None = None
 
     @property
     def config(self) -> MapsConfig:
@@ -72,6 +79,8 @@ def save_cross_fit(model: CrossFitModel, directory: Path, *, metadata: dict | No
         "folds": len(model.folds),
         **(metadata or {}),
     }
+    if model.calibrator is not None:
+        manifest["wrong_variant_calibrator"] = model.calibrator.to_dict()
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return sha256_file(directory / MANIFEST)
 
@@ -93,7 +102,16 @@ def load_cross_fit(directory: Path, *, expected_sha256: str | None = None) -> Cr
         name: load_checkpoint(directory / name, expected_sha256=sha)[0]
         for name, sha in manifest["members"].items()
     }
-    return CrossFitModel(final=loaded["final"], folds=[loaded[f"fold-{k}"] for k in range(manifest["folds"])])
+    calibrator = manifest.get("wrong_variant_calibrator")
+    try:
+        calibrator = WrongVariantCalibrator.from_dict(calibrator) if calibrator else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{manifest_path}: unusable wrong-variant calibrator ({exc})") from exc
+    return CrossFitModel(
+        final=loaded["final"],
+        folds=[loaded[f"fold-{k}"] for k in range(manifest["folds"])],
+        calibrator=calibrator,
+    )
 
 
 def train_cross_fit(
@@ -110,6 +128,8 @@ def train_cross_fit(
     review_pairs: ReviewPairs | None = None,
     raw: RawInputs | None = None,
     features_of: Callable[[nn.Module], FeatureCache] | None = None,
+    wrong_variant_labels: dict[int, bool] | None = None,
+    listed_families: list[str] | None = None,
 ) -> tuple[CrossFitModel, dict]:
     """Train the fold models and the final model; validate every fold model on errors planted into
     the families it never saw and on the reviewer labels of those families (and `baseline`, the
@@ -119,7 +139,12 @@ def train_cross_fit(
     End to end (`config.end_to_end`, the GPU path) every member fine-tunes its own backbones from
     `raw` (pixels and token ids); `features` (frozen) then only mine look-alike negatives, and
     `features_of(model)` gives what a model with its own backbones reads (every listing through
-    them, both views), for validating it (and a baseline that was trained end to end)."""
+    them, both views), for validating it (and a baseline that was trained end to end).
+
+    `wrong_variant_labels` (row -> confirmed, the reviewers' wrong-variant decisions in force) fit
+    the version's calibrator: each decided listing's evidence is read, in its family as listed
+    (`listed_families`; `family_codes` has confirmed wrong variants moved out), by the fold model
+    that never trained on that family, as a score job will read it."""
     if config.end_to_end and raw is None:
         raise ValueError("end_to_end training needs the raw inputs (ml_worker.end_to_end.load_raw_inputs)")
 
@@ -180,7 +205,55 @@ def train_cross_fit(
     info["validation"] = _mean_metrics(validation)
     if baseline is not None and baseline_validation:
         info["baseline_validation"] = _mean_metrics(baseline_validation)
-    return CrossFitModel(final=final, folds=fold_models), info
+    model = CrossFitModel(final=final, folds=fold_models)
+    if wrong_variant_labels:
+        model.calibrator, info["wrong_variant_calibrator"] = fit_calibrator(
+            model, read, listed_families or family_codes, wrong_variant_labels, device=device
+        )
+    return model, info
+
+
+def fit_calibrator(
+    model: CrossFitModel,
+    read: Callable[[nn.Module], FeatureCache],
+    listed_families: list[str],
+    labels: dict[int, bool],
+    *,
+    device: str = "cpu",
+) -> tuple[WrongVariantCalibrator | None, dict]:
+    """The wrong-variant calibrator of `model` from reviewer decisions `labels` (row -> confirmed),
+    and a summary of it for the version's metrics. Each decided listing is compared with the members
+    of its listed family that are not themselves confirmed wrong variants, as score jobs do."""
+    members: dict[str, list[int]] = {}
+    for row, code in enumerate(listed_families):
+        members.setdefault(code, []).append(row)
+    excluded = {row for row, confirmed in labels.items() if confirmed}
+    by_model: dict[int, tuple[nn.Module, list[str]]] = {}
+    for code in {listed_families[row] for row in labels}:
+        if len(members[code]) > 1:
+            member = model.family_model(code)
+            by_model.setdefault(id(member), (member, []))[1].append(code)
+    rows, x = [], []
+    for member, codes in by_model.values():
+        member = member.to(device).eval()
+        family_rows = [r for code in codes for r in members[code]]
+        local = {r: k for k, r in enumerate(family_rows)}
+        out = encode_inputs(member, read(member).inputs(torch.as_tensor(family_rows)).to(device))
+        groups = [[local[r] for r in members[code]] for code in codes]
+        evidence = wrong_variant_evidence(member, out, groups, {local[r] for r in excluded if r in local})
+        for r in family_rows:
+            if r in labels and evidence[local[r]].features is not None:
+                rows.append(r)
+                x.append(evidence[local[r]].features)
+    y = np.array([labels[r] for r in rows], dtype=bool)
+    calibrator = WrongVariantCalibrator.fit(np.array(x), y) if rows else None
+    summary = {"confirmed": int(y.sum()), "rejected": int((~y).sum()), "fitted": calibrator is not None}
+    if calibrator is None:
+        summary["note"] = (
+            f"needs {MIN_LABELS} confirmed and {MIN_LABELS} rejected wrong-variant decisions "
+            "with siblings to compare; the plain family-agreement score is used"
+        )
+    return calibrator, summary
 
 
 def _validate(model, features: FeatureCache, labels: Labels, rows, pairs: ReviewPairs | None, seed) -> dict:

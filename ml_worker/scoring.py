@@ -1,7 +1,9 @@
 """Scores from a trained model (pure: features in, scores out; exact kNN here, pgvector in the app).
 
 - wrong_variant_score(i) = 1 - mean over the other members j of i's family of P(same family | i, j):
-  how little a listing agrees with the rest of its family (None for a one-listing family);
+  how little a listing agrees with the rest of its family (None for a one-listing family); with a
+  `calibrator` (fitted on reviewer decisions, ml_worker.calibration) P(a reviewer confirms) from the
+  listing's whole evidence instead;
 - duplicate_score(i) = max over i's nearest neighbours j (any family; by the learned embedding plus
   the raw image and title descriptors) of P(same product | i, j) (ml_worker.zero_shot.
   duplicate_probability: learned head and descriptor formula averaged), and duplicate_of = that j.
@@ -9,13 +11,13 @@
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ml_worker.calibration import WrongVariantCalibrator, wrong_variant_evidence
 from ml_worker.features import FeatureCache
 from ml_worker.lexical import TitleIdf
 from ml_worker.modeling_maps import MapsInputs, MapsModel, MapsOutput
@@ -56,31 +58,6 @@ def encode_all(
 
 
 @torch.no_grad()
-def family_agreement(
-    model, outputs: MapsOutput, groups: list[list[int]], rows=None, *, chunk: int = 4096
-) -> dict[int, list[float]]:
-    """P(same family) of each listing of `rows` (default: every grouped one) with each other member of
-    its group, in the group's order. The pair head runs where `model` is; `outputs` may be anywhere."""
-    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
-    outputs = outputs.to(device)
-    wanted = None if rows is None else {int(r) for r in rows}
-    pairs_i, pairs_j = [], []
-    for members in groups:
-        for i in members:
-            if wanted is None or i in wanted:
-                pairs_i.extend([i] * (len(members) - 1))
-                pairs_j.extend(j for j in members if j != i)
-    agreement = defaultdict(list)
-    for start in range(0, len(pairs_i), chunk):
-        ii = torch.as_tensor(pairs_i[start : start + chunk], device=device)
-        jj = torch.as_tensor(pairs_j[start : start + chunk], device=device)
-        p = torch.sigmoid(model.pair_logits(outputs, outputs, ii, jj)[:, 0])
-        for a, value in zip(ii.tolist(), p.tolist(), strict=True):
-            agreement[a].append(value)
-    return agreement
-
-
-@torch.no_grad()
 def score_listings(
     model: MapsModel,
     outputs: MapsOutput,
@@ -91,6 +68,7 @@ def score_listings(
     chunk: int = 4096,
     titles: list[str] | None = None,
     prices: list[float | None] | None = None,
+    calibrator: WrongVariantCalibrator | None = None,
 ) -> dict[int, ListingScore]:
     """Scores for `rows` (default all), using `outputs` of every listing of the catalogue. With
     `titles` (every listing's), image-less duplicate candidates are also compared word by word
@@ -102,8 +80,15 @@ def score_listings(
     for i, f in enumerate(families):
         members[f].append(i)
 
-    # wrong variant: agreement with the rest of the family
-    agreement = family_agreement(model, outputs, list(members.values()), rows, chunk=chunk)
+    # wrong variant: agreement with the rest of the family (the families of `rows`)
+    wanted = {int(r) for r in rows}
+    groups = [m for m in members.values() if len(m) > 1 and wanted.intersection(m)]
+    evidence = wrong_variant_evidence(model, outputs, groups)
+    wrong_variant = {i: e.score for i, e in evidence.items() if e.features is not None}
+    if calibrator is not None and wrong_variant:
+        scored = sorted(wrong_variant)
+        p = calibrator.probability(np.stack([evidence[i].features for i in scored]))
+        wrong_variant = dict(zip(scored, p.tolist(), strict=True))
 
     # duplicates: nearest neighbours by the fused embedding, then the pair head's P(same product)
     k = min(neighbours, n - 1)
@@ -139,7 +124,7 @@ def score_listings(
                 dup_score[a], dup_of[a] = score, b_i
     return {
         int(i): ListingScore(
-            wrong_variant_score=1.0 - float(np.mean(agreement[i])) if agreement.get(i) else None,
+            wrong_variant_score=wrong_variant.get(int(i)),
             duplicate_score=dup_score.get(int(i)),
             duplicate_of=dup_of.get(int(i)),
         )

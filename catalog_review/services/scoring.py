@@ -44,12 +44,13 @@ from catalog_review.models import (
 from catalog_review.services.jobs import job_create, job_mark_running, refresh_planner_statistics
 from catalog_review.services.model_versions import active_version, load_model, ml_device
 from catalog_review.services.review import confirmed_wrong_variants
+from ml_worker.calibration import family_agreement
 from ml_worker.catalogue import Listing
 from ml_worker.features import features_for, own_backbones
 from ml_worker.heatmap import render_heatmap
 from ml_worker.lexical import TitleIdf, numbers, price_of
 from ml_worker.modeling_maps import MapsOutput
-from ml_worker.scoring import encode_inputs, family_agreement
+from ml_worker.scoring import encode_inputs
 from ml_worker.zero_shot import duplicate_probability
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ml_worker.calibration import family_agreement
 from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import TrainConfig
 from ml_worker.ensemble import (
@@ -18,7 +19,7 @@ from ml_worker.ensemble import (
     train_cross_fit,
 )
 from ml_worker.modeling_maps import MapsModel
-from ml_worker.scoring import encode_inputs, family_agreement
+from ml_worker.scoring import encode_inputs
 from ml_worker.validation import planted_validation
 from ml_worker.zero_shot import ZeroShotModel
 from tests.ml_worker.conftest import families_of, gpu, random_features, random_inputs
