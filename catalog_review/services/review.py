@@ -276,6 +276,18 @@ def review_labels_in_force() -> QuerySet[LabelledPair]:
     )
 
 
+def wrong_variant_labels() -> dict[int, bool]:
+    """The listing of each wrong-variant decision in force -> whether the reviewer confirmed it (the
+    labels a version's wrong-variant calibrator is fitted on; the latest decision wins)."""
+    pairs = (
+        review_labels_in_force()
+        .filter(decision__flag__kind=Flag.Kind.WRONG_VARIANT)
+        .order_by("created_at", "id")
+        .values_list("decision__flag__product_id", "relation")
+    )
+    return {product: relation == LabelledPair.Relation.DIFFERENT for product, relation in pairs}
+
+
 def confirmed_wrong_variants(product_ids=None) -> set[int]:
     """Listings a reviewer confirmed as wrong variants (labels in force, so an undo brings them back):
     they no longer count as members of the family they are linked into, neither as positives when

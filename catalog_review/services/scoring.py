@@ -44,7 +44,7 @@ from catalog_review.models import (
 from catalog_review.services.jobs import job_create, job_mark_running, refresh_planner_statistics
 from catalog_review.services.model_versions import active_version, load_model, ml_device
 from catalog_review.services.review import confirmed_wrong_variants
-from ml_worker.calibration import family_agreement
+from ml_worker.calibration import wrong_variant_evidence
 from ml_worker.catalogue import Listing
 from ml_worker.features import features_for, own_backbones
 from ml_worker.heatmap import render_heatmap
@@ -262,7 +262,9 @@ def _wrong_variant_scores(
     (`inputs`: the chunk as the final model reads it; a fold model with its own backbones reads its
     families through them). A member a reviewer confirmed as a wrong variant is left out of its
     siblings' means (shown, marked `excluded`): the family it was wrongly linked into should not make
-    its rightful members look wrong. A listing left with no sibling to compare with gets no score."""
+    its rightful members look wrong. A listing left with no sibling to compare with gets no score.
+    A version with a wrong-variant calibrator (fitted on reviewer decisions) scores P(a reviewer
+    confirms) from the listing's whole evidence instead; the plain score stays in the evidence."""
     confirmed_out = confirmed_wrong_variants([p.pk for p in products])
     members = defaultdict(list)
     for i, p in enumerate(products):
@@ -285,24 +287,42 @@ def _wrong_variant_scores(
                 torch.arange(len(rows))
             )
         out = encode_inputs(family_model, family_inputs.to(device))
-        agreement = family_agreement(family_model, out, groups)
+        left_out = {local[i] for i in rows if products[i].pk in confirmed_out}
+        family_evidence = wrong_variant_evidence(family_model, out, groups, left_out)
+        calibrated = _calibrated(model.calibrator, family_evidence)
         for code in codes:
             idx = members[code]
             for i in idx:
-                others = [j for j in idx if j != i]
-                p = agreement[local[i]]
-                excluded = [products[j].pk in confirmed_out for j in others]
-                counted = [v for v, x in zip(p, excluded, strict=True) if not x]
-                if not counted:
+                e = family_evidence[local[i]]
+                if e.features is None:
                     continue
-                scores[products[i].pk] = 1.0 - float(np.mean(counted))
+                others = [j for j in idx if j != i]
                 entries = []
-                for j, v, x in zip(others, p, excluded, strict=True):
+                for j, v, counted in zip(others, e.agreement, e.counted, strict=True):
                     entries.append({"sku": products[j].sku, "p_same_family": round(v, 4)})
-                    if x:
+                    if not counted:
                         entries[-1]["excluded"] = True
                 evidence[products[i].pk] = {"family_agreement": entries}
+                scores[products[i].pk] = e.score
+                if local[i] in calibrated:
+                    scores[products[i].pk] = calibrated[local[i]]
+                    evidence[products[i].pk]["calibration"] = {
+                        "uncalibrated_score": round(e.score, 4),
+                        "confirmed": model.calibrator.confirmed,
+                        "rejected": model.calibrator.rejected,
+                    }
     return scores, evidence
+
+
+def _calibrated(calibrator, evidence: dict) -> dict[int, float]:
+    """P(a reviewer confirms) of each scorable listing of `evidence`, by the version's calibrator."""
+    if calibrator is None:
+        return {}
+    rows = [r for r, e in evidence.items() if e.features is not None]
+    if not rows:
+        return {}
+    p = calibrator.probability(np.stack([evidence[r].features for r in rows]))
+    return dict(zip(rows, p.tolist(), strict=True))
 
 
 def _maybe_next_stage(job_id: int, stage: str) -> None:
@@ -512,7 +532,8 @@ def flag_chunk_run(chunk_id: int) -> str:
                         "agrees_with": agreeing,
                         "family_size": len(counted) + 1,
                         "family_agreement": agreement,
-                    },
+                    }
+                    | ({"calibration": e.evidence["calibration"]} if "calibration" in e.evidence else {}),
                     heatmap=_heatmap(product, e, version),
                 )
                 counts[f"wrong_variant_{outcome}"] += 1

@@ -6,7 +6,8 @@ cross-fitted version (ml_worker.ensemble): fold models score the families they n
 model gives the embeddings. With TRAIN_END_TO_END (auto: on a CUDA worker) every member fine-tunes
 its own copy of both backbones, and scoring reads the catalogue through them. Each fold model is
 validated on errors planted into its held-out families, and the active version is measured on exactly
-the same plants: the promotion gate compares the two.
+the same plants: the promotion gate compares the two. Reviewers' wrong-variant decisions in force
+also fit the version's wrong-variant calibrator (ml_worker.calibration), which score jobs apply.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ from catalog_review.services.model_versions import (
     ml_device,
     promotion_decision,
 )
-from catalog_review.services.review import confirmed_wrong_variants, review_labels_in_force
+from catalog_review.services.review import (
+    confirmed_wrong_variants,
+    review_labels_in_force,
+    wrong_variant_labels,
+)
 from catalog_review.services.scoring import product_listing, score_start
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
@@ -169,6 +174,8 @@ def train_run(job_id: int) -> str:
     job_set_progress(job=job, done=n, counts={"phase": "training", "end_to_end": end_to_end})
 
     parent = active_version()
+    row = {p.pk: i for i, p in enumerate(products)}
+    decided = {row[pk]: confirmed for pk, confirmed in wrong_variant_labels().items() if pk in row}
     model, info = train_cross_fit(
         features,
         families,
@@ -182,6 +189,8 @@ def train_run(job_id: int) -> str:
         review_pairs=review_pairs_for(products),
         raw=raw,
         features_of=lambda m: features_for(m, listings, device=device, training=True),
+        wrong_variant_labels=decided,
+        listed_families=[p.family.code for p in products],
     )
     name = f"maps-{timezone.now():%Y%m%d-%H%M%S}-j{job.pk}"
     directory = settings.MODEL_DIR / name

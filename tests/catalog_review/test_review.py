@@ -321,7 +321,13 @@ def test_training_takes_confirmed_wrong_listings_out_of_their_family(reviewer, f
     assert by_sku["W"] == "reviewed-out:W" and by_sku["M0"] == "FAM-1"
     assert counts["review_pairs"] == 4 and counts["listings_moved_out_of_families"] == 1
     assert counts["review_pairs_by_relation"] == {"different": 4}
+    w_pk = products[w].pk
+    assert review.wrong_variant_labels() == {w_pk: True}, "the calibrator's label: W confirmed"
     review.undo(flag_id=flags["wrong_variant"].pk, user=reviewer)  # retracted: W is back in its family
+    assert review.wrong_variant_labels() == {}
+    review.decide(flag_id=flags["wrong_variant"].pk, user=reviewer, decision="reject")
+    assert review.wrong_variant_labels() == {w_pk: False}
+    review.undo(flag_id=flags["wrong_variant"].pk, user=reviewer)
     families, counts = training_families(products)
     assert dict(zip([p.sku for p in products], families, strict=True))["W"] == "FAM-1"
     assert counts["review_pairs"] == 1 and counts["listings_moved_out_of_families"] == 0

@@ -22,6 +22,7 @@ from catalog_review.services.catalogue_import import catalogue_import
 from catalog_review.services.model_versions import active_version, load_model, promotion_decision
 from catalog_review.services.scoring import score_start
 from catalog_review.services.training import TrainingError, train_start
+from ml_worker.calibration import EVIDENCE, WrongVariantCalibrator
 from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import MapsConfig
 from ml_worker.ensemble import CrossFitModel, save_cross_fit
@@ -324,6 +325,35 @@ def test_a_worker_killed_mid_job_loses_and_doubles_nothing(celery_worker, catalo
     assert not JobChunk.objects.filter(job=job, done_at__isnull=True).exists()
 
 
+def test_a_calibrated_version_scores_the_chance_a_reviewer_confirms(celery_worker, catalogue, settings):
+    """A version whose wrong-variant calibrator (here: the plain score through a logistic) is stored
+    with it: score jobs store the calibrated probability and keep the plain score in the evidence."""
+    names = len(EVIDENCE)
+    calibrator = WrongVariantCalibrator(
+        mean=[0.0] * names, scale=[1.0] * names, coef=[8.0] + [0.0] * (names - 1), intercept=-4.0,
+        confirmed=7, rejected=9,
+    )  # fmt: skip
+    directory = settings.MODEL_DIR / "calibrated"
+    digest = save_cross_fit(CrossFitModel(final=MapsModel(MapsConfig()), calibrator=calibrator), directory)
+    version = ModelVersion.objects.create(
+        name="calibrated",
+        checkpoint_path=str(directory),
+        checkpoint_sha256=digest,
+        config={"kind": "maps-cross-fit", "model": MapsConfig().to_dict()},
+    )
+    assert load_model(version).calibrator == calibrator
+    finished(score_start(version=version).pk)
+    scored = ProductEmbedding.objects.filter(model_version=version, wrong_variant_score__isnull=False)
+    assert scored.count() == Product.objects.exclude(family__code="FAM-relisted").count()
+    for e in scored:
+        plain = e.evidence["calibration"]["uncalibrated_score"]
+        assert e.evidence["calibration"]["confirmed"] == 7 and e.evidence["calibration"]["rejected"] == 9
+        assert e.wrong_variant_score == pytest.approx(1 / (1 + np.exp(-(8 * plain - 4))), abs=1e-3)
+    flag = Flag.objects.filter(model_version=version, kind=Flag.Kind.WRONG_VARIANT).first()
+    if flag is not None:
+        assert "calibration" in flag.evidence
+
+
 def test_a_corrupt_checkpoint_is_refused(celery_worker, catalogue, settings):
     directory = settings.MODEL_DIR / "tampered"
     digest = save_cross_fit(CrossFitModel(final=MapsModel(MapsConfig())), directory)
@@ -371,6 +401,9 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
     used = version.metrics["review_pairs_used"]
     assert used["final"]["different_family"] == 3
     assert sorted(used[fold].get("different_family", 0) for fold in ("0", "1")) == [0, 3]
+    calibrator = version.metrics["wrong_variant_calibrator"]  # one decision: too few to fit on
+    assert (calibrator["confirmed"], calibrator["rejected"], calibrator["fitted"]) == (1, 0, False)
+    assert load_model(version).calibrator is None
     validation = version.metrics["validation"]
     assert 0 <= validation["pr_auc"] <= 1
     assert version.metrics["parent_on_same_data"]["pr_auc"] is not None
