@@ -117,16 +117,24 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
                 "wrong_variant_ap": 0.66,
                 "pr_curve_wrong_variant": rising,
             },
+            "wrong_variant_calibrator": {"confirmed": 6, "rejected": 11, "fitted": True},
         },
         training_data={"family_listings": 10, "families": 4, "review_pairs": 8},
     )
+    ModelVersion.objects.create(
+        name="v2",
+        metrics={"validation": {"pr_auc": 0.8}, "wrong_variant_calibrator": {"confirmed": 1, "rejected": 0}},
+        training_data={"family_listings": 10, "families": 4, "review_pairs": 3},
+    )
     ModelVersion.objects.create(name="old", metrics={"validation": {"pr_auc": 0.5}})  # before curves
     html = admin_client.get(reverse("manage_models")).content.decode()
-    assert html.count('class="pr-chart"') == 2, "wrong variant and duplicate for v3, none for old"
+    assert html.count('class="pr-chart"') == 2, "wrong variant and duplicate for v3, none for v2, old"
     # precision 1 everywhere: the top edge of the 132x84 plot, from recall 0 to 1
     assert 'points="0.0,0.0 6.6,0.0' in html and "132.0,0.0" in html
     assert html.count('class="curve old"') == 1, "only the wrong-variant curve was compared"
     assert "AP 0.910 vs 0.660" in html and "accuracy on held-out reviewer labels 0.875" in html
+    assert "wrong-variant scores calibrated on 6 confirmed and 11 rejected decisions" in html
+    assert "no wrong-variant calibrator (1 confirmed, 0 rejected decisions; needs 5 of each)" in html
 
 
 def test_dashboard_counts_precision_and_agreement(admin_client, reviewer):

@@ -111,6 +111,12 @@ def test_flag_page_shows_family_and_evidence_and_claims(reviewer_client, reviewe
     assert response.context["members"][0].sku == "W"
     flag.refresh_from_db()
     assert flag.claimed_by == reviewer and flag.claim_expires_at > timezone.now()
+    assert b'data-evidence="calibration"' not in response.content
+    flag.evidence["calibration"] = {"uncalibrated_score": 0.61, "confirmed": 12, "rejected": 30}
+    flag.save(update_fields=["evidence"])
+    text = " ".join(reviewer_client.get(reverse("flag", args=[flag.pk])).content.decode().split())
+    assert "weighed from this listing's image, title and family evidence by 42 earlier decisions" in text
+    assert "family disagreement alone 0.61" in text
 
 
 def test_confirm_writes_decision_pairs_and_serves_the_next_flag_in_place(reviewer_client, reviewer, flags):
