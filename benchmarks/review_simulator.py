@@ -10,10 +10,17 @@ reports the metrics of every round on the listings no reviewer has seen (../shar
 one set: the listings no reviewer had seen by the last round. Decisions already in the database
 count as seen.
 
+A catalogue's planted errors run out as reviewers find them (three rounds of 100 decisions leave a
+2,000-listing catalogue a handful), so "AP on the unreviewed listings" soon measures a few listings.
+`--held-out DIR` (repeatable; other seeds of inject.py, never imported) measures where the errors
+cannot run out: every round's version (its final model and its wrong-variant calibrator, scoring
+the whole catalogue as a score job does) scores each held-out catalogue, and metrics.py's figures
+are reported per round (`held_out`) with their mean wrong_variant AP.
+
 usage (the catalogue imported and scored, a stack running, an admin token):
   .venv/bin/python benchmarks/review_simulator.py EVAL_DIR --url http://127.0.0.1:8000 --token TOKEN \
       [--rounds 3] [--per-round 100] [--steps 200] [--ordering -score|uncertain] [--compare-version NAME]...
-      [--end-to-end | --frozen] [--out results.jsonl]
+      [--end-to-end | --frozen] [--held-out DIR]... [--out results.jsonl]
 (`--end-to-end` / `--frozen` choose each retraining's backbones; neither: the server's TRAIN_END_TO_END.)
 """
 
@@ -119,6 +126,72 @@ def export_scores(version: str | None = None) -> dict:
         return {json.loads(line)["sku"]: json.loads(line) for line in out.read_text().splitlines()}
 
 
+class HeldOut:
+    """Catalogues no reviewer sees, scored by each round's version as a score job scores a catalogue:
+    the final model's vectors, wrong variants through its calibrator, duplicates by exact kNN."""
+
+    def __init__(self, dirs: list[Path], *, device: str = "cpu", log=print):
+        from ml_worker.catalogue import load_catalogue
+        from ml_worker.lexical import price_of
+
+        spec = importlib.util.spec_from_file_location("eval_metrics", METRICS)
+        self.metrics = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.metrics)
+        self.device, self.log = device, log
+        self.catalogues = {d: load_catalogue(d) for d in dirs}
+        self.prices = {d: [price_of(x.attributes) for x in rows] for d, rows in self.catalogues.items()}
+        self.frozen: dict[Path, object] = {}  # packaged-backbone features, read once per catalogue
+
+    def features(self, model, d: Path):
+        from ml_worker.features import features_for, own_backbones
+
+        if own_backbones(model) is not None:  # an end-to-end version reads through its own backbones
+            return features_for(model, self.catalogues[d], device=self.device)
+        if d not in self.frozen:
+            started = time.monotonic()
+            self.frozen[d] = features_for(model, self.catalogues[d], device=self.device)
+            took = time.monotonic() - started
+            self.log(f"held-out {d}: features of {len(self.catalogues[d])} listings in {took:.0f} s")
+        return self.frozen[d]
+
+    def measure(self, version_name: str) -> dict:
+        from catalog_review.models import ModelVersion
+        from catalog_review.services.model_versions import load_model
+        from ml_worker.scoring import encode_all, score_listings
+
+        version = load_model(ModelVersion.objects.get(name=version_name))
+        model = version.final.to(self.device).eval()
+        out = {}
+        for d, rows in self.catalogues.items():
+            features = self.features(model, d)
+            model.to(self.device)  # score_listings leaves it on the CPU
+            scores = score_listings(
+                model,
+                encode_all(model, features, device=self.device),
+                [x.family for x in rows],
+                titles=[x.title for x in rows],
+                prices=self.prices[d],
+                calibrator=version.calibrator,
+            )
+            export = {
+                rows[i].sku: {
+                    "wrong_variant_score": s.wrong_variant_score,
+                    "duplicate_score": s.duplicate_score,
+                    "duplicate_of": rows[s.duplicate_of].sku if s.duplicate_of is not None else None,
+                }
+                for i, s in scores.items()
+            }
+            m = self.metrics.evaluate(d, export)
+            out[d.name] = {
+                k: m[k] for k in ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")
+            }
+        return {
+            "calibrated": version.calibrator is not None,
+            "mean_wrong_variant_ap": round(sum(v["wrong_variant_ap"] for v in out.values()) / len(out), 4),
+            **out,
+        }
+
+
 def run(
     eval_dir: Path,
     api: Api,
@@ -130,6 +203,7 @@ def run(
     earlier_versions: tuple[str, ...] = (),
     end_to_end: bool | None = None,
     job_timeout_s: float = 3600,
+    held_out: HeldOut | None = None,
     log=print,
 ) -> list[dict]:
     from catalog_review.models import ModelVersion, ReviewDecision
@@ -152,6 +226,8 @@ def run(
             **metrics_on_unreviewed(eval_dir, export_scores(), reviewed),
         }
     ]
+    if held_out:
+        results[-1]["held_out"] = held_out.measure(versions[-1])
     log(json.dumps(results[-1]))
     for number in range(1, rounds + 1):
         status, page = api.call("GET", f"/api/flags?status=open&ordering={ordering}&limit={per_round}")
@@ -207,6 +283,8 @@ def run(
                 **metrics_on_unreviewed(eval_dir, export_scores(), reviewed),
             }
         )
+        if held_out:  # the new version, activated or not
+            results[-1]["held_out"] = held_out.measure(job["counts"]["model_version"])
         log(json.dumps(results[-1]))
         if job["counts"]["activated"]:
             versions.append(job["counts"]["model_version"])
@@ -243,8 +321,18 @@ def main() -> None:
     backbones = ap.add_mutually_exclusive_group()
     backbones.add_argument("--end-to-end", dest="end_to_end", action="store_const", const=True)
     backbones.add_argument("--frozen", dest="end_to_end", action="store_const", const=False)
+    ap.add_argument(
+        "--held-out",
+        type=Path,
+        action="append",
+        default=[],
+        help="a catalogue no reviewer sees (inject.py output), scored by every round's version (repeatable)",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    for d in [args.eval_dir, *args.held_out]:
+        if not (d / "catalogue.jsonl").is_file() or not (d / "truth.json").is_file():
+            ap.error(f"{d} is not an evaluation directory (catalogue.jsonl + truth.json)")
     sys.path.insert(0, str(ROOT))
     import os
 
@@ -261,6 +349,7 @@ def main() -> None:
         ordering=args.ordering,
         earlier_versions=tuple(args.compare_version),
         end_to_end=args.end_to_end,
+        held_out=HeldOut(args.held_out) if args.held_out else None,
     )
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in results))

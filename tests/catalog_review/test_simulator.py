@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.review_simulator import METRICS, Api, run
+from benchmarks.review_simulator import METRICS, Api, HeldOut, run
 from catalog_review.api import create_token
 from catalog_review.models import Flag, LabelledPair, ModelVersion
 from catalog_review.services.catalogue_import import catalogue_import
@@ -39,10 +39,17 @@ def test_one_round_of_the_simulator(celery_worker, live_server, tmp_path, settin
     catalogue_import(path=eval_dir / "catalogue.jsonl")
     finished(score_start().pk)
     assert Flag.objects.filter(status="open").count() >= 5, "the job's own thresholds apply"
+    # a catalogue no reviewer sees (never imported): every round's version scores it
+    held_out_dir = tmp_path / "held-out"
+    write_catalogue(held_out_dir, families=4, extra_title=" (held out)")
+    (held_out_dir / "truth.json").write_text((eval_dir / "truth.json").read_text())
     admin = UserFactory(username="sim-admin", is_staff=True)
     lines = []
     api = Api(live_server.url, create_token(admin))
-    results = run(eval_dir, api, rounds=1, per_round=5, steps=1, end_to_end=False, log=lines.append)
+    held_out = HeldOut([held_out_dir], log=lines.append)
+    results = run(
+        eval_dir, api, rounds=1, per_round=5, steps=1, end_to_end=False, held_out=held_out, log=lines.append
+    )
     rounds = [r for r in results if "round" in r]
     finals = [r for r in results if r.get("final_unreviewed_set")]
     assert [r["round"] for r in rounds] == [0, 1] and len(rounds) + len(finals) == len(results)
@@ -54,7 +61,18 @@ def test_one_round_of_the_simulator(celery_worker, live_server, tmp_path, settin
     assert version.config["model"]["end_to_end"] is False  # as the simulator asked
     assert Flag.objects.filter(status__in=["confirmed", "rejected"]).count() >= 5
     assert LabelledPair.objects.exists()
-    assert len(lines) == len(results) and json.loads(lines[1])["round"] == 1
+    measured = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(measured) == len(results) and measured[1]["round"] == 1
+    assert [line for line in lines if line.startswith("held-out")] == [
+        line for line in lines if line.startswith(f"held-out {held_out_dir}: features of 14 listings")
+    ] and len(lines) == len(results) + 1, "the held-out features are read once, not per version"
+    for r in rounds:  # both versions scored the held-out catalogue; round 1 decided too few to calibrate
+        assert r["held_out"]["calibrated"] is False
+        figures = r["held_out"]["held-out"]
+        assert set(figures) == {"wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap"}
+        assert 0 < figures["wrong_variant_ap"] <= 1 and r["held_out"]["mean_wrong_variant_ap"] == round(
+            figures["wrong_variant_ap"], 4
+        )
     # every round's version measured again on one set: the listings unreviewed after the last round
     expected = [rounds[0]["model_version"]] + ([first["model_version"]] if first["activated"] else [])
     assert [r["model_version"] for r in finals] == expected
