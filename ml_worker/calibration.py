@@ -45,6 +45,7 @@ EVIDENCE = (
     "has_image",
 )
 MIN_LABELS = 5  # of each class: fewer decisions give no calibrator (the plain score is used)
+SIBLING_WEIGHT = 0.0  # undecided siblings of decided flags as "not wrong" rows (ensemble.fit_calibrator)
 
 
 @torch.no_grad()
@@ -163,26 +164,36 @@ class WrongVariantCalibrator:
 
     @classmethod
     def fit(
-        cls, x: np.ndarray, confirmed: np.ndarray, *, c: float = 0.3, min_labels: int = MIN_LABELS
+        cls,
+        x: np.ndarray,
+        confirmed: np.ndarray,
+        *,
+        weight: np.ndarray | None = None,
+        c: float = 0.3,
+        min_labels: int = MIN_LABELS,
     ) -> WrongVariantCalibrator | None:
-        """Fit on evidence rows `x` and their decisions; None with fewer than `min_labels` of either."""
+        """Fit on evidence rows `x` and their labels (optionally weighted per row); None with fewer
+        than `min_labels` rows of either label. `confirmed` / `rejected` count the rows of weight 1
+        (the reviewers' own decisions)."""
         from sklearn.linear_model import LogisticRegression
 
         confirmed = np.asarray(confirmed, dtype=bool)
-        n_yes, n_no = int(confirmed.sum()), int((~confirmed).sum())
-        if n_yes < min_labels or n_no < min_labels:
+        weight = np.ones(len(confirmed)) if weight is None else np.asarray(weight, dtype=np.float64)
+        if int(confirmed.sum()) < min_labels or int((~confirmed).sum()) < min_labels:
             return None
         x = np.asarray(x, dtype=np.float64)
-        mean, scale = x.mean(0), x.std(0)
+        mean = np.average(x, axis=0, weights=weight)  # standardised as the weighted rows say
+        scale = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=weight))
         scale[scale < 1e-9] = 1.0
-        lr = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, confirmed)
+        lr = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, confirmed, sample_weight=weight)
+        decided = weight >= 1
         return cls(
             mean=mean.tolist(),
             scale=scale.tolist(),
             coef=lr.coef_[0].tolist(),
             intercept=float(lr.intercept_[0]),
-            confirmed=n_yes,
-            rejected=n_no,
+            confirmed=int((confirmed & decided).sum()),
+            rejected=int((~confirmed & decided).sum()),
         )
 
     def probability(self, x: np.ndarray) -> np.ndarray:

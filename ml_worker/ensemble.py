@@ -29,7 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml_worker.calibration import MIN_LABELS, WrongVariantCalibrator, wrong_variant_evidence
+from ml_worker.calibration import (
+    MIN_LABELS,
+    SIBLING_WEIGHT,
+    WrongVariantCalibrator,
+    wrong_variant_evidence,
+)
 from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import RawInputs
@@ -220,10 +225,17 @@ def fit_calibrator(
     labels: dict[int, bool],
     *,
     device: str = "cpu",
+    sibling_weight: float = SIBLING_WEIGHT,
 ) -> tuple[WrongVariantCalibrator | None, dict]:
     """The wrong-variant calibrator of `model` from reviewer decisions `labels` (row -> confirmed),
     and a summary of it for the version's metrics. Each decided listing is compared with the members
-    of its listed family that are not themselves confirmed wrong variants, as score jobs do."""
+    of its listed family that are not themselves confirmed wrong variants, as score jobs do.
+
+    A reviewer deciding a wrong-variant flag looks at the whole family: confirming one listing says
+    the others belong (DESIGN 7 turns it into "different family" pairs with each of them), rejecting
+    it says the family is right. With `sibling_weight` > 0 those undecided siblings join the fit as
+    "not a wrong variant" at that weight: early rounds decide few rejections, and without them the
+    calibrator only ever sees flagged (high-score) listings, though it ranks every listing."""
     members: dict[str, list[int]] = {}
     for row, code in enumerate(listed_families):
         members.setdefault(code, []).append(row)
@@ -233,7 +245,7 @@ def fit_calibrator(
         if len(members[code]) > 1:
             member = model.family_model(code)
             by_model.setdefault(id(member), (member, []))[1].append(code)
-    rows, x = [], []
+    rows, x, y, weight = [], [], [], []
     for member, codes in by_model.values():
         member = member.to(device).eval()
         family_rows = [r for code in codes for r in members[code]]
@@ -242,16 +254,28 @@ def fit_calibrator(
         groups = [[local[r] for r in members[code]] for code in codes]
         evidence = wrong_variant_evidence(member, out, groups, {local[r] for r in excluded if r in local})
         for r in family_rows:
-            if r in labels and evidence[local[r]].features is not None:
-                rows.append(r)
-                x.append(evidence[local[r]].features)
-    y = np.array([labels[r] for r in rows], dtype=bool)
-    calibrator = WrongVariantCalibrator.fit(np.array(x), y) if rows else None
-    summary = {"confirmed": int(y.sum()), "rejected": int((~y).sum()), "fitted": calibrator is not None}
+            features = evidence[local[r]].features
+            if features is None or (r not in labels and sibling_weight <= 0):
+                continue
+            rows.append(r)
+            x.append(features)
+            y.append(labels.get(r, False))
+            weight.append(1.0 if r in labels else sibling_weight)
+    y, weight = np.array(y, dtype=bool), np.array(weight)
+    decided = weight >= 1
+    calibrator = WrongVariantCalibrator.fit(np.array(x), y, weight=weight) if rows else None
+    summary = {
+        "confirmed": int((y & decided).sum()),
+        "rejected": int((~y & decided).sum()),
+        "reviewed_siblings": int((~decided).sum()),
+        "fitted": calibrator is not None,
+    }
     if calibrator is None:
         summary["note"] = (
             f"needs {MIN_LABELS} confirmed and {MIN_LABELS} rejected wrong-variant decisions "
-            "with siblings to compare; the plain family-agreement score is used"
+            "with siblings to compare"
+            + (" (their reviewed siblings count as rejected)" if sibling_weight > 0 else "")
+            + "; the plain family-agreement score is used"
         )
     return calibrator, summary
 

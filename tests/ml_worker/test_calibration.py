@@ -9,7 +9,7 @@ import torch
 from ml_worker.calibration import EVIDENCE, WrongVariantCalibrator, family_agreement, wrong_variant_evidence
 from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import TrainConfig
-from ml_worker.ensemble import CrossFitModel, load_cross_fit, save_cross_fit, train_cross_fit
+from ml_worker.ensemble import CrossFitModel, fit_calibrator, load_cross_fit, save_cross_fit, train_cross_fit
 from ml_worker.modeling_maps import MapsModel
 from ml_worker.scoring import encode_all, score_listings
 from tests.ml_worker.conftest import families_of, random_features
@@ -61,6 +61,13 @@ def test_calibrator_learns_which_evidence_separates_decisions():
     np.testing.assert_allclose(again.probability(x), p)
 
     assert WrongVariantCalibrator.fit(x[:12], np.arange(12) < 4) is None, "4 confirmed: too few"
+    # a row of weight 2 counts as that row twice; rows under weight 1 are not reviewers' decisions
+    twice = WrongVariantCalibrator.fit(np.vstack([x, x[:1]]), np.append(confirmed, confirmed[0]))
+    weighted = WrongVariantCalibrator.fit(x, confirmed, weight=np.r_[2.0, np.ones(39)])
+    np.testing.assert_allclose(weighted.coef, twice.coef, atol=1e-3)
+    assert weighted.coef != calibrator.coef
+    half = WrongVariantCalibrator.fit(x, confirmed, weight=np.where(confirmed, 1.0, 0.5))
+    assert (half.confirmed, half.rejected) == (int(confirmed.sum()), 0)
     with pytest.raises(ValueError, match="fitted on evidence"):
         WrongVariantCalibrator.from_dict(calibrator.to_dict() | {"features": ["disagreement_mean"]})
 
@@ -86,7 +93,12 @@ def test_a_version_fits_its_calibrator_on_decisions_and_keeps_it(tiny, tmp_path)
     model, info = train_cross_fit(
         features, families, category, tiny, train, progress=False, wrong_variant_labels=decided
     )
-    assert info["wrong_variant_calibrator"] == {"confirmed": 8, "rejected": 8, "fitted": True}
+    assert info["wrong_variant_calibrator"] == {
+        "confirmed": 8,
+        "rejected": 8,
+        "reviewed_siblings": 0,
+        "fitted": True,
+    }
     assert model.calibrator is not None and len(model.calibrator.coef) == len(EVIDENCE)
     save_cross_fit(model, tmp_path / "v")
     assert load_cross_fit(tmp_path / "v").calibrator == model.calibrator
@@ -112,3 +124,24 @@ def test_an_unusable_calibrator_refuses_the_version(tiny, tmp_path):
     manifest.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="unusable wrong-variant calibrator"):
         load_cross_fit(tmp_path / "v")
+
+
+def test_reviewed_siblings_stand_in_for_rejections(tiny):
+    """Five confirmed wrong variants and no rejection: the families' other members were seen by the
+    reviewer and count as "not wrong" at the sibling weight; without them there is no calibrator."""
+    families = families_of(8, 4)
+    features = random_features(tiny, families)
+    model = CrossFitModel(
+        final=MapsModel(tiny).eval(), folds=[MapsModel(tiny).eval(), MapsModel(tiny).eval()]
+    )
+    confirmed = {4 * f: True for f in range(5)}
+    calibrator, summary = fit_calibrator(model, lambda m: features, families, confirmed, sibling_weight=0)
+    assert calibrator is None and summary["reviewed_siblings"] == 0 and "needs 5" in summary["note"]
+    calibrator, summary = fit_calibrator(model, lambda m: features, families, confirmed, sibling_weight=0.5)
+    assert summary == {"confirmed": 5, "rejected": 0, "reviewed_siblings": 15, "fitted": True}
+    assert (calibrator.confirmed, calibrator.rejected) == (5, 0)
+    # a decided listing is never also a sibling row: one rejection replaces one sibling row
+    calibrator, summary = fit_calibrator(
+        model, lambda m: features, families, confirmed | {1: False}, sibling_weight=0.5
+    )
+    assert summary == {"confirmed": 5, "rejected": 1, "reviewed_siblings": 14, "fitted": True}
