@@ -1,8 +1,12 @@
 """Wrong-variant evidence, and a calibrator that learns from reviewer decisions how to weigh it.
 
 The pair head answers "are these two listings of one family?"; a wrong-variant score has to turn a
-listing's answers against all its siblings into one number. `1 - mean P(same family)` is the default,
-but which summary works best depends on the catalogue's errors: a listing that shows another
+listing's answers against all its siblings into one number. The default is `1 - max P(same family)`:
+a listing is as wrong as its disagreement with the sibling it agrees with most, so a listing that
+belongs with even one member is not flagged, and a stranger linked into the family does not drag its
+rightful members' scores up (`1 - mean`, the earlier default, did both; the max is +0.03 wrong_variant
+AP on catalogues the model never saw, BENCHMARKS.md "Pooling by the closest sibling"). Which summary
+works best still depends on the catalogue's errors: a listing that shows another
 product's image keeps its family's title, so image distances and "how much more does it differ than
 its siblings differ from each other" say more than the pooled score; a small family with one
 stranger is a different case from a large one. Reviewers' wrong-variant decisions (confirmed = 1,
@@ -29,8 +33,8 @@ import torch
 from ml_worker.modeling_maps import MapsOutput
 
 EVIDENCE = (
-    "disagreement_mean",  # 1 - mean P(same family): the uncalibrated score
-    "disagreement_closest",  # 1 - P(same family) with the sibling it agrees with most
+    "disagreement_mean",  # 1 - mean P(same family)
+    "disagreement_closest",  # 1 - P(same family) with the sibling it agrees with most: the plain score
     "disagreement_farthest",  # ... with the sibling it agrees with least
     "image_descriptor_distance",  # 1 - mean cosine of the raw backbone image descriptors
     "image_embedding_distance",  # ... of the learned image embeddings
@@ -44,8 +48,11 @@ EVIDENCE = (
     "log_family_size",  # listings compared, itself included
     "has_image",
 )
+PLAIN_SCORE = EVIDENCE.index("disagreement_closest")  # the wrong-variant score without a calibrator
 MIN_LABELS = 5  # of each class: fewer decisions give no calibrator (the plain score is used)
-SIBLING_WEIGHT = 0.0  # undecided siblings of decided flags as "not wrong" rows (ensemble.fit_calibrator)
+# undecided siblings of decided flags count as "not wrong" at this weight (ensemble.fit_calibrator);
+# 0.3 and 1.0 measured alike, 0 (decisions only) 0.02 wrong_variant AP lower (BENCHMARKS.md)
+SIBLING_WEIGHT = 0.3
 
 
 @torch.no_grad()
@@ -81,8 +88,8 @@ class ListingEvidence:
 
     @property
     def score(self) -> float | None:
-        """The uncalibrated wrong-variant score: 1 - mean P(same family) over counted siblings."""
-        return None if self.features is None else float(self.features[0])
+        """The uncalibrated wrong-variant score: 1 - max P(same family) over counted siblings."""
+        return None if self.features is None else float(self.features[PLAIN_SCORE])
 
 
 @torch.no_grad()
@@ -169,12 +176,13 @@ class WrongVariantCalibrator:
         confirmed: np.ndarray,
         *,
         weight: np.ndarray | None = None,
+        decided: np.ndarray | None = None,
         c: float = 0.3,
         min_labels: int = MIN_LABELS,
     ) -> WrongVariantCalibrator | None:
         """Fit on evidence rows `x` and their labels (optionally weighted per row); None with fewer
-        than `min_labels` rows of either label. `confirmed` / `rejected` count the rows of weight 1
-        (the reviewers' own decisions)."""
+        than `min_labels` rows of either label. `decided` marks the rows that are reviewers' own
+        decisions (default: all), which the stored `confirmed` / `rejected` counts count."""
         from sklearn.linear_model import LogisticRegression
 
         confirmed = np.asarray(confirmed, dtype=bool)
@@ -186,7 +194,7 @@ class WrongVariantCalibrator:
         scale = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=weight))
         scale[scale < 1e-9] = 1.0
         lr = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, confirmed, sample_weight=weight)
-        decided = weight >= 1
+        decided = np.ones(len(confirmed), dtype=bool) if decided is None else np.asarray(decided, dtype=bool)
         return cls(
             mean=mean.tolist(),
             scale=scale.tolist(),

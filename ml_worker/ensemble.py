@@ -262,8 +262,8 @@ def fit_calibrator(
             y.append(labels.get(r, False))
             weight.append(1.0 if r in labels else sibling_weight)
     y, weight = np.array(y, dtype=bool), np.array(weight)
-    decided = weight >= 1
-    calibrator = WrongVariantCalibrator.fit(np.array(x), y, weight=weight) if rows else None
+    decided = np.array([r in labels for r in rows], dtype=bool)
+    calibrator = WrongVariantCalibrator.fit(np.array(x), y, weight=weight, decided=decided) if rows else None
     summary = {
         "confirmed": int((y & decided).sum()),
         "rejected": int((~y & decided).sum()),

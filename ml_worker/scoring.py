@@ -1,7 +1,7 @@
 """Scores from a trained model (pure: features in, scores out; exact kNN here, pgvector in the app).
 
-- wrong_variant_score(i) = 1 - mean over the other members j of i's family of P(same family | i, j):
-  how little a listing agrees with the rest of its family (None for a one-listing family); with a
+- wrong_variant_score(i) = 1 - max over the other members j of i's family of P(same family | i, j):
+  how little a listing agrees even with the sibling closest to it (None for a one-listing family); with a
   `calibrator` (fitted on reviewer decisions, ml_worker.calibration) P(a reviewer confirms) from the
   listing's whole evidence instead;
 - duplicate_score(i) = max over i's nearest neighbours j (any family; by the learned embedding plus

@@ -258,13 +258,14 @@ def embed_chunk_run(chunk_id: int) -> str:
 def _wrong_variant_scores(
     model, products: list[Product], listings: list[Listing], inputs, device: str
 ) -> tuple[dict, dict]:
-    """1 - mean P(same family) against the other members, from the model that never saw the family
-    (`inputs`: the chunk as the final model reads it; a fold model with its own backbones reads its
-    families through them). A member a reviewer confirmed as a wrong variant is left out of its
-    siblings' means (shown, marked `excluded`): the family it was wrongly linked into should not make
-    its rightful members look wrong. A listing left with no sibling to compare with gets no score.
-    A version with a wrong-variant calibrator (fitted on reviewer decisions) scores P(a reviewer
-    confirms) from the listing's whole evidence instead; the plain score stays in the evidence."""
+    """1 - max P(same family) against the other members (agreement with the closest sibling), from
+    the model that never saw the family (`inputs`: the chunk as the final model reads it; a fold model
+    with its own backbones reads its families through them). A member a reviewer confirmed as a wrong
+    variant is left out of its siblings' comparisons (shown, marked `excluded`): the family it was
+    wrongly linked into should not vouch for or against its rightful members. A listing left with no
+    sibling to compare with gets no score. A version with a wrong-variant calibrator (fitted on
+    reviewer decisions) scores P(a reviewer confirms) from the listing's whole evidence instead; the
+    plain score stays in the evidence."""
     confirmed_out = confirmed_wrong_variants([p.pk for p in products])
     members = defaultdict(list)
     for i, p in enumerate(products):

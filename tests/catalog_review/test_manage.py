@@ -117,7 +117,12 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
                 "wrong_variant_ap": 0.66,
                 "pr_curve_wrong_variant": rising,
             },
-            "wrong_variant_calibrator": {"confirmed": 6, "rejected": 11, "fitted": True},
+            "wrong_variant_calibrator": {
+                "confirmed": 6,
+                "rejected": 11,
+                "reviewed_siblings": 20,
+                "fitted": True,
+            },
         },
         training_data={"family_listings": 10, "families": 4, "review_pairs": 8},
     )
@@ -133,7 +138,8 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
     assert 'points="0.0,0.0 6.6,0.0' in html and "132.0,0.0" in html
     assert html.count('class="curve old"') == 1, "only the wrong-variant curve was compared"
     assert "AP 0.910 vs 0.660" in html and "accuracy on held-out reviewer labels 0.875" in html
-    assert "wrong-variant scores calibrated on 6 confirmed and 11 rejected decisions" in html
+    calibrated = "wrong-variant scores calibrated on 6 confirmed and 11 rejected decisions"
+    assert f"{calibrated} and 20 listings seen beside them" in html
     assert "no wrong-variant calibrator (1 confirmed, 0 rejected decisions; needs 5 of each)" in html
 
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from ml_worker.calibration import EVIDENCE, WrongVariantCalibrator, family_agreement, wrong_variant_evidence
+from ml_worker.calibration import (
+    EVIDENCE,
+    PLAIN_SCORE,
+    WrongVariantCalibrator,
+    family_agreement,
+    wrong_variant_evidence,
+)
 from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import TrainConfig
 from ml_worker.ensemble import CrossFitModel, fit_calibrator, load_cross_fit, save_cross_fit, train_cross_fit
@@ -24,7 +30,7 @@ def scored(tiny):
     return model, encode_all(model, features), families
 
 
-def test_evidence_starts_with_the_plain_score_and_leaves_confirmed_listings_out(scored):
+def test_evidence_holds_the_plain_score_and_leaves_confirmed_listings_out(scored):
     model, out, _families = scored
     groups = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     agreement = family_agreement(model, out, groups)
@@ -32,18 +38,18 @@ def test_evidence_starts_with_the_plain_score_and_leaves_confirmed_listings_out(
     assert set(evidence) == set(range(10))
     for i, e in evidence.items():
         assert e.features.shape == (len(EVIDENCE),)
-        assert e.score == pytest.approx(1 - np.mean(agreement[i]))
-        assert e.features[EVIDENCE.index("disagreement_closest")] == pytest.approx(1 - max(agreement[i]))
+        assert e.score == pytest.approx(1 - max(agreement[i]))  # the closest sibling decides
+        assert e.features[EVIDENCE.index("disagreement_mean")] == pytest.approx(1 - np.mean(agreement[i]))
     # two-listing family: nobody to be an outlier against
     assert evidence[8].features[EVIDENCE.index("disagreement_outlier")] == 0.0
     assert evidence[0].features[EVIDENCE.index("log_family_size")] == pytest.approx(np.log(4))
 
     left_out = wrong_variant_evidence(model, out, groups, excluded={3, 9})
     assert left_out[0].counted == [True, True, False]
-    assert left_out[0].score == pytest.approx(1 - np.mean(agreement[0][:2]))
+    assert left_out[0].score == pytest.approx(1 - max(agreement[0][:2]))
     assert left_out[0].features[EVIDENCE.index("log_family_size")] == pytest.approx(np.log(3))
     # the confirmed listing itself is still compared with the others; its lone sibling has nobody left
-    assert left_out[3].score == pytest.approx(1 - np.mean(agreement[3]))
+    assert left_out[3].score == pytest.approx(1 - max(agreement[3]))
     assert left_out[8].features is None and left_out[8].score is None
     assert left_out[9].score == pytest.approx(1 - agreement[9][0])
 
@@ -66,7 +72,7 @@ def test_calibrator_learns_which_evidence_separates_decisions():
     weighted = WrongVariantCalibrator.fit(x, confirmed, weight=np.r_[2.0, np.ones(39)])
     np.testing.assert_allclose(weighted.coef, twice.coef, atol=1e-3)
     assert weighted.coef != calibrator.coef
-    half = WrongVariantCalibrator.fit(x, confirmed, weight=np.where(confirmed, 1.0, 0.5))
+    half = WrongVariantCalibrator.fit(x, confirmed, weight=np.where(confirmed, 1.0, 0.5), decided=confirmed)
     assert (half.confirmed, half.rejected) == (int(confirmed.sum()), 0)
     with pytest.raises(ValueError, match="fitted on evidence"):
         WrongVariantCalibrator.from_dict(calibrator.to_dict() | {"features": ["disagreement_mean"]})
@@ -75,7 +81,8 @@ def test_calibrator_learns_which_evidence_separates_decisions():
 def test_score_listings_uses_the_calibrator(scored):
     model, out, families = scored
     names = len(EVIDENCE)
-    calibrator = WrongVariantCalibrator([0.0] * names, [1.0] * names, [5.0] + [0.0] * (names - 1), -2.0, 5, 5)
+    coef = [5.0 * (k == PLAIN_SCORE) for k in range(names)]
+    calibrator = WrongVariantCalibrator([0.0] * names, [1.0] * names, coef, -2.0, 5, 5)
     plain = score_listings(model, out, families)
     calibrated = score_listings(model, out, families, calibrator=calibrator)
     for i, s in plain.items():
@@ -96,7 +103,7 @@ def test_a_version_fits_its_calibrator_on_decisions_and_keeps_it(tiny, tmp_path)
     assert info["wrong_variant_calibrator"] == {
         "confirmed": 8,
         "rejected": 8,
-        "reviewed_siblings": 0,
+        "reviewed_siblings": 16,  # the other two members of each decided family
         "fitted": True,
     }
     assert model.calibrator is not None and len(model.calibrator.coef) == len(EVIDENCE)
@@ -140,6 +147,8 @@ def test_reviewed_siblings_stand_in_for_rejections(tiny):
     calibrator, summary = fit_calibrator(model, lambda m: features, families, confirmed, sibling_weight=0.5)
     assert summary == {"confirmed": 5, "rejected": 0, "reviewed_siblings": 15, "fitted": True}
     assert (calibrator.confirmed, calibrator.rejected) == (5, 0)
+    _, summary = fit_calibrator(model, lambda m: features, families, confirmed, sibling_weight=1.0)
+    assert summary == {"confirmed": 5, "rejected": 0, "reviewed_siblings": 15, "fitted": True}
     # a decided listing is never also a sibling row: one rejection replaces one sibling row
     calibrator, summary = fit_calibrator(
         model, lambda m: features, families, confirmed | {1: False}, sibling_weight=0.5
