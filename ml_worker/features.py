@@ -3,7 +3,8 @@
 For every listing: the EfficientNet-Lite0 maps (1280x7x7 and 112x14x14, float16) of its image and
 of one re-listing of it (a slight crop and a JPEG re-encode: the positive of the same-product loss),
 MiniLM token states of its title and of one adversarial rewrite of it (float16), masks. Cached as safetensors,
-keyed by the catalogue content and the backbone settings.
+keyed by the catalogue content and the backbone settings, with an index of which row holds which
+listing version: scoring reads unchanged listings' rows from there instead of running the backbones.
 """
 
 from __future__ import annotations
@@ -84,25 +85,79 @@ def load_backbones(
     return image_model, TextEncoder(text_model_dir, max_tokens).to(device).eval()
 
 
-def cache_key(listings: list[Listing], config: MapsConfig) -> str:
-    h = hashlib.sha256(
-        json.dumps(
-            [
-                FEATURE_VERSION,
-                config.image_weights,
-                config.text_model_dir,
-                config.image_size,
-                config.max_tokens,
-            ]
-        ).encode()
+def _settings(config: MapsConfig) -> str:
+    return json.dumps(
+        [FEATURE_VERSION, config.image_weights, config.text_model_dir, config.image_size, config.max_tokens]
     )
+
+
+def listing_fingerprint(x: Listing) -> str:
+    """What a listing's features depend on: its title and its image file (path, size, mtime)."""
+    stat = x.image.stat() if x.image and x.image.exists() else None
+    return (
+        f"{x.sku}\x00{x.title}\x00{x.image}\x00{stat.st_size if stat else ''}\x00"
+        f"{stat.st_mtime_ns if stat else ''}"
+    )
+
+
+def cache_key(listings: list[Listing], config: MapsConfig) -> str:
+    h = hashlib.sha256(_settings(config).encode())
     for x in listings:
-        stat = x.image.stat() if x.image and x.image.exists() else None
-        h.update(
-            f"{x.sku}\x00{x.title}\x00{x.image}\x00{stat.st_size if stat else ''}\x00"
-            f"{stat.st_mtime_ns if stat else ''}\n".encode()
-        )
+        h.update(f"{listing_fingerprint(x)}\n".encode())
     return h.hexdigest()[:24]
+
+
+def _row_key(fingerprint: str, settings: str) -> str:
+    return hashlib.sha256(f"{settings}\x00{fingerprint}".encode()).hexdigest()[:32]
+
+
+def _write_index(cache_file: Path, listings: list[Listing], config: MapsConfig) -> None:
+    """Beside a training cache: which row holds which listing, so scoring can reuse the rows of
+    listings unchanged since (`cached_rows`)."""
+    settings = _settings(config)
+    rows = {_row_key(listing_fingerprint(x), settings): i for i, x in enumerate(listings)}
+    index = cache_file.with_suffix(".index.json")
+    tmp = index.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"features": cache_file.name, "rows": rows}))
+    tmp.replace(index)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_index(path: Path, mtime_ns: int) -> tuple[str, dict[str, int]]:
+    index = json.loads(path.read_text())
+    return index["features"], index["rows"]
+
+
+def cached_rows(
+    listings: list[Listing], config: MapsConfig, cache_dir: Path, *, indexes: int = 3
+) -> dict[int, dict[str, torch.Tensor]]:
+    """The scoring fields of those `listings` whose title and image are unchanged since a training
+    job cached them (the newest `indexes` caches of `cache_dir` are searched), read row by row from
+    the memory-mapped files: {position in listings: {field: tensor}}; missing listings are absent."""
+    from safetensors import safe_open
+
+    settings = _settings(config)
+    wanted = {_row_key(listing_fingerprint(x), settings): k for k, x in enumerate(listings)}
+    found: dict[int, dict[str, torch.Tensor]] = {}
+    candidates = sorted(Path(cache_dir).glob("features-*.index.json"), key=lambda f: -f.stat().st_mtime_ns)
+    for index in candidates[:indexes]:
+        if len(found) == len(listings):
+            break
+        try:
+            name, rows = _read_index(index, index.stat().st_mtime_ns)
+            hits = {k: rows[key] for key, k in wanted.items() if key in rows and k not in found}
+            if not hits:
+                continue
+            with safe_open(str(index.with_name(name)), framework="pt") as f:
+                slices = {field: f.get_slice(field) for field in SCORING_FIELDS}
+                for k, row in hits.items():
+                    found[k] = {field: sl[row : row + 1][0] for field, sl in slices.items()}
+        except (OSError, ValueError, KeyError):  # a cache being replaced or removed: compute instead
+            continue
+    return found
+
+
+SCORING_FIELDS = ("top", "mid", "has_image", "tokens", "token_mask")  # what scoring reads
 
 
 def own_backbones(model) -> tuple[EfficientNetLite0, TextEncoder] | None:
@@ -112,15 +167,28 @@ def own_backbones(model) -> tuple[EfficientNetLite0, TextEncoder] | None:
 
 
 def features_for(
-    model, listings: list[Listing], *, device: str = "cpu", training: bool = False, progress: bool = False
+    model,
+    listings: list[Listing],
+    *,
+    device: str = "cpu",
+    training: bool = False,
+    progress: bool = False,
+    cache_dir: Path | None = None,
 ) -> FeatureCache:
     """The listings as `model` reads them: through its own fine-tuned backbones (moved to `device`)
-    when it was trained end to end, else through the packaged frozen ones (not cached)."""
+    when it was trained end to end (never cached), else through the packaged frozen ones (scoring:
+    reusing a training cache's rows in `cache_dir` where the listing is unchanged)."""
     backbones = own_backbones(model)
     if backbones is not None:
         model.to(device)
     return extract_features(
-        listings, model.config, device=device, progress=progress, training=training, backbones=backbones
+        listings,
+        model.config,
+        device=device,
+        progress=progress,
+        training=training,
+        backbones=backbones,
+        cache_dir=cache_dir if not training else None,
     )
 
 
@@ -138,15 +206,22 @@ def extract_features(
     backbones: tuple[EfficientNetLite0, TextEncoder] | None = None,
 ) -> FeatureCache:
     """Backbone features of `listings`. `training=False` (scoring) skips the re-listing views and the
-    adversarial titles: one backbone pass per image; their fields then alias the plain ones (not cached:
-    the app scores in chunks whose content changes with the catalogue). `backbones` (an end-to-end
-    model's own, on `device`, in eval mode) replace the packaged frozen ones; never cached."""
+    adversarial titles: one backbone pass per image; their fields then alias the plain ones. Training
+    caches the whole catalogue's features in `cache_dir` (with an index of its rows); scoring with a
+    `cache_dir` reuses the rows of listings unchanged since a training cached them and computes only
+    the rest (the app re-scores the catalogue after each activation: the backbones need not run
+    again). `backbones` (an end-to-end model's own, on `device`, in eval mode) replace the packaged
+    frozen ones; never cached."""
+    if cache_dir and not training and backbones is None:
+        return _scoring_features(listings, config, Path(cache_dir), batch_size, device, progress, on_progress)
     cache_file = (
         Path(cache_dir) / f"features-{cache_key(listings, config)}.safetensors"
         if cache_dir and training and backbones is None
         else None
     )
     if cache_file and cache_file.exists():
+        if not cache_file.with_suffix(".index.json").exists():
+            _write_index(cache_file, listings, config)
         return FeatureCache(**load_file(str(cache_file)))
     image_model, text_model = backbones or load_backbones(
         config.image_weights, config.text_model_dir, config.max_tokens, device
@@ -234,7 +309,42 @@ def extract_features(
     if cache_file:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in cache.__dict__.items()}, str(cache_file))
+        _write_index(cache_file, listings, config)
     return cache
+
+
+def _scoring_features(listings, config, cache_dir, batch_size, device, progress, on_progress) -> FeatureCache:
+    """Scoring features: cached rows where a training job left them, the backbones for the rest."""
+    found = cached_rows(listings, config, cache_dir)
+    missing = [k for k in range(len(listings)) if k not in found]
+    computed = None
+    if missing:
+        computed = extract_features(
+            [listings[k] for k in missing],
+            config,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            training=False,
+            on_progress=on_progress,
+        )
+    fields = {}
+    for name in SCORING_FIELDS:
+        like = getattr(computed, name) if computed is not None else next(iter(found.values()))[name][None]
+        out = torch.zeros((len(listings), *like.shape[1:]), dtype=like.dtype)
+        if found:
+            rows = sorted(found)
+            out[rows] = torch.stack([found[k][name] for k in rows])
+        if computed is not None:
+            out[missing] = getattr(computed, name)
+        fields[name] = out
+    return FeatureCache(
+        **fields,
+        top_aug=fields["top"],
+        mid_aug=fields["mid"],
+        adv_tokens=fields["tokens"],
+        adv_mask=fields["token_mask"],
+    )
 
 
 def _encode_titles(model: TextEncoder, titles: list[str], config: MapsConfig, progress: bool, desc: str):

@@ -203,7 +203,8 @@ def embed_chunk_run(chunk_id: int) -> str:
     rows = []
     if products:
         listings = [product_listing(p) for p in products]
-        features = features_for(model.final, listings, device=device)
+        # unchanged listings' backbone features come from the last training's cache
+        features = features_for(model.final, listings, device=device, cache_dir=settings.FEATURE_CACHE_DIR)
         inputs = features.inputs(torch.arange(len(products))).to(device)
         out = encode_inputs(model.final.to(device), inputs)
         wrong_variant, evidence = _wrong_variant_scores(model, products, listings, inputs, device)
