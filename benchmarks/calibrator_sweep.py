@@ -7,6 +7,7 @@ catalogues (other inject.py seeds, never imported) with the version's final mode
 review_simulator.py's `--held-out` does, and prints metrics.py's figures:
 
 - `plain`: the shipped plain score (1 - max P(same family), `ml_worker.calibration.PLAIN_SCORE`);
+- `stored`: the version's own calibrator (fitted by its train job), when it has one;
 - `pool:NAME`: another evidence column as the score (`pool:disagreement_mean`, the earlier default);
 - `siblings:W`: a calibrator fitted on the decisions as a train job fits it, with the decided flags'
   undecided siblings counted as "not wrong" at weight W (0: the decisions alone).
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         return WrongVariantCalibrator([0.0] * n, [1.0] * n, [float(i == k) for i in range(n)], 0.0, 0, 0)
 
     ways = {"plain": (None, {})} | {f"pool:{name}": (column(name), {}) for name in args.pool}
+    if version.calibrator is not None:  # the one the version was trained with, on its round's decisions
+        ways["stored"] = (version.calibrator, {"confirmed": version.calibrator.confirmed})
     families = [p.family.code for p in products]
     for w in weights:
         ways[f"siblings:{w:g}"] = fit_calibrator(
