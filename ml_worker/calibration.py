@@ -159,6 +159,33 @@ def _outlier(distance: np.ndarray, at: int) -> float:
     return float(distance[at] - np.median(np.delete(distance, at)))
 
 
+def cross_validated_gain(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray, groups: list[str], *, folds: int = 5
+) -> tuple[float, float] | None:
+    """Weighted AP of out-of-fold calibrator probabilities and of the plain score on the same rows
+    (folds by family: a family's rows are never both fitted and scored), or None when a fold cannot
+    be fitted. The calibrator is worth using only where it ranks unseen families' rows better than
+    the plain score it replaces."""
+    from sklearn.metrics import average_precision_score
+    from sklearn.model_selection import GroupKFold
+
+    codes = sorted(set(groups))
+    k = min(folds, len(codes))
+    if k < 2 or y.all() or not y.any():
+        return None
+    oof = np.zeros(len(y))
+    for fit_rows, test_rows in GroupKFold(n_splits=k).split(x, y, groups):
+        calibrator = WrongVariantCalibrator.fit(
+            x[fit_rows], y[fit_rows], weight=weight[fit_rows], min_labels=1
+        )
+        if calibrator is None:
+            return None
+        oof[test_rows] = calibrator.probability(x[test_rows])
+    calibrated = average_precision_score(y, oof, sample_weight=weight)
+    plain = average_precision_score(y, x[:, PLAIN_SCORE], sample_weight=weight)
+    return float(calibrated), float(plain)
+
+
 @dataclass
 class WrongVariantCalibrator:
     mean: list[float]

@@ -33,6 +33,7 @@ from ml_worker.calibration import (
     MIN_LABELS,
     SIBLING_WEIGHT,
     WrongVariantCalibrator,
+    cross_validated_gain,
     wrong_variant_evidence,
 )
 from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
@@ -261,9 +262,9 @@ def fit_calibrator(
             x.append(features)
             y.append(labels.get(r, False))
             weight.append(1.0 if r in labels else sibling_weight)
-    y, weight = np.array(y, dtype=bool), np.array(weight)
+    x, y, weight = np.array(x), np.array(y, dtype=bool), np.array(weight)
     decided = np.array([r in labels for r in rows], dtype=bool)
-    calibrator = WrongVariantCalibrator.fit(np.array(x), y, weight=weight, decided=decided) if rows else None
+    calibrator = WrongVariantCalibrator.fit(x, y, weight=weight, decided=decided) if rows else None
     summary = {
         "confirmed": int((y & decided).sum()),
         "rejected": int((~y & decided).sum()),
@@ -277,6 +278,18 @@ def fit_calibrator(
             + (" (their reviewed siblings count as rejected)" if sibling_weight > 0 else "")
             + "; the plain family-agreement score is used"
         )
+        return None, summary
+    # used only if it ranks families it was not fitted on better than the plain score does
+    gain = cross_validated_gain(x, y, weight, [listed_families[r] for r in rows])
+    if gain is not None:
+        summary["cross_validated_ap"], summary["plain_ap"] = round(gain[0], 4), round(gain[1], 4)
+        if gain[0] < gain[1]:
+            summary["fitted"] = False
+            summary["note"] = (
+                f"fitted, but on families it did not see it ranked the decisions worse than the plain "
+                f"score (AP {gain[0]:.3f} vs {gain[1]:.3f}); the plain family-agreement score is used"
+            )
+            return None, summary
     return calibrator, summary
 
 

@@ -131,6 +131,17 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
         metrics={"validation": {"pr_auc": 0.8}, "wrong_variant_calibrator": {"confirmed": 1, "rejected": 0}},
         training_data={"family_listings": 10, "families": 4, "review_pairs": 3},
     )
+    ModelVersion.objects.create(
+        name="v1",
+        metrics={
+            "validation": {"pr_auc": 0.7},
+            "wrong_variant_calibrator": {
+                **{"confirmed": 24, "rejected": 5, "reviewed_siblings": 83, "fitted": False},
+                **{"cross_validated_ap": 0.61, "plain_ap": 0.66},
+            },
+        },
+        training_data={"family_listings": 10, "families": 4, "review_pairs": 3},
+    )
     ModelVersion.objects.create(name="old", metrics={"validation": {"pr_auc": 0.5}})  # before curves
     html = admin_client.get(reverse("manage_models")).content.decode()
     assert html.count('class="pr-chart"') == 2, "wrong variant and duplicate for v3, none for v2, old"
@@ -141,6 +152,10 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
     calibrated = "wrong-variant scores calibrated on 6 confirmed and 11 rejected decisions"
     assert f"{calibrated} and 20 listings seen beside them" in html
     assert "no wrong-variant calibrator (1 confirmed, 0 rejected decisions; needs 5 of each)" in html
+    assert (
+        "no wrong-variant calibrator: fitted on 24 confirmed and 5 rejected decisions, it ranked unseen "
+        "families' decisions worse than the plain score (AP 0.610 vs 0.660)" in html
+    )
 
 
 def test_dashboard_counts_precision_and_agreement(admin_client, reviewer):

@@ -10,6 +10,7 @@ from ml_worker.calibration import (
     EVIDENCE,
     PLAIN_SCORE,
     WrongVariantCalibrator,
+    cross_validated_gain,
     family_agreement,
     wrong_variant_evidence,
 )
@@ -100,12 +101,10 @@ def test_a_version_fits_its_calibrator_on_decisions_and_keeps_it(tiny, tmp_path)
     model, info = train_cross_fit(
         features, families, category, tiny, train, progress=False, wrong_variant_labels=decided
     )
-    assert info["wrong_variant_calibrator"] == {
-        "confirmed": 8,
-        "rejected": 8,
-        "reviewed_siblings": 16,  # the other two members of each decided family
-        "fitted": True,
-    }
+    summary = info["wrong_variant_calibrator"]
+    assert counts(summary) == (8, 8, 16)  # siblings: the other two members of each decided family
+    # kept: on families it was not fitted on it ranks the decisions better than the plain score
+    assert summary["fitted"] and summary["cross_validated_ap"] >= summary["plain_ap"]
     assert model.calibrator is not None and len(model.calibrator.coef) == len(EVIDENCE)
     save_cross_fit(model, tmp_path / "v")
     assert load_cross_fit(tmp_path / "v").calibrator == model.calibrator
@@ -145,12 +144,44 @@ def test_reviewed_siblings_stand_in_for_rejections(tiny):
     calibrator, summary = fit_calibrator(model, lambda m: features, families, confirmed, sibling_weight=0)
     assert calibrator is None and summary["reviewed_siblings"] == 0 and "needs 5" in summary["note"]
     calibrator, summary = fit_calibrator(model, lambda m: features, families, confirmed, sibling_weight=0.5)
-    assert summary == {"confirmed": 5, "rejected": 0, "reviewed_siblings": 15, "fitted": True}
-    assert (calibrator.confirmed, calibrator.rejected) == (5, 0)
-    _, summary = fit_calibrator(model, lambda m: features, families, confirmed, sibling_weight=1.0)
-    assert summary == {"confirmed": 5, "rejected": 0, "reviewed_siblings": 15, "fitted": True}
+    assert counts(summary) == (5, 0, 15) and kept_if_better(calibrator, summary)
+    if calibrator is not None:
+        assert (calibrator.confirmed, calibrator.rejected) == (5, 0)
+    calibrator, summary = fit_calibrator(model, lambda m: features, families, confirmed, sibling_weight=1.0)
+    assert counts(summary) == (5, 0, 15) and kept_if_better(calibrator, summary)
     # a decided listing is never also a sibling row: one rejection replaces one sibling row
     calibrator, summary = fit_calibrator(
         model, lambda m: features, families, confirmed | {1: False}, sibling_weight=0.5
     )
-    assert summary == {"confirmed": 5, "rejected": 1, "reviewed_siblings": 14, "fitted": True}
+    assert counts(summary) == (5, 1, 14) and kept_if_better(calibrator, summary)
+
+
+def counts(summary: dict) -> tuple[int, int, int]:
+    return summary["confirmed"], summary["rejected"], summary["reviewed_siblings"]
+
+
+def kept_if_better(calibrator, summary: dict) -> bool:
+    """A fitted calibrator is kept exactly when its cross-validated AP is not below the plain score's."""
+    better = summary["cross_validated_ap"] >= summary["plain_ap"]
+    return (
+        summary["fitted"] == better and (calibrator is not None) == better and ("note" in summary) != better
+    )
+
+
+def test_a_calibrator_is_kept_only_where_it_beats_the_plain_score_on_unseen_families():
+    rng = np.random.default_rng(1)
+    n = 120
+    families = [f"F{i // 4}" for i in range(n)]  # 30 families of 4
+    x = rng.normal(size=(n, len(EVIDENCE)))
+    weight = np.ones(n)
+    # the decisions follow the image distance; the plain score is noise: the calibrator wins
+    wrong = x[:, EVIDENCE.index("image_descriptor_distance")] > 0.8
+    calibrated, plain = cross_validated_gain(x, wrong, weight, families)
+    assert calibrated > 0.7 and calibrated > plain + 0.3
+    # the decisions follow the plain score itself, all else is noise: refitting cannot beat it
+    wrong = x[:, PLAIN_SCORE] > 0.8
+    calibrated, plain = cross_validated_gain(x, wrong, weight, families)
+    assert plain == pytest.approx(1.0) and calibrated <= plain
+    # one class only, or one family: nothing to compare
+    assert cross_validated_gain(x, np.zeros(n, dtype=bool), weight, families) is None
+    assert cross_validated_gain(x, wrong, weight, ["F"] * n) is None
