@@ -78,7 +78,9 @@ def test_train_score_save_and_rescore_with_the_checkpoint(catalogue, tmp_path):
     solo = next(x for x in lines if x["sku"] == "text-only")
     assert solo["wrong_variant_score"] is None and solo["duplicate_score"] is not None
     assert all(x["wrong_variant_score"] is not None for x in lines if x["sku"] != "text-only")
-    assert len(list((tmp_path / "cache").iterdir())) == 1, "features are cached for the next run"
+    cached = sorted(f.name for f in (tmp_path / "cache").iterdir())
+    assert len(cached) == 2, "features are cached for the next run, with the index scoring reads rows by"
+    assert cached[0].endswith(".index.json") and cached[1] == cached[0].replace(".index.json", ".safetensors")
 
     again = tmp_path / "again.jsonl"
     assert (
