@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     django.setup()
     from django.conf import settings
 
-    from benchmarks.label_value import load_metrics
+    from benchmarks.label_value import held_out_figures, load_metrics
     from catalog_review.models import Flag, ModelVersion, Product
     from catalog_review.services.model_versions import load_model
     from catalog_review.services.review import wrong_variant_labels
@@ -172,18 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 prices=[price_of(x.attributes) for x in rows],
                 calibrator=calibrator,
             )
-            export = {
-                rows[i].sku: {
-                    "wrong_variant_score": s.wrong_variant_score,
-                    "duplicate_score": s.duplicate_score,
-                    "duplicate_of": rows[s.duplicate_of].sku if s.duplicate_of is not None else None,
-                }
-                for i, s in scores.items()
-            }
-            m = metrics.evaluate(d, export)
-            line[d.name] = {
-                k: m[k] for k in ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")
-            }
+            line[d.name] = held_out_figures(metrics, d, rows, scores)
         line["mean_wrong_variant_ap"] = round(
             float(np.mean([line[d.name]["wrong_variant_ap"] for d in catalogues])), 4
         )

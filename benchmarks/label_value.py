@@ -52,7 +52,7 @@ from ml_worker.config import MapsConfig, TrainConfig  # noqa: E402
 from ml_worker.end_to_end import load_raw_inputs  # noqa: E402
 from ml_worker.ensemble import train_cross_fit  # noqa: E402
 from ml_worker.features import extract_features, features_for  # noqa: E402
-from ml_worker.scoring import encode_all, score_listings  # noqa: E402
+from ml_worker.scoring import encode_all, protocol_scores, score_listings  # noqa: E402
 from ml_worker.train import Labels, ReviewPairs, train_model  # noqa: E402
 
 METRICS = ROOT.parent / "shared" / "eval" / "metrics.py"
@@ -65,6 +65,15 @@ def load_metrics(path: Path = METRICS):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+FIGURES = ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")
+
+
+def held_out_figures(metrics, catalogue_dir: Path, rows, scores) -> dict:
+    """metrics.py's headline figures for `scores` (row -> ListingScore) of the catalogue `rows`."""
+    m = metrics.evaluate(catalogue_dir, protocol_scores(rows, scores))
+    return {k: m[k] for k in FIGURES}
 
 
 def decide(
@@ -247,18 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 outputs = encode_all(model, feats, device=device)
                 for suffix, cal in [("", None), *([("_calibrated", calibrator)] if calibrator else [])]:
                     out = score_listings(model, outputs, [x.family for x in rows], calibrator=cal)
-                    export = {
-                        rows[i].sku: {
-                            "wrong_variant_score": s.wrong_variant_score,
-                            "duplicate_score": s.duplicate_score,
-                            "duplicate_of": rows[s.duplicate_of].sku if s.duplicate_of is not None else None,
-                        }
-                        for i, s in out.items()
-                    }
-                    m = metrics.evaluate(d, export)
-                    line[d.name + suffix] = {
-                        k: m[k] for k in ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")
-                    }
+                    line[d.name + suffix] = held_out_figures(metrics, d, rows, out)
             for suffix in ["", *(["_calibrated"] if calibrator else [])]:
                 line["mean_wrong_variant_ap" + suffix] = round(
                     float(np.mean([line[d.name + suffix]["wrong_variant_ap"] for d in held_out])), 4

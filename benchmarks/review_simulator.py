@@ -155,6 +155,7 @@ class HeldOut:
         return self.frozen[d]
 
     def measure(self, version_name: str) -> dict:
+        from benchmarks.label_value import held_out_figures
         from catalog_review.models import ModelVersion
         from catalog_review.services.model_versions import load_model
         from ml_worker.scoring import encode_all, score_listings
@@ -173,18 +174,7 @@ class HeldOut:
                 prices=self.prices[d],
                 calibrator=version.calibrator,
             )
-            export = {
-                rows[i].sku: {
-                    "wrong_variant_score": s.wrong_variant_score,
-                    "duplicate_score": s.duplicate_score,
-                    "duplicate_of": rows[s.duplicate_of].sku if s.duplicate_of is not None else None,
-                }
-                for i, s in scores.items()
-            }
-            m = self.metrics.evaluate(d, export)
-            out[d.name] = {
-                k: m[k] for k in ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")
-            }
+            out[d.name] = held_out_figures(self.metrics, d, rows, scores)
         return {
             "calibrated": version.calibrator is not None,
             "mean_wrong_variant_ap": round(sum(v["wrong_variant_ap"] for v in out.values()) / len(out), 4),

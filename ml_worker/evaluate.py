@@ -23,7 +23,7 @@ from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.features import FeatureCache, extract_features, features_for, own_backbones
 from ml_worker.lexical import price_of
-from ml_worker.scoring import encode_all, score_listings
+from ml_worker.scoring import encode_all, protocol_scores, score_listings
 from ml_worker.train import Labels, train_model
 from ml_worker.zero_shot import ZeroShotModel
 
@@ -173,22 +173,16 @@ def main(argv: list[str] | None = None) -> int:
             save_checkpoint(model, args.save_model, metadata={"train": train_config.to_dict(), **info})
     timings["train_s"] = round(train_s, 1)
     timings["score_s"] = round(time.perf_counter() - t1 - train_s, 1)
+    exported = protocol_scores(listings, scores)
     with open(args.out, "w") as fh:
-        for i, listing in enumerate(listings):
-            s = scores[i]
-            fh.write(
-                json.dumps(
-                    {
-                        "sku": listing.sku,
-                        "family": listing.family,
-                        "wrong_variant_score": s.wrong_variant_score,
-                        "duplicate_score": s.duplicate_score,
-                        "duplicate_of": listings[s.duplicate_of].sku if s.duplicate_of is not None else None,
-                        "model_version": version,
-                    }
-                )
-                + "\n"
-            )
+        for listing in listings:
+            line = {
+                "sku": listing.sku,
+                "family": listing.family,
+                **exported[listing.sku],
+                "model_version": version,
+            }
+            fh.write(json.dumps(line) + "\n")
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({"listings": len(listings), "device": device, **timings}), file=sys.stderr)
     return 0

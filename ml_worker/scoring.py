@@ -31,6 +31,19 @@ class ListingScore:
     duplicate_of: int | None
 
 
+def protocol_scores(listings, scores: dict[int, ListingScore]) -> dict[str, dict]:
+    """`scores` (row -> ListingScore) as the evaluation protocol's metrics.py and the export format
+    name them: sku -> wrong_variant_score, duplicate_score, duplicate_of (a sku)."""
+    return {
+        listings[i].sku: {
+            "wrong_variant_score": s.wrong_variant_score,
+            "duplicate_score": s.duplicate_score,
+            "duplicate_of": listings[s.duplicate_of].sku if s.duplicate_of is not None else None,
+        }
+        for i, s in scores.items()
+    }
+
+
 @torch.no_grad()
 def encode_inputs(model, inputs: MapsInputs, *, batch_size: int = 128) -> MapsOutput:
     """The model's outputs for `inputs`, in batches, as float32 on the CPU."""
