@@ -24,10 +24,15 @@ fitted on the decided wrong-variant flags (each read by the fold model that neve
 the held-out catalogues are then scored by the final model twice, without the calibrator and with it
 (`*_calibrated`), so the two lines differ by the calibrator alone.
 
+With `--warm-start VERSION_DIR` (a saved version, e.g. the app's round 0 under var/models) every
+model starts from that version's weights (each fold model from its fold model) instead of from
+scratch, as a train job warm-starts from the active version; `--steps` then counts the steps added.
+The version itself is measured first (config `start`), so each line reads as a change over it.
+
 usage: .venv/bin/python benchmarks/label_value.py CATALOGUE_DIR ROUND0_SCORES HELD_OUT_DIR...
            [--decisions 300] [--configs none,w2] [--seeds 0,1,2] [--cache-dir var/feature-cache]
            [--kind all|wrong_variant|duplicate] [--wrong-variant-threshold 0.7] [--end-to-end]
-           [--metrics ../shared/eval/metrics.py] [--calibrate]
+           [--metrics ../shared/eval/metrics.py] [--calibrate] [--warm-start VERSION_DIR --steps 50]
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from ml_worker.catalogue import load_catalogue  # noqa: E402
 from ml_worker.config import MapsConfig, TrainConfig  # noqa: E402
 from ml_worker.end_to_end import load_raw_inputs  # noqa: E402
-from ml_worker.ensemble import train_cross_fit  # noqa: E402
+from ml_worker.ensemble import load_cross_fit, train_cross_fit  # noqa: E402
 from ml_worker.features import extract_features, features_for  # noqa: E402
 from ml_worker.scoring import encode_all, protocol_scores, score_listings  # noqa: E402
 from ml_worker.train import Labels, ReviewPairs, train_model  # noqa: E402
@@ -154,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="configurations with labels: train a cross-fitted version and fit its wrong-variant calibrator",
     )
+    ap.add_argument(
+        "--warm-start", type=Path, help="a saved version to start every model from (its fold models too)"
+    )
     args = ap.parse_args(argv)
     configs = args.configs.split(",")
     for c in configs:
@@ -172,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
 
     config = MapsConfig(end_to_end=args.end_to_end)
+    start = load_cross_fit(args.warm_start) if args.warm_start else None
+    if start is not None and start.config.to_dict() != config.to_dict():
+        ap.error(f"{args.warm_start}: a version of another model configuration")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     listings = load_catalogue(args.catalogue)
     truth = json.loads((args.catalogue / "truth.json").read_text())
@@ -202,6 +213,25 @@ def main(argv: list[str] | None = None) -> int:
             else extract_features(rows, config, device=device, progress=False, training=False),
         )
 
+    def measure(line: dict, model, calibrator=None) -> dict:
+        model.eval()
+        for d, (rows, feats) in held_out.items():
+            model.to(device)  # score_listings leaves it on the CPU
+            if feats is None:
+                feats = features_for(model, rows, device=device)
+            outputs = encode_all(model, feats, device=device)
+            for suffix, cal in [("", None), *([("_calibrated", calibrator)] if calibrator else [])]:
+                out = score_listings(model, outputs, [x.family for x in rows], calibrator=cal)
+                line[d.name + suffix] = held_out_figures(metrics, d, rows, out)
+        for suffix in ["", *(["_calibrated"] if calibrator else [])]:
+            line["mean_wrong_variant_ap" + suffix] = round(
+                float(np.mean([line[d.name + suffix]["wrong_variant_ap"] for d in held_out])), 4
+            )
+        return line
+
+    if start is not None:
+        line = measure({"config": "start", "version": str(args.warm_start)}, start.final)
+        print(json.dumps(line), flush=True)
     for c in configs:
         _, weight, per_step = CONFIG.match(c).groups()
         with_labels = c != "none"
@@ -233,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                     features_of=lambda m: features_for(m, listings, device=device, training=True),
                     wrong_variant_labels=wrong_variant_labels,
                     listed_families=[x.family for x in listings],
+                    warm_start=start,
                 )
                 model, calibrator = version.final, version.calibrator
             else:
@@ -246,22 +277,10 @@ def main(argv: list[str] | None = None) -> int:
                     progress=False,
                     review_pairs=pairs if with_labels else None,
                     raw=raw,
+                    init=start.final if start is not None else None,
                 )
-            model.eval()
             line = {"config": c, "seed": seed, "device": device, "train_s": round(time.perf_counter() - t0)}
-            for d, (rows, feats) in held_out.items():
-                model.to(device)  # score_listings leaves it on the CPU
-                if feats is None:
-                    feats = features_for(model, rows, device=device)
-                outputs = encode_all(model, feats, device=device)
-                for suffix, cal in [("", None), *([("_calibrated", calibrator)] if calibrator else [])]:
-                    out = score_listings(model, outputs, [x.family for x in rows], calibrator=cal)
-                    line[d.name + suffix] = held_out_figures(metrics, d, rows, out)
-            for suffix in ["", *(["_calibrated"] if calibrator else [])]:
-                line["mean_wrong_variant_ap" + suffix] = round(
-                    float(np.mean([line[d.name + suffix]["wrong_variant_ap"] for d in held_out])), 4
-                )
-            print(json.dumps(line), flush=True)
+            print(json.dumps(measure(line, model, calibrator)), flush=True)
     return 0
 
 

@@ -312,8 +312,16 @@ def jobs_train(request):
         end_to_end = body.get("end_to_end")
         if end_to_end is not None and not isinstance(end_to_end, bool):
             raise ValueError("end_to_end must be true, false or null (TRAIN_END_TO_END decides)")
+        warm_start = body.get("warm_start")
+        if warm_start is not None and not isinstance(warm_start, bool):
+            raise ValueError("warm_start must be true, false or null (TRAIN_WARM_START decides)")
         job = train_start(
-            requested_by=request.user, activate=activate, force=force, steps=steps, end_to_end=end_to_end
+            requested_by=request.user,
+            activate=activate,
+            force=force,
+            steps=steps,
+            end_to_end=end_to_end,
+            warm_start=warm_start,
         )
     except (ValueError, TrainingError) as exc:
         return _error(400, str(exc))
@@ -420,12 +428,21 @@ OPENAPI = {
                 body={
                     "type": "object",
                     "properties": {
-                        "steps": {"type": "integer"},
+                        "steps": {
+                            "type": "integer",
+                            "description": "per model (default TRAIN_WARM_STEPS warm, TRAIN_STEPS cold)",
+                            "minimum": 1,
+                        },
                         "activate": {"type": "boolean"},
                         "force": {"type": "boolean"},
                         "end_to_end": {
                             "type": ["boolean", "null"],
                             "description": "fine-tune both backbones (GPU); null: TRAIN_END_TO_END decides",
+                        },
+                        "warm_start": {
+                            "type": ["boolean", "null"],
+                            "description": "start from the active version's weights (true: fail if it "
+                            "cannot be one), false: from scratch; null: TRAIN_WARM_START decides",
                         },
                     },
                 },

@@ -114,6 +114,21 @@ class TrainJobForm(forms.Form):
         }[settings.TRAIN_END_TO_END]
         field = self.fields["backbones"]
         field.choices = [("", f"as configured: {configured}"), *field.choices[1:]]
+        warm, cold = settings.TRAIN_WARM_STEPS, settings.TRAIN_STEPS
+        self.steps_default = f"default {warm} from the active version, {cold} from scratch"
+
+    start = forms.ChoiceField(
+        required=False,
+        label="start from",
+        choices=[
+            ("", "the active version when it can (TRAIN_WARM_START)"),
+            ("warm", "the active version (warm start)"),
+            ("scratch", "scratch (the packaged backbones only)"),
+        ],
+    )
 
     def end_to_end(self) -> bool | None:
         return {"end_to_end": True, "frozen": False}.get(self.cleaned_data.get("backbones") or "")
+
+    def warm_start(self) -> bool | None:
+        return {"warm": True, "scratch": False}.get(self.cleaned_data.get("start") or "")

@@ -282,7 +282,13 @@ class Job(models.Model):
             return f"{what} · {scope.get('model_version', '')}"
         if self.kind == self.Kind.TRAIN:
             backbones = {True: ", end to end", False: ", frozen"}.get(scope.get("end_to_end"), "")
-            return f"{scope.get('steps')} steps{backbones}" + (", activate" if scope.get("activate") else "")
+            steps = f"{scope['steps']} steps" if scope.get("steps") else "default steps"
+            start = (
+                f", from {scope['warm_start_from']}"
+                if scope.get("warm_start_from")
+                else {True: ", warm start", False: ", from scratch"}.get(scope.get("warm_start"), "")
+            )
+            return steps + backbones + start + (", activate" if scope.get("activate") else "")
         return str(scope.get("file", ""))
 
 

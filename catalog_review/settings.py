@@ -242,6 +242,10 @@ FLAG_DUPLICATE_THRESHOLD = env_float("FLAG_DUPLICATE_THRESHOLD", 0.9)
 # at most this fraction of a version's scored listings is flagged as wrong variants (1 = no cap)
 FLAG_WRONG_VARIANT_MAX_FRACTION = env_float("FLAG_WRONG_VARIANT_MAX_FRACTION", 0.1)
 TRAIN_STEPS = env_int("TRAIN_STEPS", 200, minimum=1)
+# a new version starts from the active version's weights when that is a trained version of the same
+# configuration (the review loop's rounds: minutes instead of a full retraining), for these steps
+TRAIN_WARM_START = env_bool("TRAIN_WARM_START", True)
+TRAIN_WARM_STEPS = env_int("TRAIN_WARM_STEPS", 60, minimum=1)
 TRAIN_FOLDS = env_int("TRAIN_FOLDS", 2, minimum=1)
 # fine-tune both backbones with each version (+0.09 duplicate AP from the same reviewer labels,
 # BENCHMARKS.md; minutes on a GPU, hours on a CPU): auto = when the gpu worker has CUDA

@@ -401,6 +401,7 @@ def manage_start_train(request):
         force=form.cleaned_data["force"],
         steps=form.cleaned_data["steps"],
         end_to_end=form.end_to_end(),
+        warm_start=form.warm_start(),
     )
     return redirect("job", job_id=job.pk)
 

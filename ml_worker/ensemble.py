@@ -136,6 +136,7 @@ def train_cross_fit(
     features_of: Callable[[nn.Module], FeatureCache] | None = None,
     wrong_variant_labels: dict[int, bool] | None = None,
     listed_families: list[str] | None = None,
+    warm_start: CrossFitModel | None = None,
 ) -> tuple[CrossFitModel, dict]:
     """Train the fold models and the final model; validate every fold model on errors planted into
     the families it never saw and on the reviewer labels of those families (and `baseline`, the
@@ -150,7 +151,11 @@ def train_cross_fit(
     `wrong_variant_labels` (row -> confirmed, the reviewers' wrong-variant decisions in force) fit
     the version's calibrator: each decided listing's evidence is read, in its family as listed
     (`listed_families`; `family_codes` has confirmed wrong variants moved out), by the fold model
-    that never trained on that family, as a score job will read it."""
+    that never trained on that family, as a score job will read it.
+
+    `warm_start` (the active version; `warm_start_reason` says whether it can be one) starts each
+    member from the same member of that version: fold k from its fold k, which never saw fold k's
+    families either (a family's fold is a hash of its code), the final model from its final model."""
     if config.end_to_end and raw is None:
         raise ValueError("end_to_end training needs the raw inputs (ml_worker.end_to_end.load_raw_inputs)")
 
@@ -172,10 +177,16 @@ def train_cross_fit(
         if on_progress:
             on_progress(done + s, total)
 
+    if warm_start is not None and (reason := warm_start_reason(warm_start, config, k)):
+        raise ValueError(f"cannot warm-start from that version: {reason}")
     fold_models, validation, baseline_validation = [], [], []
     info = {"folds": k if k > 1 else 0, "listings": len(family_codes), "families": len(set(family_codes))}
+    info["warm_start"] = warm_start is not None
     for run in runs:
         rows = np.nonzero(fold != run)[0] if run != "final" else np.arange(len(family_codes))
+        init = None
+        if warm_start is not None:
+            init = warm_start.final if run == "final" else warm_start.folds[run]
         model, run_info = train_model(
             features,
             labels,
@@ -188,6 +199,7 @@ def train_cross_fit(
             on_step=step,
             review_pairs=review_pairs,
             raw=raw,
+            init=init,
         )
         info.setdefault("review_pairs_used", {})[str(run)] = run_info["review_pairs_used"]
         done += train_config.steps
@@ -217,6 +229,18 @@ def train_cross_fit(
             model, read, listed_families or family_codes, wrong_variant_labels, device=device
         )
     return model, info
+
+
+def warm_start_reason(version: CrossFitModel, config: MapsConfig, folds: int) -> str | None:
+    """Why `version` cannot warm-start a version of `config` with `folds` folds (None: it can)."""
+    members = [version.final, *version.folds]
+    if any(isinstance(m, ZeroShotModel) for m in members):
+        return "it is the zero-shot model (nothing trained to start from)"
+    if version.config.to_dict() != config.to_dict():
+        return "its model configuration differs"
+    if len(version.folds) != (folds if folds > 1 else 0):
+        return f"it has {len(version.folds)} fold models, this training {folds if folds > 1 else 0}"
+    return None
 
 
 def fit_calibrator(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from ml_worker.config import MapsConfig, TrainConfig
@@ -173,17 +174,26 @@ def train_model(
     on_step=None,
     review_pairs: ReviewPairs | None = None,
     raw: RawInputs | None = None,
+    init: nn.Module | None = None,
 ) -> tuple[MapsModel, dict]:
     """Train a MAPS model on `train_rows`; `on_step(step, total)` is called every 10 steps (job progress).
     `review_pairs` (reviewer labels) add a weighted pair-head loss on those of them within `train_rows`.
     With `config.end_to_end`, `raw` (the catalogue's pixels and token ids) feeds the backbones, which
-    train too; `features` (frozen) then only serve to mine look-alike negatives."""
+    train too; `features` (frozen) then only serve to mine look-alike negatives.
+
+    `init` (a trained model of the same configuration: the active version's member) warm-starts the
+    model from its weights, and each class proxy from the mean embedding of its listings under them,
+    so a few steps refine what it knew with the new labels instead of relearning it from scratch."""
     if config.end_to_end and raw is None:
         raise ValueError("end_to_end training needs the raw inputs (ml_worker.end_to_end.load_raw_inputs)")
+    if init is not None and init.config.to_dict() != config.to_dict():
+        raise ValueError("a warm start needs a model of the same configuration")
     seed_everything(train_config.seed)
     generator = torch.Generator().manual_seed(train_config.seed)
     model = MapsModel(config)
-    if model.backbone_top is not None and model.backbone_top.is_lite0:
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    elif model.backbone_top is not None and model.backbone_top.is_lite0:
         model.backbone_top.load_pretrained(config.image_weights)
     model = model.to(device)
     if config.end_to_end and device.startswith("cuda"):
@@ -235,6 +245,8 @@ def train_model(
     level_labels = [torch.as_tensor(labels.family)] + [
         torch.as_tensor(level) for level in labels.category_levels[::-1]
     ]
+    if init is not None:
+        _proxies_from_class_means(proxy_loss, model, source, train_rows, level_labels, device)
     review = review_pairs.within(train_rows) if review_pairs is not None else None
     if review is not None and not len(review):
         review = None
@@ -341,6 +353,27 @@ def train_model(
         "train_listings": len(train_rows),
         "review_pairs_used": review.counts() if review is not None else {},
     }
+
+
+@torch.no_grad()
+def _proxies_from_class_means(proxy_loss, model, source, rows: np.ndarray, level_labels, device) -> None:
+    """Each labelled level's proxy of a class with training listings := their mean (unit) embedding
+    under `model` (k-means levels follow the family proxies at their next refresh)."""
+    model.eval()
+    embeddings = torch.cat(
+        [
+            F.normalize(model(source.inputs(torch.as_tensor(chunk)).to(device)).embedding.float(), dim=1)
+            for chunk in np.array_split(rows, max(1, math.ceil(len(rows) / 256)))
+        ]
+    )
+    model.train()
+    for level, loss in enumerate(proxy_loss.levels):
+        if level in proxy_loss.kmeans_levels:
+            continue
+        classes = level_labels[level][torch.as_tensor(rows)].to(device)
+        sums = torch.zeros_like(loss.proxies).index_add_(0, classes, embeddings.to(loss.proxies.dtype))
+        present = torch.bincount(classes, minlength=len(sums)) > 0
+        loss.proxies.data[present] = F.normalize(sums[present], dim=1)
 
 
 def _review_loss(model, source, review: ReviewPairs | None, train_config, generator, device):

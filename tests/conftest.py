@@ -97,6 +97,8 @@ def celery_worker(django_db_setup, django_db_blocker, broker_url, media_root):
         "IMAGE_FETCH_MAX_RETRIES": "1",
         "IMAGE_MAX_BYTES": str(200_000),
         "DATABASE_CONN_MAX_AGE": "0",
+        "TRAIN_STEPS": "2",  # a train job that does not say how many steps (from scratch / warm)
+        "TRAIN_WARM_STEPS": "1",
     }
     hostname = f"test-{os.getpid()}@%h"
     log = open(media_root.parent / "worker.log", "w")

@@ -41,7 +41,7 @@ from catalog_review.services.review import (
 from catalog_review.services.scoring import product_listing, score_start
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
-from ml_worker.ensemble import save_cross_fit, train_cross_fit
+from ml_worker.ensemble import save_cross_fit, train_cross_fit, warm_start_reason
 from ml_worker.features import extract_features, features_for
 from ml_worker.train import ReviewPairs
 
@@ -59,19 +59,28 @@ def train_start(
     force: bool = False,
     steps: int | None = None,
     end_to_end: bool | None = None,
+    warm_start: bool | None = None,
 ) -> Job:
     """Queue a train job. `end_to_end` None leaves it to TRAIN_END_TO_END on the worker that runs it
-    (auto: fine-tune the backbones when that worker has CUDA)."""
+    (auto: fine-tune the backbones when that worker has CUDA). `warm_start` True starts every member
+    from the active version's (the job fails if that version cannot be a start: zero-shot, another
+    configuration or fold count), False from scratch, None: TRAIN_WARM_START decides, warm when it can.
+    `steps` None: TRAIN_WARM_STEPS for a warm start, TRAIN_STEPS from scratch (decided on the worker)."""
     from catalog_review.gpu_tasks import train_version
 
-    steps = steps or settings.TRAIN_STEPS
-    if steps < 1:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise TrainingError("steps must be at least 1")
     if end_to_end is not None and not isinstance(end_to_end, bool):
         raise TrainingError("end_to_end must be true, false or left out (TRAIN_END_TO_END decides)")
-    scope = {"activate": activate, "force": force, "steps": steps, "folds": settings.TRAIN_FOLDS}
+    if warm_start is not None and not isinstance(warm_start, bool):
+        raise TrainingError("warm_start must be true, false or left out (TRAIN_WARM_START decides)")
+    scope = {"activate": activate, "force": force, "folds": settings.TRAIN_FOLDS}
+    if steps is not None:
+        scope["steps"] = steps
     if end_to_end is not None:
         scope["end_to_end"] = end_to_end
+    if warm_start is not None:
+        scope["warm_start"] = warm_start
     with transaction.atomic():
         job = job_create(kind=Job.Kind.TRAIN, scope=scope, requested_by=requested_by)
         transaction.on_commit(lambda: train_version.delay(job_id=job.pk))
@@ -135,6 +144,18 @@ def end_to_end_for(requested: bool | None, device: str) -> bool:
     )
 
 
+def warm_start_for(requested: bool | None, parent: ModelVersion, config: MapsConfig, folds: int):
+    """The active version's model to warm-start from, or None to train from scratch: as requested
+    (True: it must be a usable start), else when TRAIN_WARM_START is on and it is one."""
+    if requested is False or (requested is None and not settings.TRAIN_WARM_START):
+        return None
+    model = load_model(parent)
+    reason = warm_start_reason(model, config, folds)
+    if reason and requested:
+        raise TrainingError(f"cannot warm-start from the active version {parent.name}: {reason}")
+    return None if reason else model
+
+
 def train_run(job_id: int) -> str:
     job = Job.objects.get(pk=job_id)
     if job.is_finished:
@@ -155,7 +176,13 @@ def train_run(job_id: int) -> str:
     device = ml_device()
     end_to_end = end_to_end_for(scope.get("end_to_end"), device)
     config = MapsConfig(end_to_end=end_to_end)
-    train_config = TrainConfig(steps=scope.get("steps", settings.TRAIN_STEPS), folds=scope.get("folds", 2))
+    folds = scope.get("folds", 2)
+    parent = active_version()
+    start = warm_start_for(scope.get("warm_start"), parent, config, folds)
+    steps = scope.get("steps") or (settings.TRAIN_WARM_STEPS if start else settings.TRAIN_STEPS)
+    job.scope = {**scope, "steps": steps, "warm_start_from": parent.name if start else None}
+    job.save(update_fields=["scope"])
+    train_config = TrainConfig(steps=steps, folds=folds)
     runs = train_config.folds + 1 if train_config.folds > 1 else 1
     n = len(products)
     total = n + runs * train_config.steps
@@ -173,7 +200,6 @@ def train_run(job_id: int) -> str:
     features_s = time.perf_counter() - started
     job_set_progress(job=job, done=n, counts={"phase": "training", "end_to_end": end_to_end})
 
-    parent = active_version()
     row = {p.pk: i for i, p in enumerate(products)}
     decided = {row[pk]: confirmed for pk, confirmed in wrong_variant_labels().items() if pk in row}
     model, info = train_cross_fit(
@@ -185,7 +211,8 @@ def train_run(job_id: int) -> str:
         device=device,
         progress=False,
         on_progress=lambda done, _t: _progress(job, n + done),
-        baseline=load_model(parent),
+        baseline=start or load_model(parent),
+        warm_start=start,
         review_pairs=review_pairs_for(products),
         raw=raw,
         features_of=lambda m: features_for(m, listings, device=device, training=True),
@@ -207,6 +234,7 @@ def train_run(job_id: int) -> str:
                 "validation": validation,
                 "parent_on_same_data": baseline,
                 "features_s": round(features_s, 1),
+                "warm_start_from": parent.name if start else None,
                 "total_s": round(time.perf_counter() - started, 1),
                 **info,
             },

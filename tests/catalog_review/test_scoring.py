@@ -396,6 +396,7 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
     job = finished(train_start(steps=2, activate=True).pk, timeout=300)
     version = ModelVersion.objects.get(name=job.counts["model_version"])
     assert version.parent == zero_shot
+    assert job.scope["warm_start_from"] is None  # nothing trained to start from: from scratch
     assert version.training_data["family_listings"] == Product.objects.count()
     assert version.training_data["review_pairs"] == 3
     assert version.training_data["listings_moved_out_of_families"] == 1
@@ -414,8 +415,15 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
     version.refresh_from_db()
     assert version.is_active == ok
 
-    forced = finished(train_start(steps=1, activate=True, force=True).pk, timeout=300)
+    forced = finished(train_start(activate=True, force=True).pk, timeout=300)
     assert forced.counts["activated"] is True
+    parent = ModelVersion.objects.get(name=forced.counts["model_version"]).parent
+    if parent == version:  # a trained version was active: the next starts from it, for fewer steps
+        assert forced.scope["warm_start_from"] == version.name
+        assert forced.scope["steps"] == 1  # the worker's TRAIN_WARM_STEPS (tests/conftest.py)
+        assert f"from {version.name}" in forced.scope_label
+    else:
+        assert forced.scope["warm_start_from"] is None and forced.scope["steps"] == 2  # TRAIN_STEPS
     rescore = finished(forced.counts["rescore_job"])  # activation re-scores with the new version
     assert rescore.scope["model_version"] == forced.counts["model_version"]
     trained = ModelVersion.objects.get(is_active=True)
@@ -463,6 +471,10 @@ def test_a_version_trained_end_to_end_scores_through_its_own_backbones(celery_wo
 
 
 def test_train_command_waits_and_reports_the_version(celery_worker, catalogue):
+    with pytest.raises(CommandError, match="cannot warm-start from the active version zero-shot: it is the"):
+        call_command("train", "--wait", "--warm-start", "--steps", "1", "--no-progress", stdout=io.StringIO())
+    with pytest.raises(TrainingError, match="warm_start must be"):
+        train_start(warm_start="yes")
     out = io.StringIO()
     call_command("train", "--wait", "--frozen", "--steps", "1", "--no-progress", stdout=out)
     text = out.getvalue()

@@ -1,11 +1,13 @@
 """Zero-shot model, cross-fitted versions (save/load/tamper), planted validation, feature views."""
 
+import dataclasses
 import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ml_worker.calibration import family_agreement
 from ml_worker.checkpoint import CheckpointError
@@ -17,9 +19,12 @@ from ml_worker.ensemble import (
     load_cross_fit,
     save_cross_fit,
     train_cross_fit,
+    warm_start_reason,
 )
+from ml_worker.losses import HierarchicalProxyLoss
 from ml_worker.modeling_maps import MapsModel
 from ml_worker.scoring import encode_inputs
+from ml_worker.train import _proxies_from_class_means
 from ml_worker.validation import planted_validation
 from ml_worker.zero_shot import ZeroShotModel
 from tests.ml_worker.conftest import families_of, gpu, random_features, random_inputs
@@ -174,3 +179,51 @@ def test_versions_train_and_score_on_cuda(tiny):
         assert on_cpu.keys() == on_gpu.keys()
         for k in on_cpu:
             assert np.allclose(on_cpu[k], on_gpu[k], atol=1e-3)
+
+
+def test_a_warm_start_begins_each_member_where_the_same_member_of_the_start_left_off(tiny):
+    families = families_of(16, 3)
+    features, start, _ = cross_fit(tiny, families)
+    still = TrainConfig(steps=2, folds=2, families_per_batch=4, lr=0.0)  # nothing moves: what it began with
+    model, info = train_cross_fit(
+        features, families, [("A", "B")] * len(families), tiny, still, progress=False, warm_start=start
+    )
+    assert info["warm_start"] is True
+    for new, old in [(model.final, start.final), *zip(model.folds, start.folds, strict=True)]:
+        for (name, a), b in zip(new.named_parameters(), old.parameters(), strict=True):
+            assert torch.equal(a, b), name
+    # fold k begins from fold k, never from the final model (which trained on fold k's families)
+    assert not all(
+        torch.equal(a, b) for a, b in zip(start.folds[0].parameters(), start.final.parameters(), strict=True)
+    )
+    categories = [("A", "B")] * len(families)
+    cold, info = train_cross_fit(features, families, categories, tiny, still, progress=False)
+    assert info["warm_start"] is False
+    assert not torch.equal(next(cold.final.parameters()), next(start.final.parameters()))
+
+
+def test_only_a_trained_version_of_the_same_shape_can_warm_start(tiny):
+    families = families_of(16, 3)
+    _, start, _ = cross_fit(tiny, families)
+    assert warm_start_reason(start, tiny, 2) is None
+    assert "zero-shot" in warm_start_reason(CrossFitModel.zero_shot(tiny), tiny, 2)
+    assert "2 fold models, this training 3" in warm_start_reason(start, tiny, 3)
+    assert "configuration" in warm_start_reason(start, dataclasses.replace(tiny, d_model=2 * tiny.d_model), 2)
+    with pytest.raises(ValueError, match="cannot warm-start from that version: it is the zero-shot"):
+        cross_fit(tiny, families, warm_start=CrossFitModel.zero_shot(tiny))
+
+
+def test_warm_started_proxies_are_the_mean_embeddings_of_their_listings(tiny):
+    features = random_features(tiny, families_of(6, 3))
+    model = MapsModel(tiny).eval()
+    proxies = HierarchicalProxyLoss([6, 2], tiny.embed_dim, [1.0, 0.5], kmeans_levels={1: 2})
+    untouched = proxies.levels[0].proxies.detach().clone()
+    labels = [torch.as_tensor(np.repeat(np.arange(6), 3))]
+    _proxies_from_class_means(proxies, model, features, np.arange(15), labels, "cpu")  # family 5 left out
+    model.eval()
+    with torch.no_grad():
+        embedding = F.normalize(model(features.inputs(torch.arange(15))).embedding, dim=1)
+    for c in range(5):
+        want = F.normalize(embedding[3 * c : 3 * c + 3].mean(0), dim=0)
+        assert torch.allclose(proxies.levels[0].proxies[c], want, atol=1e-5)
+    assert torch.equal(proxies.levels[0].proxies[5], untouched[5])  # no training listings: as it was

@@ -1,4 +1,5 @@
-"""python manage.py train [--wait] [--activate] [--force] [--steps N] [--end-to-end | --frozen]"""
+"""python manage.py train [--wait] [--activate] [--force] [--steps N] [--end-to-end | --frozen]
+[--warm-start | --from-scratch]"""
 
 from __future__ import annotations
 
@@ -40,9 +41,25 @@ class Command(BaseCommand):
             const=False,
             help="train on the packaged backbones' frozen features",
         )
+        start = parser.add_mutually_exclusive_group()
+        start.add_argument(
+            "--warm-start",
+            dest="warm_start",
+            action="store_const",
+            const=True,
+            help="start from the active version's weights (fails if it cannot be one); default: "
+            "TRAIN_WARM_START, warm when it can",
+        )
+        start.add_argument(
+            "--from-scratch",
+            dest="warm_start",
+            action="store_const",
+            const=False,
+            help="train from the packaged backbones only",
+        )
         parser.add_argument("--no-progress", action="store_true")
 
-    def handle(self, *args, wait, activate, force, steps, end_to_end, no_progress, **options):
+    def handle(self, *args, wait, activate, force, steps, end_to_end, warm_start, no_progress, **options):
         if force and not activate:
             raise CommandError("--force only makes sense with --activate")
         if steps is not None and steps < 1:
@@ -50,7 +67,9 @@ class Command(BaseCommand):
         if wait:
             require_worker("gpu")
         try:
-            job = train_start(activate=activate, force=force, steps=steps, end_to_end=end_to_end)
+            job = train_start(
+                activate=activate, force=force, steps=steps, end_to_end=end_to_end, warm_start=warm_start
+            )
         except TrainingError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"Train job #{job.pk} queued.")
