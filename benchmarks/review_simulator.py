@@ -20,8 +20,10 @@ are reported per round (`held_out`) with their mean wrong_variant AP.
 usage (the catalogue imported and scored, a stack running, an admin token):
   .venv/bin/python benchmarks/review_simulator.py EVAL_DIR --url http://127.0.0.1:8000 --token TOKEN \
       [--rounds 3] [--per-round 100] [--steps 200] [--ordering -score|uncertain] [--compare-version NAME]...
-      [--end-to-end | --frozen] [--held-out DIR]... [--out results.jsonl]
-(`--end-to-end` / `--frozen` choose each retraining's backbones; neither: the server's TRAIN_END_TO_END.)
+      [--end-to-end | --frozen] [--warm-start | --from-scratch] [--held-out DIR]... [--out results.jsonl]
+(`--end-to-end` / `--frozen` choose each retraining's backbones; neither: the server's TRAIN_END_TO_END.
+`--warm-start` / `--from-scratch`: each round's version starts from the active one's weights or from
+scratch; neither: the server's TRAIN_WARM_START. Without `--steps` the server's default for that start.)
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def run(
     ordering: str = "-score",
     earlier_versions: tuple[str, ...] = (),
     end_to_end: bool | None = None,
+    warm_start: bool | None = None,
     job_timeout_s: float = 3600,
     held_out: HeldOut | None = None,
     log=print,
@@ -243,7 +246,8 @@ def run(
             if flag["counterpart_sku"]:
                 reviewed.add(flag["counterpart_sku"])
         started = time.monotonic()
-        body = {"activate": True, "end_to_end": end_to_end, **({"steps": steps} if steps else {})}
+        body = {"activate": True, "end_to_end": end_to_end, "warm_start": warm_start}
+        body |= {"steps": steps} if steps else {}
         status, job = api.call("POST", "/api/jobs/train", body)
         if status != 202:
             raise RuntimeError(f"POST /api/jobs/train: {status} {job}")
@@ -268,6 +272,8 @@ def run(
                 "model_version": job["counts"]["model_version"],
                 "activated": job["counts"]["activated"],
                 "gate": job["counts"]["gate"],
+                "steps": job["scope"].get("steps"),
+                "warm_start_from": job["scope"].get("warm_start_from"),
                 "train_s": round(train_s, 1),
                 "rescore_s": round(score_s, 1),
                 **metrics_on_unreviewed(eval_dir, export_scores(), reviewed),
@@ -311,6 +317,9 @@ def main() -> None:
     backbones = ap.add_mutually_exclusive_group()
     backbones.add_argument("--end-to-end", dest="end_to_end", action="store_const", const=True)
     backbones.add_argument("--frozen", dest="end_to_end", action="store_const", const=False)
+    start = ap.add_mutually_exclusive_group()
+    start.add_argument("--warm-start", dest="warm_start", action="store_const", const=True)
+    start.add_argument("--from-scratch", dest="warm_start", action="store_const", const=False)
     ap.add_argument(
         "--held-out",
         type=Path,
@@ -339,6 +348,7 @@ def main() -> None:
         ordering=args.ordering,
         earlier_versions=tuple(args.compare_version),
         end_to_end=args.end_to_end,
+        warm_start=args.warm_start,
         held_out=HeldOut(args.held_out) if args.held_out else None,
     )
     if args.out:
