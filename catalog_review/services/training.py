@@ -6,8 +6,10 @@ cross-fitted version (ml_worker.ensemble): fold models score the families they n
 model gives the embeddings. With TRAIN_END_TO_END (auto: on a CUDA worker) every member fine-tunes
 its own copy of both backbones, and scoring reads the catalogue through them. Each fold model is
 validated on errors planted into its held-out families, and the active version is measured on exactly
-the same plants: the promotion gate compares the two. Reviewers' wrong-variant decisions in force
-also fit the version's wrong-variant calibrator (ml_worker.calibration), which score jobs apply.
+the same plants: the promotion gate compares the two. With TRAIN_WRONG_VARIANT_CALIBRATOR, reviewers'
+wrong-variant decisions in force also fit the version's wrong-variant calibrator
+(ml_worker.calibration), which score jobs apply. A version starts from the active one's weights when
+it can (TRAIN_WARM_START, `warm_start_for`).
 """
 
 from __future__ import annotations
@@ -216,9 +218,17 @@ def train_run(job_id: int) -> str:
         review_pairs=review_pairs_for(products),
         raw=raw,
         features_of=lambda m: features_for(m, listings, device=device, training=True),
-        wrong_variant_labels=decided,
+        wrong_variant_labels=decided if settings.TRAIN_WRONG_VARIANT_CALIBRATOR else None,
         listed_families=[p.family.code for p in products],
     )
+    if not settings.TRAIN_WRONG_VARIANT_CALIBRATOR:
+        confirmed = sum(decided.values())
+        info["wrong_variant_calibrator"] = {
+            "fitted": False,
+            "off": True,
+            "confirmed": confirmed,
+            "rejected": len(decided) - confirmed,
+        }
     name = f"maps-{timezone.now():%Y%m%d-%H%M%S}-j{job.pk}"
     directory = settings.MODEL_DIR / name
     digest = save_cross_fit(model, directory, metadata={"train": train_config.to_dict(), "job": job.pk})

@@ -142,6 +142,14 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
         },
         training_data={"family_listings": 10, "families": 4, "review_pairs": 3},
     )
+    ModelVersion.objects.create(
+        name="v0",
+        metrics={
+            "validation": {"pr_auc": 0.7},
+            "wrong_variant_calibrator": {"confirmed": 7, "rejected": 2, "fitted": False, "off": True},
+        },
+        training_data={"family_listings": 10, "families": 4, "review_pairs": 3},
+    )
     ModelVersion.objects.create(name="old", metrics={"validation": {"pr_auc": 0.5}})  # before curves
     html = admin_client.get(reverse("manage_models")).content.decode()
     assert html.count('class="pr-chart"') == 2, "wrong variant and duplicate for v3, none for v2, old"
@@ -155,6 +163,10 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
     assert (
         "no wrong-variant calibrator: fitted on 24 confirmed and 5 rejected decisions, it ranked unseen "
         "families' decisions worse than the plain score (AP 0.610 vs 0.660)" in html
+    )
+    assert (
+        "wrong-variant calibrator off (TRAIN_WRONG_VARIANT_CALIBRATOR; 7 confirmed, 2 rejected decisions "
+        "in force)" in html
     )
 
 

@@ -404,8 +404,9 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
     used = version.metrics["review_pairs_used"]
     assert used["final"]["different_family"] == 3
     assert sorted(used[fold].get("different_family", 0) for fold in ("0", "1")) == [0, 3]
-    calibrator = version.metrics["wrong_variant_calibrator"]  # one decision: too few to fit on
+    calibrator = version.metrics["wrong_variant_calibrator"]  # off: TRAIN_WRONG_VARIANT_CALIBRATOR
     assert (calibrator["confirmed"], calibrator["rejected"], calibrator["fitted"]) == (1, 0, False)
+    assert calibrator["off"] is True
     assert load_model(version).calibrator is None
     validation = version.metrics["validation"]
     assert 0 <= validation["pr_auc"] <= 1
