@@ -213,7 +213,7 @@ def train_run(job_id: int) -> str:
         device=device,
         progress=False,
         on_progress=lambda done, _t: _progress(job, n + done),
-        baseline=start or load_model(parent),
+        baseline=load_model(parent),  # the same object as `start` when warm (loaded once)
         warm_start=start,
         review_pairs=review_pairs_for(products),
         raw=raw,

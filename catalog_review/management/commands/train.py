@@ -26,36 +26,24 @@ class Command(BaseCommand):
         )
         parser.add_argument("--force", action="store_true", help="with --activate: activate even if worse")
         parser.add_argument("--steps", type=int, default=None, help="optimisation steps per model")
-        backbones = parser.add_mutually_exclusive_group()
-        backbones.add_argument(
-            "--end-to-end",
-            dest="end_to_end",
-            action="store_const",
-            const=True,
-            help="fine-tune both backbones with the version (minutes on a GPU worker, hours on a CPU)",
+        _either_or(
+            parser,
+            "end_to_end",
+            (
+                "--end-to-end",
+                "fine-tune both backbones with the version (minutes on a GPU worker, hours on a CPU)",
+            ),
+            ("--frozen", "train on the packaged backbones' frozen features"),
         )
-        backbones.add_argument(
-            "--frozen",
-            dest="end_to_end",
-            action="store_const",
-            const=False,
-            help="train on the packaged backbones' frozen features",
-        )
-        start = parser.add_mutually_exclusive_group()
-        start.add_argument(
-            "--warm-start",
-            dest="warm_start",
-            action="store_const",
-            const=True,
-            help="start from the active version's weights (fails if it cannot be one); default: "
-            "TRAIN_WARM_START, warm when it can",
-        )
-        start.add_argument(
-            "--from-scratch",
-            dest="warm_start",
-            action="store_const",
-            const=False,
-            help="train from the packaged backbones only",
+        _either_or(
+            parser,
+            "warm_start",
+            (
+                "--warm-start",
+                "start from the active version's weights (fails if it cannot be one); default: "
+                "TRAIN_WARM_START, warm when it can",
+            ),
+            ("--from-scratch", "train from the packaged backbones only"),
         )
         parser.add_argument("--no-progress", action="store_true")
 
@@ -93,3 +81,10 @@ class Command(BaseCommand):
                 f"The catalogue is re-scored with it as job #{c['rescore_job']} "
                 "(`score --wait` follows a fresh one; SCORE_AFTER_ACTIVATION=false turns this off)."
             )
+
+
+def _either_or(parser, dest: str, yes: tuple[str, str], no: tuple[str, str]) -> None:
+    """Two exclusive flags setting `dest` to True / False (neither: None, the server's setting decides)."""
+    group = parser.add_mutually_exclusive_group()
+    for (flag, help_text), value in ((yes, True), (no, False)):
+        group.add_argument(flag, dest=dest, action="store_const", const=value, help=help_text)
