@@ -81,6 +81,37 @@ def held_out_figures(metrics, catalogue_dir: Path, rows, scores) -> dict:
     return {k: m[k] for k in FIGURES}
 
 
+def truth_answers(truth: dict) -> tuple[set[str], dict[str, set[str]]]:
+    """What a perfect reviewer knows: the planted wrong variants, and each listing's duplicates."""
+    wrong = {t["sku"] for t in truth.get("wrong_variant", [])}
+    partners = collections.defaultdict(set)
+    for t in truth.get("duplicate", []):
+        partners[t["sku"]].add(t["of"])
+        partners[t["of"]].add(t["sku"])
+    return wrong, partners
+
+
+def reviewer_pairs(families: list[str], decisions) -> ReviewPairs:
+    """Decisions (kind, row, other row or None, confirmed) as the reviewer pairs the app writes
+    (DESIGN 7): a wrong-variant decision pairs the listing with each member of its family as listed
+    ("different family" when confirmed, "same family" when rejected); a duplicate decision pairs it
+    with its candidate ("same product" / "different product")."""
+    members = collections.defaultdict(list)
+    for i, f in enumerate(families):
+        members[f].append(i)
+    a, b, head, target = [], [], [], []
+    for kind, i, other, confirmed in decisions:
+        if kind == "wrong_variant":
+            for j in members[families[i]]:
+                if j != i:
+                    a.append(i), b.append(j), head.append(0), target.append(not confirmed)
+        else:
+            a.append(i), b.append(other), head.append(1), target.append(confirmed)
+    return ReviewPairs(
+        np.array(a, dtype=np.int64), np.array(b, dtype=np.int64), np.array(head), np.array(target)
+    )
+
+
 def decide(
     listings,
     truth: dict,
@@ -92,15 +123,8 @@ def decide(
 ):
     """The reviewer pairs of the top `n` flags of `kinds` and the rows a confirmed wrong variant moves
     out."""
-    wrong = {t["sku"] for t in truth.get("wrong_variant", [])}
-    partners = collections.defaultdict(set)
-    for t in truth.get("duplicate", []):
-        partners[t["sku"]].add(t["of"])
-        partners[t["of"]].add(t["sku"])
+    wrong, partners = truth_answers(truth)
     row = {x.sku: i for i, x in enumerate(listings)}
-    members = collections.defaultdict(list)
-    for i, x in enumerate(listings):
-        members[x.family].append(i)
     flags = [
         (s["wrong_variant_score"], "wrong_variant", s["sku"], None)
         for s in scores
@@ -113,27 +137,17 @@ def decide(
     ]
     flags = [f for f in flags if f[1] in kinds]
     flags.sort(key=lambda f: -f[0])
-    a, b, head, target, moved = [], [], [], [], set()
+    made, moved = [], set()
     decisions = collections.Counter()
     for _score, kind, sku, other in flags[:n]:
         if sku not in row or (other is not None and other not in row):
             raise SystemExit(f"the scores file names a listing the catalogue lacks: {sku} / {other}")
-        i = row[sku]
-        if kind == "wrong_variant":
-            confirmed = sku in wrong
-            if confirmed:
-                moved.add(i)
-            for j in members[listings[i].family]:
-                if j != i:
-                    a.append(i), b.append(j), head.append(0), target.append(not confirmed)
-        else:
-            confirmed = other in partners[sku]
-            a.append(i), b.append(row[other]), head.append(1), target.append(confirmed)
+        confirmed = sku in wrong if kind == "wrong_variant" else other in partners[sku]
+        if kind == "wrong_variant" and confirmed:
+            moved.add(row[sku])
+        made.append((kind, row[sku], row[other] if other is not None else None, confirmed))
         decisions[f"{kind} {'confirmed' if confirmed else 'rejected'}"] += 1
-    pairs = ReviewPairs(
-        np.array(a, dtype=np.int64), np.array(b, dtype=np.int64), np.array(head), np.array(target)
-    )
-    return pairs, moved, dict(decisions)
+    return reviewer_pairs([x.family for x in listings], made), moved, dict(decisions)
 
 
 def main(argv: list[str] | None = None) -> int:
