@@ -28,7 +28,7 @@ from catalog_review.forms import (
 from catalog_review.models import Flag, Job, ModelVersion, Product, VariationFamily
 from catalog_review.services import review
 from catalog_review.services.jobs import job_cancel
-from catalog_review.services.model_versions import activate_version, promotion_decision
+from catalog_review.services.model_versions import NOISE_Z, activate_version, promotion_decision
 from catalog_review.services.scoring import ScopeError, score_start
 from catalog_review.services.training import train_start
 
@@ -420,6 +420,8 @@ def manage_models(request):
     versions = list(ModelVersion.objects.select_related("parent", "created_by").order_by("-created_at"))
     for v in versions:
         v.pr_charts = _pr_charts(v.metrics or {})
+        noise = ((v.metrics or {}).get("gate_noise") or {}).get("pr_auc")
+        v.noise_margin = NOISE_Z * noise["sd"] if noise else None  # the gate's, on planted errors
     return render(request, "catalog_review/manage_models.html", {"versions": versions})
 
 
@@ -461,10 +463,12 @@ def manage_activate_model(request, version_id: int):
     version = get_object_or_404(ModelVersion, pk=version_id)
     force = request.POST.get("force") == "1"
     active = ModelVersion.objects.filter(is_active=True).first()
+    beside_active = active is not None and version.parent_id == active.pk  # validated on the same data
+    paired = version.metrics.get("parent_on_same_data") if beside_active else None
     ok, reason = promotion_decision(
         version.metrics.get("validation") or {},
-        (version.metrics.get("parent_on_same_data") if active and version.parent_id == active.pk else None)
-        or (active.metrics.get("validation") if active and active.metrics else None),
+        paired or (active.metrics.get("validation") if active and active.metrics else None),
+        version.metrics.get("gate_noise") if paired else None,
     )
     if version.name == "zero-shot" or ok or force:
         activate_version(version)

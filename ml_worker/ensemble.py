@@ -42,7 +42,7 @@ from ml_worker.end_to_end import RawInputs
 from ml_worker.features import FeatureCache, own_backbones
 from ml_worker.scoring import encode_inputs
 from ml_worker.train import Labels, ReviewPairs, train_model
-from ml_worker.validation import planted_validation, review_pair_validation
+from ml_worker.validation import gate_noise, planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
 
 MANIFEST = "manifest.json"
@@ -180,6 +180,7 @@ def train_cross_fit(
     if warm_start is not None and (reason := warm_start_reason(warm_start, config, k)):
         raise ValueError(f"cannot warm-start from that version: {reason}")
     fold_models, validation, baseline_validation = [], [], []
+    scored, baseline_scored = [], []  # validation items of each fold, for the gate's paired bootstrap
     info = {"folds": k if k > 1 else 0, "listings": len(family_codes), "families": len(set(family_codes))}
     info["warm_start"] = warm_start is not None
     for run in runs:
@@ -211,11 +212,11 @@ def train_cross_fit(
         held_out = np.nonzero(fold == run)[0]
         seed = train_config.seed + run
         held_out_pairs = review_pairs.within(held_out) if review_pairs is not None else None
-        validation.append(_validate(model, read(model), labels, held_out, held_out_pairs, seed))
+        validation.append(_validate(model, read(model), labels, held_out, held_out_pairs, seed, scored))
         if baseline is not None:
             reference = _fold_model_for(baseline, run, k)
             baseline_validation.append(
-                _validate(reference, read(reference), labels, held_out, held_out_pairs, seed)
+                _validate(reference, read(reference), labels, held_out, held_out_pairs, seed, baseline_scored)
             )
     if k == 1:  # no held-out families: validate on planted errors among all (optimistic; noted)
         everyone = np.arange(len(family_codes))
@@ -223,6 +224,7 @@ def train_cross_fit(
     info["validation"] = _mean_metrics(validation)
     if baseline is not None and baseline_validation:
         info["baseline_validation"] = _mean_metrics(baseline_validation)
+        info["gate_noise"] = gate_noise(scored, baseline_scored, seed=train_config.seed)
     model = CrossFitModel(final=final, folds=fold_models)
     if wrong_variant_labels:
         model.calibrator, info["wrong_variant_calibrator"] = fit_calibrator(
@@ -317,11 +319,15 @@ def fit_calibrator(
     return calibrator, summary
 
 
-def _validate(model, features: FeatureCache, labels: Labels, rows, pairs: ReviewPairs | None, seed) -> dict:
-    """Planted errors among `rows`, and the reviewer labels `pairs` of those rows."""
-    return planted_validation(model, features, labels.family, labels.leaf_category, rows, seed=seed) | (
-        review_pair_validation(model, features, pairs) if pairs else {}
+def _validate(
+    model, features: FeatureCache, labels: Labels, rows, pairs: ReviewPairs | None, seed, items=None
+) -> dict:
+    """Planted errors among `rows`, and the reviewer labels `pairs` of those rows (their scored items
+    appended to `items`, when given)."""
+    planted = planted_validation(
+        model, features, labels.family, labels.leaf_category, rows, seed=seed, items=items
     )
+    return planted | (review_pair_validation(model, features, pairs, labels.family, items) if pairs else {})
 
 
 def _fold_model_for(model: CrossFitModel, fold: int, folds: int) -> nn.Module:

@@ -15,6 +15,7 @@ the same planted set, so the comparison is like for like.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -42,8 +43,10 @@ def planted_validation(
     seed: int = 0,
     max_families: int = 400,
     neighbours: int = 10,
+    items: list | None = None,
 ) -> dict:
-    """PR-AUC of `model` on errors planted among `rows` (listings of held-out families)."""
+    """PR-AUC of `model` on errors planted among `rows` (listings of held-out families). With `items`
+    (a list), the scored items are appended to it as `Scored` (for `gate_noise`)."""
     model = model.cpu().eval()
     rng = np.random.default_rng(seed)
     members = defaultdict(list)
@@ -70,15 +73,18 @@ def planted_validation(
         return 1.0 - float(_p(model, a_out, out, [a_index] * len(ib), ib, head=0).mean())
 
     negatives, moved, swapped = [], [], []
+    negative_families, moved_families = [], []
     for f in fams:
         for i in members[f]:
             negatives.append(disagreement(out, position[i], [j for j in members[f] if j != i]))
+            negative_families.append(f)
     swap_rows, swap_donors, swap_families = [], [], []
     for k, f in enumerate(fams):
         i = members[f][rng.integers(len(members[f]))]
         g = other_family(f)
         if k % 2 == 0:  # moved: i scored as if it were listed in family g
             moved.append(disagreement(out, position[i], members[g]))
+            moved_families.append(f)
         else:  # swapped image: i's title with the image of a listing of family g
             swap_rows.append(i)
             swap_donors.append(members[g][rng.integers(len(members[g]))])
@@ -135,7 +141,92 @@ def planted_validation(
     wrong = np.r_[np.zeros(len(negatives)), np.ones(len(moved) + len(swapped))]
     metrics["pr_curve_wrong_variant"] = pr_curve(wrong, np.r_[negatives, moved, swapped])
     metrics["pr_curve_duplicate"] = pr_curve(is_twin, duplicate_score)
+    if items is not None:
+        items.append(
+            Scored(
+                wrong_variant=(
+                    np.r_[negatives, moved, swapped],
+                    wrong,
+                    np.r_[negative_families, moved_families, swap_families].astype(np.int64),
+                ),
+                duplicate=(duplicate_score, is_twin.astype(float), family[local_rows].astype(np.int64)),
+            )
+        )
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+@dataclass
+class Scored:
+    """One model's validation items of one fold, for the paired bootstrap: per kind (scores, labels,
+    the family each item was planted in or belongs to)."""
+
+    wrong_variant: tuple | None = None
+    duplicate: tuple | None = None
+    review: dict = field(default_factory=dict)  # gate key -> (scores, labels, families)
+
+
+def _ap(item: tuple, weight: np.ndarray) -> float:
+    scores, labels, _ = item
+    return float(average_precision_score(labels, scores, sample_weight=weight))
+
+
+def gate_noise(new: list[Scored], old: list[Scored], *, resamples: int = 300, seed: int = 0) -> dict:
+    """How much the gate's difference (new minus old, both versions scored on the same planted
+    errors and reviewer pairs) moves when the validation families are drawn again: a paired
+    bootstrap over families within each fold (`new[k]`, `old[k]`: fold k's items of each version,
+    the planted ones first; review items, if any, follow). Returns per gate number (`pr_auc`, each
+    review AP measured in every fold, and `gate_with_review`: the planted PR-AUC averaged with those
+    review APs, with their `keys`) the standard deviation of the difference over the resamples and
+    its 5th and 95th percentiles."""
+    rng = np.random.default_rng(seed)
+    planted_new = [s for s in new if s.wrong_variant is not None]
+    planted_old = [s for s in old if s.wrong_variant is not None]
+    review_new = [s for s in new if s.review]
+    review_old = [s for s in old if s.review]
+    keys = set.intersection(*(set(s.review) for s in review_new + review_old)) if review_new else set()
+    diffs = defaultdict(list)
+
+    def draw(families: np.ndarray, *item_families: np.ndarray) -> list[np.ndarray]:
+        """Families drawn again with replacement; each item weighs as often as its family was drawn."""
+        unique = np.unique(families)
+        counts = np.bincount(rng.integers(len(unique), size=len(unique)), minlength=len(unique))
+        return [counts[np.searchsorted(unique, f)].astype(float) for f in item_families]
+
+    def both_classes(item: tuple, weight: np.ndarray) -> bool:
+        return len(np.unique(item[1][weight > 0])) == 2
+
+    for _ in range(resamples):
+        per_key = defaultdict(list)
+        for a, b in zip(planted_new, planted_old, strict=True):
+            w_wv, w_dup = draw(a.duplicate[2], a.wrong_variant[2], a.duplicate[2])
+            if not (both_classes(a.wrong_variant, w_wv) and both_classes(a.duplicate, w_dup)):
+                continue
+            new_auc = (_ap(a.wrong_variant, w_wv) + _ap(a.duplicate, w_dup)) / 2
+            old_auc = (_ap(b.wrong_variant, w_wv) + _ap(b.duplicate, w_dup)) / 2
+            per_key["pr_auc"].append(new_auc - old_auc)
+        for a, b in zip(review_new, review_old, strict=True):
+            for key in sorted(keys):
+                (w,) = draw(a.review[key][2], a.review[key][2])
+                if both_classes(a.review[key], w):
+                    per_key[key].append(_ap(a.review[key], w) - _ap(b.review[key], w))
+        means = {key: float(np.mean(values)) for key, values in per_key.items()}
+        for key, value in means.items():
+            diffs[key].append(value)
+        if keys and all(k in means for k in ("pr_auc", *keys)):  # the gate score with reviewer labels
+            diffs["gate_with_review"].append((means["pr_auc"] + np.mean([means[k] for k in keys])) / 2)
+    noise = {
+        key: {
+            "sd": round(float(np.std(v)), 4),
+            "p05": round(float(np.percentile(v, 5)), 4),
+            "p95": round(float(np.percentile(v, 95)), 4),
+            "resamples": len(v),
+        }
+        for key, v in diffs.items()
+        if len(v) >= resamples // 2
+    }
+    if "gate_with_review" in noise:
+        noise["gate_with_review"]["keys"] = sorted(keys)
+    return noise
 
 
 RECALL_GRID = np.linspace(0.0, 1.0, 21)
@@ -148,10 +239,13 @@ def pr_curve(y: np.ndarray, scores: np.ndarray) -> list[float]:
     return [round(float(precision[recall >= r].max()), 4) for r in RECALL_GRID]
 
 
-def review_pair_validation(model, features: FeatureCache, pairs) -> dict:
+def review_pair_validation(
+    model, features: FeatureCache, pairs, family=None, items: list | None = None
+) -> dict:
     """The pair heads on reviewer-labelled pairs the model never trained on (`pairs`: a
     ml_worker.train.ReviewPairs of held-out families): average precision of P(same) per head where
-    both answers occur, and accuracy at 0.5 over all of them."""
+    both answers occur, and accuracy at 0.5 over all of them. With `items` (and `family`, each row's
+    family id) the scored pairs of each head are appended to it as `Scored` (for `gate_noise`)."""
     if not len(pairs):
         return {"validation_review_pairs": 0}
     model = model.cpu().eval()
@@ -162,8 +256,12 @@ def review_pair_validation(model, features: FeatureCache, pairs) -> dict:
     product_p = duplicate_probability(model, out, out, torch.as_tensor(where[:n]), torch.as_tensor(where[n:]))
     p = np.where(pairs.head == 0, family_p, product_p.numpy())
     metrics = {"validation_review_pairs": n, "review_accuracy": float(np.mean((p >= 0.5) == pairs.target))}
+    heads = {}
     for head, name in ((0, "review_same_family_ap"), (1, "review_same_product_ap")):
         mask = pairs.head == head
         if mask.any() and 0 < pairs.target[mask].sum() < mask.sum():
             metrics[name] = float(average_precision_score(pairs.target[mask], p[mask]))
+            heads[name] = (p[mask], pairs.target[mask].astype(float), np.asarray(family)[pairs.a[mask]])
+    if items is not None and family is not None:
+        items.append(Scored(review=heads))
     return metrics

@@ -86,11 +86,19 @@ def gate_score(metrics: dict, review_keys: tuple[str, ...]) -> float:
     return (planted + sum(metrics[k] for k in review_keys) / len(review_keys)) / 2
 
 
-def promotion_decision(new_metrics: dict, active_metrics: dict | None) -> tuple[bool, str]:
+NOISE_Z = 1.645  # one-sided 95%: a difference the validation set's own noise exceeds 1 time in 20
+
+
+def promotion_decision(
+    new_metrics: dict, active_metrics: dict | None, noise: dict | None = None
+) -> tuple[bool, str]:
     """Activate only when the new version is not worse than the active one on the same validation
     data: planted errors in held-out families, and, once there are at least
     PROMOTION_MIN_REVIEW_PAIRS of them, the reviewer labels of held-out families (real errors weigh
-    as much as planted ones)."""
+    as much as planted ones). "Worse" means by more than PROMOTION_TOLERANCE and, where the training
+    measured it (`noise`: ml_worker.validation.gate_noise, a paired bootstrap over the validation
+    families), by more than the validation set's own noise: a difference that drawing the families
+    again would produce 1 time in 20 does not refuse a version."""
     new = new_metrics.get("pr_auc")
     if new is None:
         return False, "the new version has no validation PR-AUC"
@@ -115,6 +123,24 @@ def promotion_decision(new_metrics: dict, active_metrics: dict | None) -> tuple[
             f"validation score (planted PR-AUC {new:.4f} vs {active_metrics['pr_auc']:.4f}; "
             f"{new_metrics['validation_review_pairs']} held-out reviewer pairs: {parts})"
         )
-    if new_score >= old_score - settings.PROMOTION_TOLERANCE:
+    spread = _noise_of(noise, keys)
+    allowed = max(settings.PROMOTION_TOLERANCE, spread or 0.0)
+    if new_score >= old_score:
         return True, f"{what}: {new_score:.4f} vs active {old_score:.4f}, not worse"
-    return False, f"{what}: {new_score:.4f} is worse than the active version's {old_score:.4f}"
+    if new_score >= old_score - allowed:
+        within = f"the validation noise ({spread:.4f})" if spread and spread >= allowed else "the tolerance"
+        return True, (
+            f"{what}: {new_score:.4f} vs active {old_score:.4f}, "
+            f"{old_score - new_score:.4f} lower: within {within}, not worse"
+        )
+    beyond = f", beyond the validation noise ({spread:.4f})" if spread is not None else ""
+    return False, f"{what}: {new_score:.4f} is worse than the active version's {old_score:.4f}{beyond}"
+
+
+def _noise_of(noise: dict | None, keys: tuple[str, ...]) -> float | None:
+    """The difference the validation set's noise reaches 1 time in 20, for the gate score over
+    `keys` (None: not measured, e.g. a version compared with another than the one it trained beside)."""
+    entry = (noise or {}).get("gate_with_review" if keys else "pr_auc")
+    if not entry or (keys and entry.get("keys") != sorted(keys)):
+        return None
+    return NOISE_Z * entry["sd"]

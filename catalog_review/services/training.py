@@ -257,7 +257,7 @@ def train_run(job_id: int) -> str:
             parent=parent,
             created_by=job.requested_by,
         )
-        ok, reason = promotion_decision(validation, baseline)
+        ok, reason = promotion_decision(validation, baseline, info.get("gate_noise"))
         activated = False
         if scope.get("activate") and (ok or scope.get("force")):
             activate_version(version)

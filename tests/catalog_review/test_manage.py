@@ -117,6 +117,7 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
                 "wrong_variant_ap": 0.66,
                 "pr_curve_wrong_variant": rising,
             },
+            "gate_noise": {"pr_auc": {"sd": 0.004, "p05": 0.19, "p95": 0.21, "resamples": 300}},
             "wrong_variant_calibrator": {
                 "confirmed": 6,
                 "rejected": 11,
@@ -157,6 +158,7 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
     assert 'points="0.0,0.0 6.6,0.0' in html and "132.0,0.0" in html
     assert html.count('class="curve old"') == 1, "only the wrong-variant curve was compared"
     assert "AP 0.910 vs 0.660" in html and "accuracy on held-out reviewer labels 0.875" in html
+    assert html.count("data-noise") == 1 and "differences within 0.007 are validation noise" in html
     calibrated = "wrong-variant scores calibrated on 6 confirmed and 11 rejected decisions"
     assert f"{calibrated} and 20 listings seen beside them" in html
     assert "no wrong-variant calibrator (1 confirmed, 0 rejected decisions; needs 5 of each)" in html
@@ -245,3 +247,29 @@ def test_the_gate_weighs_held_out_reviewer_labels_once_there_are_enough(settings
     # a metric only one side was measured on is left out of both
     ok, reason = promotion_decision(new | {"review_same_product_ap": None}, active)
     assert ok and "same_product_ap" not in reason
+
+
+def test_the_gate_does_not_refuse_a_version_for_the_validation_sets_own_noise(settings):
+    settings.PROMOTION_MIN_REVIEW_PAIRS, settings.PROMOTION_TOLERANCE = 20, 0.005
+    active = {"pr_auc": 0.8187, "validation_review_pairs": 0}
+    new = {"pr_auc": 0.8135, "validation_review_pairs": 0}  # session 11's refused round: 0.0052 lower
+    assert not promotion_decision(new, active)[0]  # the fixed tolerance alone refuses it
+    noise = {"pr_auc": {"sd": 0.006, "p05": -0.011, "p95": 0.009, "resamples": 300}}
+    ok, reason = promotion_decision(new, active, noise)
+    assert ok and "0.0052 lower: within the validation noise (0.0099)" in reason
+    ok, reason = promotion_decision({"pr_auc": 0.80}, active, noise)  # 0.0187 lower: beyond it
+    assert not ok and reason.endswith(
+        "worse than the active version's 0.8187, beyond the validation noise (0.0099)"
+    )
+    quiet = {"pr_auc": {"sd": 0.001, "p05": -0.002, "p95": 0.002, "resamples": 300}}
+    ok, reason = promotion_decision({"pr_auc": 0.815}, active, quiet)  # the tolerance is the floor
+    assert ok and "within the tolerance" in reason
+    # with reviewer labels in the gate, only a bootstrap of that same gate score counts
+    labelled = {"validation_review_pairs": 40, "review_same_family_ap": 0.9, "review_same_product_ap": 0.8}
+    worse = labelled | {"review_same_family_ap": 0.88}  # gate score 0.0076 lower
+    ok, reason = promotion_decision(new | worse, active | labelled, noise)
+    assert not ok and "noise" not in reason  # the planted-only bootstrap does not speak for this score
+    both = noise | {
+        "gate_with_review": {"sd": 0.006, "keys": ["review_same_family_ap", "review_same_product_ap"]}
+    }
+    assert promotion_decision(new | worse, active | labelled, both)[0]

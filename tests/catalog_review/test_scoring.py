@@ -411,7 +411,8 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
     validation = version.metrics["validation"]
     assert 0 <= validation["pr_auc"] <= 1
     assert version.metrics["parent_on_same_data"]["pr_auc"] is not None
-    ok, _reason = promotion_decision(validation, version.metrics["parent_on_same_data"])
+    noise = version.metrics["gate_noise"]  # the paired bootstrap beside the parent (may be {} when tiny)
+    ok, _reason = promotion_decision(validation, version.metrics["parent_on_same_data"], noise)
     assert job.counts["activated"] == ok
     version.refresh_from_db()
     assert version.is_active == ok

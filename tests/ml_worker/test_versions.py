@@ -24,8 +24,8 @@ from ml_worker.ensemble import (
 from ml_worker.losses import HierarchicalProxyLoss
 from ml_worker.modeling_maps import MapsModel
 from ml_worker.scoring import encode_inputs
-from ml_worker.train import _proxies_from_class_means
-from ml_worker.validation import planted_validation
+from ml_worker.train import ReviewPairs, _proxies_from_class_means
+from ml_worker.validation import gate_noise, planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
 from tests.ml_worker.conftest import families_of, gpu, random_features, random_inputs
 
@@ -152,7 +152,61 @@ def test_train_cross_fit_validates_fold_models_against_a_baseline(tiny):
     for key in ("pr_auc", "wrong_variant_ap", "duplicate_ap"):
         assert 0 <= info["validation"][key] <= 1
         assert 0 <= info["baseline_validation"][key] <= 1
+    noise = info["gate_noise"]["pr_auc"]  # the paired bootstrap over each fold's validation families
+    assert noise["sd"] > 0 and noise["p05"] <= noise["p95"] and noise["resamples"] >= 150
     json.dumps(info)  # recorded in the database as JSON
+
+
+def test_the_gate_noise_is_a_paired_bootstrap_over_families(tiny):
+    """The same model against itself differs by exactly 0 on every resample; a good model against a
+    random one by a margin that no resample closes; fewer families, a wider spread."""
+    families = families_of(40, 3)
+    features = random_features(tiny, families, seed=1)
+    family = np.array([int(f[1:]) for f in families])
+    leaf = family % 3
+
+    class Blind(ZeroShotModel):  # its pair head answers at random (a fixed function of the pair)
+        def pair_logits(self, a, b, ia=None, ib=None):
+            ia = ia if ia is not None else torch.arange(a.embedding.shape[0])
+            ib = ib if ib is not None else ia
+            noise = torch.sin(ia.float() * 7.1 + ib.float() * 13.3 + a.embedding[ia, 0] * 50)
+            return noise[:, None].expand(-1, 2) * 3
+
+    def scored(model, rows):
+        items = []
+        planted_validation(model, features, family, leaf, rows, seed=0, items=items)
+        return items
+
+    rows = np.arange(len(families))
+    good, blind = scored(ZeroShotModel(tiny), rows), scored(Blind(tiny), rows)
+    same = gate_noise(good, good)["pr_auc"]
+    assert same == {"sd": 0.0, "p05": 0.0, "p95": 0.0, "resamples": 300}
+    apart = gate_noise(good, blind)["pr_auc"]
+    assert apart["p05"] > 0.1 and apart["sd"] > 0
+    few = np.flatnonzero(family < 8)
+    wide = gate_noise(scored(ZeroShotModel(tiny), few), scored(Blind(tiny), few))["pr_auc"]
+    assert wide["sd"] > apart["sd"]
+    assert gate_noise(good, blind, seed=3) == gate_noise(good, blind, seed=3)  # seeded
+
+
+def test_the_gate_noise_covers_held_out_reviewer_labels(tiny):
+    families = families_of(20, 3)
+    features = random_features(tiny, families, seed=2)
+    family = np.array([int(f[1:]) for f in families])
+    rng = np.random.default_rng(0)
+    a = rng.integers(len(families), size=60)
+    b = rng.integers(len(families), size=60)
+    pairs = ReviewPairs(a, b, np.r_[np.zeros(30), np.ones(30)].astype(int), family[a] == family[b])
+    pairs.target[[0, 30]] = [True, True]  # both answers on both heads
+    items = {}
+    for name, model in (("new", ZeroShotModel(tiny)), ("old", ZeroShotModel(tiny))):
+        items[name] = []
+        planted_validation(model, features, family, family % 2, np.arange(len(families)), items=items[name])
+        review_pair_validation(model, features, pairs, family, items[name])
+    noise = gate_noise(items["new"], items["old"])
+    assert set(noise) == {"pr_auc", "review_same_family_ap", "review_same_product_ap", "gate_with_review"}
+    assert noise["gate_with_review"]["keys"] == ["review_same_family_ap", "review_same_product_ap"]
+    assert noise["gate_with_review"]["sd"] == 0.0  # the same model twice
 
 
 def test_augmented_inputs_are_the_relisting_view(tiny):
