@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             "final_unreviewed": True,
             "reviewed_listings": len(reviewed),
             "rounds": [
-                {k: m[k] for k in ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")}
+                {k: m.get(k) for k in ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")}
                 for m in (
                     review_simulator.metrics_on_unreviewed(args.catalogue, s, reviewed) for s in history
                 )
