@@ -25,8 +25,8 @@ passed every round of the runs in BENCHMARKS.md "The loop with warm starts"); ea
 validation (planted errors in the families its fold models never saw) is printed beside it.
 
 usage: python benchmarks/loop_offline.py CATALOGUE_DIR HELD_OUT_DIR... [--rounds 3] [--per-round 100]
-           [--steps 200 | --start VERSION_DIR] [--warm-steps 60] [--seed 0] [--end-to-end] [--no-labels]
-           [--out results.jsonl]
+           [--steps 200 | --start VERSION_DIR] [--warm-steps 60] [--warm-lr LR] [--seed 0] [--end-to-end]
+           [--no-labels] [--out results.jsonl]
            [--metrics ../shared/eval/metrics.py] [--cache-dir var/feature-cache] [--features-dir DIR]
 Prints one JSON line per round (and writes them to --out).
 """
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-round", type=int, default=100)
     ap.add_argument("--steps", type=int, default=TrainConfig.steps, help="round 0, from scratch")
     ap.add_argument("--warm-steps", type=int, default=60, help="each later round, from the last version")
+    ap.add_argument("--warm-lr", type=float, help="the warm rounds' learning rate (default: TrainConfig's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--wrong-variant-threshold", type=float, default=0.7)
     ap.add_argument("--duplicate-threshold", type=float, default=0.9)
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.rounds < 0 or args.per_round < 1 or args.steps < 1 or args.warm_steps < 1:
         ap.error("--rounds >= 0, --per-round, --steps and --warm-steps >= 1")
+    if args.warm_lr is not None and not args.warm_lr > 0:
+        ap.error("--warm-lr must be > 0")
     for d in [args.catalogue, *args.held_out]:
         if not (d / "catalogue.jsonl").is_file() or not (d / "truth.json").is_file():
             ap.error(f"{d} is not an evaluation directory (catalogue.jsonl + truth.json)")
@@ -238,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "end_to_end": args.end_to_end,
             "labels": not args.no_labels,
             "seed": args.seed,
+            "warm_lr": args.warm_lr,
         }
     )
 
@@ -254,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         train_config = TrainConfig(
             seed=args.seed + r, steps=args.steps if version is None else args.warm_steps
         )
+        if version is not None and args.warm_lr is not None:
+            train_config.lr = args.warm_lr
         t = time.perf_counter()
         if r == 0 and args.start:
             info = {"warm_start": False, "validation": {}}
