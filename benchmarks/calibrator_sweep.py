@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 STORED = ("top", "mid", "has_image", "tokens", "token_mask")  # a scoring FeatureCache's own fields
 
 
-def held_out_features(model, d: Path, rows, features_dir: Path | None):
+def held_out_features(model, d: Path, rows, features_dir: Path | None, device: str = "cpu"):
     """The packaged-backbone features of a held-out catalogue, kept in `features_dir` between runs."""
     from safetensors.torch import load_file, save_file
 
@@ -51,7 +51,7 @@ def held_out_features(model, d: Path, rows, features_dir: Path | None):
             **t, top_aug=t["top"], mid_aug=t["mid"], adv_tokens=t["tokens"], adv_mask=t["token_mask"]
         )
     started = time.monotonic()
-    features = features_for(model, rows)
+    features = features_for(model, rows, device=device)
     print(f"{d}: features of {len(rows)} listings in {time.monotonic() - started:.0f} s", file=sys.stderr)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ class Catalogue:
         if own_backbones(model) is not None:
             return features_for(model, self.listings, device=self.device)
         if self.frozen is None:
-            self.frozen = held_out_features(model, self.dir, self.listings, self.features_dir)
+            self.frozen = held_out_features(model, self.dir, self.listings, self.features_dir, self.device)
         return self.frozen
 
     def final_scores(self, model) -> dict[int, ListingScore]:
