@@ -26,37 +26,12 @@ import argparse
 import json
 import os
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-STORED = ("top", "mid", "has_image", "tokens", "token_mask")  # a scoring FeatureCache's own fields
-
-
-def held_out_features(model, d: Path, rows, features_dir: Path | None, device: str = "cpu"):
-    """The packaged-backbone features of a held-out catalogue, kept in `features_dir` between runs."""
-    from safetensors.torch import load_file, save_file
-
-    from ml_worker.features import FeatureCache, cache_key, features_for
-
-    path = features_dir / f"held-out-{cache_key(rows, model.config)}.safetensors" if features_dir else None
-    if path and path.exists():
-        t = load_file(str(path))
-        return FeatureCache(
-            **t, top_aug=t["top"], mid_aug=t["mid"], adv_tokens=t["tokens"], adv_mask=t["token_mask"]
-        )
-    started = time.monotonic()
-    features = features_for(model, rows, device=device)
-    print(f"{d}: features of {len(rows)} listings in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in asdict(features).items() if k in STORED}, str(path))
-    return features
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     django.setup()
     from django.conf import settings
 
-    from benchmarks.label_value import held_out_figures, load_metrics
+    from benchmarks.held_out import held_out_features, held_out_figures, load_metrics
     from catalog_review.models import Flag, ModelVersion, Product
     from catalog_review.services.model_versions import load_model
     from catalog_review.services.review import wrong_variant_labels

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ml_worker.catalogue import load_catalogue  # noqa: E402
-from ml_worker.ensemble import _fold_model_for, _mean_metrics, _validate, family_fold, load_cross_fit  # noqa: E402
+from ml_worker.ensemble import family_fold, fold_model_for, load_cross_fit, mean_metrics, validate_member  # noqa: E402
 from ml_worker.features import extract_features, features_for, own_backbones  # noqa: E402
 from ml_worker.train import Labels  # noqa: E402
 from ml_worker.validation import gate_noise  # noqa: E402
@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(k):
             held_out = np.nonzero(fold == run)[0]
             for name, version in (("new", new), ("old", old)):
-                model = _fold_model_for(version, run, k)
+                model = fold_model_for(version, run, k)
                 metrics, items = runs[name]
-                metrics.append(_validate(model, read(model), labels, held_out, None, seed + run, items))
-        a, b = (_mean_metrics(runs[n][0]) for n in ("new", "old"))
+                metrics.append(validate_member(model, read(model), labels, held_out, None, seed + run, items))
+        a, b = (mean_metrics(runs[n][0]) for n in ("new", "old"))
         line = {
             "seed": seed,
             "new_pr_auc": a["pr_auc"],

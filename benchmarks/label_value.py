@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import re
 import sys
@@ -52,33 +51,17 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.held_out import METRICS, held_out_figures, load_metrics  # noqa: E402
 from ml_worker.catalogue import load_catalogue  # noqa: E402
 from ml_worker.config import MapsConfig, TrainConfig  # noqa: E402
 from ml_worker.end_to_end import load_raw_inputs  # noqa: E402
 from ml_worker.ensemble import load_cross_fit, train_cross_fit  # noqa: E402
 from ml_worker.features import extract_features, features_for  # noqa: E402
-from ml_worker.scoring import encode_all, protocol_scores, score_listings  # noqa: E402
+from ml_worker.scoring import encode_all, score_listings  # noqa: E402
 from ml_worker.train import Labels, ReviewPairs, train_model  # noqa: E402
 
-METRICS = ROOT.parent / "shared" / "eval" / "metrics.py"
 WRONG_VARIANT_THRESHOLD, DUPLICATE_THRESHOLD = 0.7, 0.9
 CONFIG = re.compile(r"^(none|w(\d+(?:\.\d+)?)(?:-p(\d+))?)$")
-
-
-def load_metrics(path: Path = METRICS):
-    spec = importlib.util.spec_from_file_location("metrics", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-FIGURES = ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")
-
-
-def held_out_figures(metrics, catalogue_dir: Path, rows, scores) -> dict:
-    """metrics.py's headline figures for `scores` (row -> ListingScore) of the catalogue `rows`."""
-    m = metrics.evaluate(catalogue_dir, protocol_scores(rows, scores))
-    return {k: m[k] for k in FIGURES}
 
 
 def truth_answers(truth: dict) -> tuple[set[str], dict[str, set[str]]]:

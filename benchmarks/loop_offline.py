@@ -46,74 +46,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import review_simulator  # noqa: E402
-from benchmarks.calibrator_sweep import held_out_features  # noqa: E402
-from benchmarks.label_value import (  # noqa: E402
-    METRICS,
-    held_out_figures,
-    load_metrics,
-    reviewer_pairs,
-    truth_answers,
-)
-from ml_worker.calibration import wrong_variant_evidence  # noqa: E402
-from ml_worker.catalogue import load_catalogue  # noqa: E402
+from benchmarks.held_out import FIGURES, METRICS, Catalogue, load_metrics  # noqa: E402
+from benchmarks.label_value import reviewer_pairs, truth_answers  # noqa: E402
+from benchmarks.review_simulator import metrics_on_unreviewed  # noqa: E402
 from ml_worker.config import MapsConfig, TrainConfig  # noqa: E402
 from ml_worker.end_to_end import load_raw_inputs  # noqa: E402
-from ml_worker.ensemble import CrossFitModel, load_cross_fit, train_cross_fit, warm_start_reason  # noqa: E402
-from ml_worker.features import extract_features, features_for, own_backbones  # noqa: E402
-from ml_worker.lexical import price_of  # noqa: E402
-from ml_worker.scoring import ListingScore, encode_all, protocol_scores, score_listings  # noqa: E402
+from ml_worker.ensemble import load_cross_fit, train_cross_fit, warm_start_reason  # noqa: E402
+from ml_worker.features import extract_features, features_for  # noqa: E402
+from ml_worker.scoring import ListingScore, protocol_scores  # noqa: E402
 from ml_worker.train import ReviewPairs  # noqa: E402
-
-
-class Catalogue:
-    """A catalogue's listings and everything each scoring of it needs, read once."""
-
-    def __init__(self, directory: Path, device: str, features_dir: Path | None):
-        self.dir, self.device, self.features_dir = directory, device, features_dir
-        self.listings = load_catalogue(directory)
-        self.families = [x.family for x in self.listings]
-        self.titles = [x.title for x in self.listings]
-        self.prices = [price_of(x.attributes) for x in self.listings]
-        self.frozen = None  # the packaged backbones' features, the same for every frozen model
-
-    def features(self, model):
-        if own_backbones(model) is not None:
-            return features_for(model, self.listings, device=self.device)
-        if self.frozen is None:
-            self.frozen = held_out_features(model, self.dir, self.listings, self.features_dir, self.device)
-        return self.frozen
-
-    def final_scores(self, model) -> dict[int, ListingScore]:
-        """Every listing scored by one model (the final model), as a score job's second stage."""
-        model = model.to(self.device).eval()
-        outputs = encode_all(model, self.features(model), device=self.device)
-        return score_listings(model, outputs, self.families, titles=self.titles, prices=self.prices)
-
-    def job_scores(self, version: CrossFitModel, left_out: set[int]) -> dict[int, ListingScore]:
-        """As a score job scores the catalogue: duplicates by the final model; wrong variants by the
-        fold model that never saw the family, `left_out` rows (confirmed wrong variants) scored
-        themselves but nobody's sibling."""
-        scores = self.final_scores(version.final)
-        members = collections.defaultdict(list)
-        for i, f in enumerate(self.families):
-            members[f].append(i)
-        by_member = collections.defaultdict(list)
-        for code, rows in members.items():
-            if len(rows) > 1:
-                by_member[id(version.family_model(code))].append(code)
-        wrong_variant = {}
-        for codes in by_member.values():
-            model = version.family_model(codes[0]).to(self.device).eval()
-            outputs = encode_all(model, self.features(model), device=self.device)
-            groups = [members[c] for c in codes]
-            for i, e in wrong_variant_evidence(model, outputs, groups, left_out).items():
-                if e.features is not None:
-                    wrong_variant[i] = e.score
-        return {
-            i: ListingScore(wrong_variant.get(i), s.duplicate_score, s.duplicate_of)
-            for i, s in scores.items()
-        }
 
 
 class Reviewer:
@@ -215,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.metrics.is_file():
         ap.error(f"{args.metrics} not found (../shared/eval beside the project, or --metrics)")
     metrics = load_metrics(args.metrics)
-    review_simulator.METRICS = args.metrics
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
     config = MapsConfig(end_to_end=args.end_to_end)
@@ -291,9 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "score_s": round(score_s, 1),
             "validation_pr_auc": info["validation"].get("pr_auc"),
         }
-        figures = {}
-        for c in held_out:
-            figures[c.dir.name] = held_out_figures(metrics, c.dir, c.listings, c.final_scores(version.final))
+        figures = {c.dir.name: c.figures(metrics, version.final) for c in held_out}
         line["held_out"] = figures
         line["mean_wrong_variant_ap"] = round(
             float(np.mean([f["wrong_variant_ap"] for f in figures.values()])), 4
@@ -310,10 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             "final_unreviewed": True,
             "reviewed_listings": len(reviewed),
             "rounds": [
-                {k: m.get(k) for k in ("wrong_variant_ap", "wrong_variant_ap_wrong_image", "duplicate_ap")}
-                for m in (
-                    review_simulator.metrics_on_unreviewed(args.catalogue, s, reviewed) for s in history
-                )
+                {k: m.get(k) for k in FIGURES}
+                for m in (metrics_on_unreviewed(args.catalogue, s, reviewed, metrics) for s in history)
             ],
         }
     )

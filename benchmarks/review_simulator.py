@@ -29,7 +29,6 @@ scratch; neither: the server's TRAIN_WARM_START. Without `--steps` the server's 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -41,7 +40,9 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS = ROOT.parent / "shared" / "eval" / "metrics.py"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.held_out import METRICS, load_metrics  # noqa: E402
 
 
 class Api:
@@ -96,11 +97,10 @@ def load_truth(eval_dir: Path) -> tuple[set[str], set[frozenset]]:
     return wrong, pairs
 
 
-def metrics_on_unreviewed(eval_dir: Path, scores: dict, reviewed: set[str]) -> dict:
-    """The shared metrics on the catalogue minus the listings a reviewer has seen."""
-    spec = importlib.util.spec_from_file_location("eval_metrics", METRICS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def metrics_on_unreviewed(eval_dir: Path, scores: dict, reviewed: set[str], metrics=None) -> dict:
+    """The shared metrics (`metrics`: metrics.py as a module, default the one beside the project) on the
+    catalogue minus the listings a reviewer has seen."""
+    module = metrics or load_metrics(METRICS)
     rows = [json.loads(line) for line in open(eval_dir / "catalogue.jsonl") if line.strip()]
     truth = json.loads((eval_dir / "truth.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,51 +132,20 @@ class HeldOut:
     """Catalogues no reviewer sees, scored by each round's version as a score job scores a catalogue:
     the final model's vectors, wrong variants through its calibrator, duplicates by exact kNN."""
 
-    def __init__(self, dirs: list[Path], *, device: str = "cpu", log=print):
-        from ml_worker.catalogue import load_catalogue
-        from ml_worker.lexical import price_of
+    def __init__(self, dirs: list[Path], *, device: str = "cpu", features_dir: Path | None = None, log=print):
+        from benchmarks.held_out import Catalogue
 
-        spec = importlib.util.spec_from_file_location("eval_metrics", METRICS)
-        self.metrics = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(self.metrics)
-        self.device, self.log = device, log
-        self.catalogues = {d: load_catalogue(d) for d in dirs}
-        self.prices = {d: [price_of(x.attributes) for x in rows] for d, rows in self.catalogues.items()}
-        self.frozen: dict[Path, object] = {}  # packaged-backbone features, read once per catalogue
-
-    def features(self, model, d: Path):
-        from ml_worker.features import features_for, own_backbones
-
-        if own_backbones(model) is not None:  # an end-to-end version reads through its own backbones
-            return features_for(model, self.catalogues[d], device=self.device)
-        if d not in self.frozen:
-            started = time.monotonic()
-            self.frozen[d] = features_for(model, self.catalogues[d], device=self.device)
-            took = time.monotonic() - started
-            self.log(f"held-out {d}: features of {len(self.catalogues[d])} listings in {took:.0f} s")
-        return self.frozen[d]
+        self.metrics = load_metrics(METRICS)
+        self.catalogues = [Catalogue(d, device, features_dir, log=log) for d in dirs]
 
     def measure(self, version_name: str) -> dict:
-        from benchmarks.label_value import held_out_figures
         from catalog_review.models import ModelVersion
         from catalog_review.services.model_versions import load_model
-        from ml_worker.scoring import encode_all, score_listings
 
         version = load_model(ModelVersion.objects.get(name=version_name))
-        model = version.final.to(self.device).eval()
-        out = {}
-        for d, rows in self.catalogues.items():
-            features = self.features(model, d)
-            model.to(self.device)  # score_listings leaves it on the CPU
-            scores = score_listings(
-                model,
-                encode_all(model, features, device=self.device),
-                [x.family for x in rows],
-                titles=[x.title for x in rows],
-                prices=self.prices[d],
-                calibrator=version.calibrator,
-            )
-            out[d.name] = held_out_figures(self.metrics, d, rows, scores)
+        out = {
+            c.dir.name: c.figures(self.metrics, version.final, version.calibrator) for c in self.catalogues
+        }
         return {
             "calibrated": version.calibrator is not None,
             "mean_wrong_variant_ap": round(sum(v["wrong_variant_ap"] for v in out.values()) / len(out), 4),
@@ -327,12 +296,14 @@ def main() -> None:
         default=[],
         help="a catalogue no reviewer sees (inject.py output), scored by every round's version (repeatable)",
     )
+    ap.add_argument(
+        "--features-dir", type=Path, help="keep the held-out catalogues' frozen features here between runs"
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     for d in [args.eval_dir, *args.held_out]:
         if not (d / "catalogue.jsonl").is_file() or not (d / "truth.json").is_file():
             ap.error(f"{d} is not an evaluation directory (catalogue.jsonl + truth.json)")
-    sys.path.insert(0, str(ROOT))
     import os
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "catalog_review.settings")
@@ -349,7 +320,7 @@ def main() -> None:
         earlier_versions=tuple(args.compare_version),
         end_to_end=args.end_to_end,
         warm_start=args.warm_start,
-        held_out=HeldOut(args.held_out) if args.held_out else None,
+        held_out=HeldOut(args.held_out, features_dir=args.features_dir) if args.held_out else None,
     )
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in results))

@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     django.setup()
     from django.conf import settings
 
-    from benchmarks.calibrator_sweep import held_out_features
-    from benchmarks.label_value import held_out_figures, load_metrics
+    from benchmarks.held_out import held_out_features, held_out_figures, load_metrics
     from catalog_review.models import ModelVersion, Product
     from catalog_review.services.model_versions import load_model
     from catalog_review.services.scoring import product_listing

@@ -212,18 +212,20 @@ def train_cross_fit(
         held_out = np.nonzero(fold == run)[0]
         seed = train_config.seed + run
         held_out_pairs = review_pairs.within(held_out) if review_pairs is not None else None
-        validation.append(_validate(model, read(model), labels, held_out, held_out_pairs, seed, scored))
+        validation.append(validate_member(model, read(model), labels, held_out, held_out_pairs, seed, scored))
         if baseline is not None:
-            reference = _fold_model_for(baseline, run, k)
+            reference = fold_model_for(baseline, run, k)
             baseline_validation.append(
-                _validate(reference, read(reference), labels, held_out, held_out_pairs, seed, baseline_scored)
+                validate_member(
+                    reference, read(reference), labels, held_out, held_out_pairs, seed, baseline_scored
+                )
             )
     if k == 1:  # no held-out families: validate on planted errors among all (optimistic; noted)
         everyone = np.arange(len(family_codes))
-        validation.append(_validate(final, read(final), labels, everyone, None, train_config.seed))
-    info["validation"] = _mean_metrics(validation)
+        validation.append(validate_member(final, read(final), labels, everyone, None, train_config.seed))
+    info["validation"] = mean_metrics(validation)
     if baseline is not None and baseline_validation:
-        info["baseline_validation"] = _mean_metrics(baseline_validation)
+        info["baseline_validation"] = mean_metrics(baseline_validation)
         info["gate_noise"] = gate_noise(scored, baseline_scored, seed=train_config.seed)
     model = CrossFitModel(final=final, folds=fold_models)
     if wrong_variant_labels:
@@ -319,7 +321,7 @@ def fit_calibrator(
     return calibrator, summary
 
 
-def _validate(
+def validate_member(
     model, features: FeatureCache, labels: Labels, rows, pairs: ReviewPairs | None, seed, items=None
 ) -> dict:
     """Planted errors among `rows`, and the reviewer labels `pairs` of those rows (their scored items
@@ -330,7 +332,7 @@ def _validate(
     return planted | (review_pair_validation(model, features, pairs, labels.family, items) if pairs else {})
 
 
-def _fold_model_for(model: CrossFitModel, fold: int, folds: int) -> nn.Module:
+def fold_model_for(model: CrossFitModel, fold: int, folds: int) -> nn.Module:
     """The baseline's model for the families of `fold` (its own fold model when it has the same
     number of folds, so it is measured on families it did not see either)."""
     if len(model.folds) == folds:
@@ -338,7 +340,7 @@ def _fold_model_for(model: CrossFitModel, fold: int, folds: int) -> nn.Module:
     return model.final
 
 
-def _mean_metrics(runs: list[dict]) -> dict:
+def mean_metrics(runs: list[dict]) -> dict:
     """Numbers: the mean over runs (counts `validation_*`: the sum); curves: the pointwise mean."""
     out = {}
     for k in runs[0]:

@@ -165,9 +165,32 @@ class Scored:
     review: dict = field(default_factory=dict)  # gate key -> (scores, labels, families)
 
 
-def _ap(item: tuple, weight: np.ndarray) -> float:
-    scores, labels, _ = item
-    return float(average_precision_score(labels, scores, sample_weight=weight))
+class RankedItems:
+    """One kind's validation items sorted once by score, for many weighted average precisions (the
+    bootstrap's draws reweigh the same items 300 times; sorting once makes each AP a few cumulative
+    sums instead of a full `average_precision_score`, with the same value: ties share a threshold,
+    zero-weight items are left out)."""
+
+    def __init__(self, scores: np.ndarray, labels: np.ndarray):
+        order = np.argsort(-np.asarray(scores, dtype=float), kind="mergesort")
+        self.order = order
+        self.scores = np.asarray(scores, dtype=float)[order]
+        self.labels = np.asarray(labels, dtype=float)[order]
+
+    def average_precision(self, weight: np.ndarray) -> float:
+        """`average_precision_score(labels, scores, sample_weight=weight)`; `weight` in item order."""
+        w = np.asarray(weight, dtype=float)[self.order]
+        keep = w != 0
+        scores, labels, w = self.scores[keep], self.labels[keep], w[keep]
+        tps = np.cumsum(labels * w)
+        fps = np.cumsum((1 - labels) * w)
+        last = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]  # the end of each tie group
+        tps, fps = tps[last], fps[last]
+        if tps[-1] <= 0:
+            return 0.0
+        recall = tps / tps[-1]
+        precision = np.divide(tps, tps + fps, out=np.zeros_like(tps), where=(tps + fps) > 0)
+        return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def gate_noise(new: list[Scored], old: list[Scored], *, resamples: int = 300, seed: int = 0) -> dict:
@@ -195,20 +218,27 @@ def gate_noise(new: list[Scored], old: list[Scored], *, resamples: int = 300, se
     def both_classes(item: tuple, weight: np.ndarray) -> bool:
         return len(np.unique(item[1][weight > 0])) == 2
 
+    ranked: dict[int, RankedItems] = {}  # by id(item): every item is sorted once, for all draws
+
+    def ap(item: tuple, weight: np.ndarray) -> float:
+        if id(item) not in ranked:
+            ranked[id(item)] = RankedItems(item[0], item[1])
+        return ranked[id(item)].average_precision(weight)
+
     for _ in range(resamples):
         per_key = defaultdict(list)
         for a, b in zip(planted_new, planted_old, strict=True):
             w_wv, w_dup = draw(a.duplicate[2], a.wrong_variant[2], a.duplicate[2])
             if not (both_classes(a.wrong_variant, w_wv) and both_classes(a.duplicate, w_dup)):
                 continue
-            new_auc = (_ap(a.wrong_variant, w_wv) + _ap(a.duplicate, w_dup)) / 2
-            old_auc = (_ap(b.wrong_variant, w_wv) + _ap(b.duplicate, w_dup)) / 2
+            new_auc = (ap(a.wrong_variant, w_wv) + ap(a.duplicate, w_dup)) / 2
+            old_auc = (ap(b.wrong_variant, w_wv) + ap(b.duplicate, w_dup)) / 2
             per_key["pr_auc"].append(new_auc - old_auc)
         for a, b in zip(review_new, review_old, strict=True):
             for key in sorted(keys):
                 (w,) = draw(a.review[key][2], a.review[key][2])
                 if both_classes(a.review[key], w):
-                    per_key[key].append(_ap(a.review[key], w) - _ap(b.review[key], w))
+                    per_key[key].append(ap(a.review[key], w) - ap(b.review[key], w))
         means = {key: float(np.mean(values)) for key, values in per_key.items()}
         for key, value in means.items():
             diffs[key].append(value)

@@ -14,9 +14,9 @@ from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import TrainConfig
 from ml_worker.ensemble import (
     CrossFitModel,
-    _mean_metrics,
     family_fold,
     load_cross_fit,
+    mean_metrics,
     save_cross_fit,
     train_cross_fit,
     warm_start_reason,
@@ -25,7 +25,7 @@ from ml_worker.losses import HierarchicalProxyLoss
 from ml_worker.modeling_maps import MapsModel
 from ml_worker.scoring import encode_inputs
 from ml_worker.train import ReviewPairs, _proxies_from_class_means
-from ml_worker.validation import gate_noise, planted_validation, review_pair_validation
+from ml_worker.validation import RankedItems, gate_noise, planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
 from tests.ml_worker.conftest import families_of, gpu, random_features, random_inputs
 
@@ -114,7 +114,7 @@ def test_planted_validation_separates_a_good_model_from_a_blind_one(tiny):
             curve = curves[f"pr_curve_{kind}"]
             assert len(curve) == 21 and all(a >= b for a, b in itertools.pairwise(curve))
     assert good["pr_curve_wrong_variant"][10] > blind["pr_curve_wrong_variant"][10]
-    mean = _mean_metrics([good, blind])
+    mean = mean_metrics([good, blind])
     assert mean["pr_curve_duplicate"][5] == pytest.approx(
         (good["pr_curve_duplicate"][5] + blind["pr_curve_duplicate"][5]) / 2, abs=1e-4
     )
@@ -187,6 +187,28 @@ def test_the_gate_noise_is_a_paired_bootstrap_over_families(tiny):
     wide = gate_noise(scored(ZeroShotModel(tiny), few), scored(Blind(tiny), few))["pr_auc"]
     assert wide["sd"] > apart["sd"]
     assert gate_noise(good, blind, seed=3) == gate_noise(good, blind, seed=3)  # seeded
+
+
+def test_the_bootstraps_average_precision_is_sklearns():
+    """Sorted once, reweighed per draw: the same AP as sklearn's, ties and zero weights included."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(300):
+        n = int(rng.integers(2, 40))
+        scores = np.round(rng.random(n), int(rng.integers(1, 3)))  # one or two decimals: many ties
+        labels = (rng.random(n) < 0.3).astype(float)
+        weight = rng.integers(0, 3, n).astype(float)  # 0 = the item's family was not drawn
+        if len(np.unique(labels[weight > 0])) < 2:
+            continue
+        expected = average_precision_score(labels, scores, sample_weight=weight)
+        assert RankedItems(scores, labels).average_precision(weight) == pytest.approx(expected, abs=1e-12)
+        checked += 1
+    assert checked > 100
+    ranked = RankedItems(np.array([0.9, 0.8, 0.1]), np.array([0.0, 1.0, 1.0]))
+    assert ranked.average_precision(np.ones(3)) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert ranked.average_precision(np.array([0.0, 1.0, 1.0])) == 1.0  # the top negative not drawn
 
 
 def test_the_gate_noise_covers_held_out_reviewer_labels(tiny):
