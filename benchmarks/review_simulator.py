@@ -172,9 +172,12 @@ def run(
 
     check_same_database(api)
     wrong, pairs = load_truth(eval_dir)
-    # listings of flags decided before this run (a run can go on from an earlier one) count as seen
+    # listings of decisions in force before this run (a run can go on from an earlier one) count as
+    # seen; an undone decision taught the model nothing (a database put back to round 0 is unreviewed)
     reviewed: set[str] = set()
-    seen = ReviewDecision.objects.values_list("flag__product__sku", "flag__counterpart__sku")
+    seen = ReviewDecision.objects.filter(
+        decision__in=[ReviewDecision.Decision.CONFIRM, ReviewDecision.Decision.REJECT], undone_by__isnull=True
+    ).values_list("flag__product__sku", "flag__counterpart__sku")
     for sku, counterpart in seen:
         reviewed.add(sku)
         if counterpart:

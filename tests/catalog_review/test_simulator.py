@@ -10,6 +10,7 @@ from benchmarks.review_simulator import METRICS, Api, HeldOut, run
 from catalog_review.api import create_token
 from catalog_review.models import Flag, LabelledPair, ModelVersion
 from catalog_review.services.catalogue_import import catalogue_import
+from catalog_review.services.review import decide, undo
 from catalog_review.services.scoring import score_start
 from tests.catalog_review.test_scoring import finished, write_catalogue
 from tests.factories import UserFactory
@@ -44,6 +45,10 @@ def test_one_round_of_the_simulator(celery_worker, live_server, tmp_path, settin
     write_catalogue(held_out_dir, families=4, extra_title=" (held out)")
     (held_out_dir / "truth.json").write_text((eval_dir / "truth.json").read_text())
     admin = UserFactory(username="sim-admin", is_staff=True)
+    # a decision taken and undone before the run (a database put back to round 0) leaves nothing seen
+    undone = Flag.objects.filter(status="open").first()
+    decide(flag_id=undone.pk, user=admin, decision="confirm")
+    undo(flag_id=undone.pk, user=admin)
     lines = []
     api = Api(live_server.url, create_token(admin))
     held_out = HeldOut([held_out_dir], log=lines.append)
@@ -53,6 +58,7 @@ def test_one_round_of_the_simulator(celery_worker, live_server, tmp_path, settin
     rounds = [r for r in results if "round" in r]
     finals = [r for r in results if r.get("final_unreviewed_set")]
     assert [r["round"] for r in rounds] == [0, 1] and len(rounds) + len(finals) == len(results)
+    assert rounds[0]["reviewed_before"] == 0
     first = rounds[1]
     assert first["decisions"] == 5 and first["confirmed"] + first["rejected"] == 5
     assert first["reviewed_listings"] >= 5
