@@ -25,7 +25,8 @@ passed every round of the runs in BENCHMARKS.md "The loop with warm starts"); ea
 validation (planted errors in the families its fold models never saw) is printed beside it.
 
 usage: python benchmarks/loop_offline.py CATALOGUE_DIR HELD_OUT_DIR... [--rounds 3] [--per-round 100]
-           [--steps 200 | --start VERSION_DIR] [--warm-steps 60] [--warm-lr LR] [--seed 0] [--end-to-end]
+           [--steps 200 | --start VERSION_DIR] [--warm-steps 60] [--warm-lr LR] [--seed 0]
+           [--end-to-end | --tune-backbone-top]
            [--no-labels] [--out results.jsonl]
            [--metrics ../shared/eval/metrics.py] [--cache-dir var/feature-cache] [--features-dir DIR]
 Prints one JSON line per round (and writes them to --out).
@@ -128,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duplicate-threshold", type=float, default=0.9)
     ap.add_argument("--end-to-end", action="store_true", help="fine-tune both backbones (the GPU path)")
     ap.add_argument(
+        "--tune-backbone-top",
+        action="store_true",
+        help="fine-tune EfficientNet-Lite0's last two stages and head conv from the cached 14x14 maps",
+    )
+    ap.add_argument(
         "--no-labels",
         action="store_true",
         help="the control: the same rounds and decisions, but training never sees them (more steps only)",
@@ -150,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rounds >= 0, --per-round, --steps and --warm-steps >= 1")
     if args.warm_lr is not None and not args.warm_lr > 0:
         ap.error("--warm-lr must be > 0")
+    if args.end_to_end and args.tune_backbone_top:
+        ap.error("--end-to-end already fine-tunes the whole image backbone; drop --tune-backbone-top")
     for d in [args.catalogue, *args.held_out]:
         if not (d / "catalogue.jsonl").is_file() or not (d / "truth.json").is_file():
             ap.error(f"{d} is not an evaluation directory (catalogue.jsonl + truth.json)")
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = load_metrics(args.metrics)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
-    config = MapsConfig(end_to_end=args.end_to_end)
+    config = MapsConfig(end_to_end=args.end_to_end, tune_backbone_top=args.tune_backbone_top)
     out = args.out.open("w") if args.out else None
 
     def emit(line: dict) -> None:
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             "setup_s": round(time.perf_counter() - t0, 1),
             "device": torch.cuda.get_device_name() if device == "cuda" else device,
             "end_to_end": args.end_to_end,
+            "tune_backbone_top": args.tune_backbone_top,
             "labels": not args.no_labels,
             "seed": args.seed,
             "warm_lr": args.warm_lr,

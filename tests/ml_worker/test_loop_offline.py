@@ -76,5 +76,8 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
         main([str(tmp_path), str(tmp_path), "--per-round", "0"])
     assert "--per-round" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        main([str(tmp_path), str(tmp_path), "--end-to-end", "--tune-backbone-top"])
+    assert "drop --tune-backbone-top" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         main([str(tmp_path), str(tmp_path), "--metrics", str(tmp_path / "nope.py")])
     assert "nope.py not found" in capsys.readouterr().err
