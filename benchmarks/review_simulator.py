@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.held_out import METRICS, load_metrics  # noqa: E402
+from benchmarks.held_out import METRICS, Catalogue, load_metrics  # noqa: E402
 
 
 class Api:
@@ -133,8 +133,6 @@ class HeldOut:
     the final model's vectors, wrong variants through its calibrator, duplicates by exact kNN."""
 
     def __init__(self, dirs: list[Path], *, device: str = "cpu", features_dir: Path | None = None, log=print):
-        from benchmarks.held_out import Catalogue
-
         self.metrics = load_metrics(METRICS)
         self.catalogues = [Catalogue(d, device, features_dir, log=log) for d in dirs]
 
