@@ -172,10 +172,10 @@ class RankedItems:
     zero-weight items are left out)."""
 
     def __init__(self, scores: np.ndarray, labels: np.ndarray):
-        order = np.argsort(-np.asarray(scores, dtype=float), kind="mergesort")
-        self.order = order
-        self.scores = np.asarray(scores, dtype=float)[order]
-        self.labels = np.asarray(labels, dtype=float)[order]
+        scores = np.asarray(scores, dtype=float)
+        self.order = np.argsort(-scores, kind="mergesort")
+        self.scores = scores[self.order]
+        self.labels = np.asarray(labels, dtype=float)[self.order]
 
     def average_precision(self, weight: np.ndarray) -> float:
         """`average_precision_score(labels, scores, sample_weight=weight)`; `weight` in item order."""
