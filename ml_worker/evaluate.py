@@ -23,9 +23,9 @@ from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.features import FeatureCache, extract_features, features_for, own_backbones
 from ml_worker.lexical import price_of
-from ml_worker.scoring import encode_all, protocol_scores, score_listings
+from ml_worker.scoring import encode_all, protocol_scores, score_catalogue, score_listings
 from ml_worker.train import Labels, train_model
-from ml_worker.zero_shot import ZeroShotModel
+from ml_worker.ensemble import CrossFitModel
 
 
 def family_folds(families: list[str], folds: int, seed: int) -> np.ndarray:
@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=TrainConfig.backbone_lr_scale,
         help="learning rate of fine-tuned backbone layers, as a share of the heads' (default %(default)s)",
+    )
+    ap.add_argument(
+        "--alignment",
+        choices=["contrastive", "codis", "ridge"],
+        default="contrastive",
+        help="the image -> own text alignment of the own-evidence channel (seed 4)",
     )
     ap.add_argument("--cache-dir", type=Path, default=Path("var/feature-cache"))
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -122,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     train_s = 0.0
     if args.zero_shot:
-        model = ZeroShotModel(config).to(device)
-        scores = score_listings(
-            model, encode_all(model, features, device=device), families, titles=titles, prices=prices
-        )
+        model = CrossFitModel.zero_shot(config)
+        scores, scorer = score_catalogue(model, features, listings, device=device, seed=args.seed, alignment=args.alignment)
         version = "zero-shot"
     elif args.model:
         scores = score_listings(

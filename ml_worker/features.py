@@ -30,7 +30,7 @@ from ml_worker.config import MapsConfig
 from ml_worker.images import augment, open_image, to_tensor
 from ml_worker.modeling_maps import MapsInputs
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3  # 3: the text read is title + variant attributes
 
 
 @dataclass
@@ -92,10 +92,11 @@ def _settings(config: MapsConfig) -> str:
 
 
 def listing_fingerprint(x: Listing) -> str:
-    """What a listing's features depend on: its title and its image file (path, size, mtime)."""
+    """What a listing's features depend on: its text (title + variant attributes) and its image file
+    (path, size, mtime)."""
     stat = x.image.stat() if x.image and x.image.exists() else None
     return (
-        f"{x.sku}\x00{x.title}\x00{x.image}\x00{stat.st_size if stat else ''}\x00"
+        f"{x.sku}\x00{x.text}\x00{x.image}\x00{stat.st_size if stat else ''}\x00"
         f"{stat.st_mtime_ns if stat else ''}"
     )
 
@@ -275,7 +276,7 @@ def extract_features(
                 on_progress(start + len(chunk), n)
     bar.close()
     tokens, token_mask = _encode_titles(
-        text_model, [x.title for x in listings], config, progress, "title features"
+        text_model, [x.text for x in listings], config, progress, "title features"
     )
     if not training:
         return FeatureCache(
@@ -289,7 +290,7 @@ def extract_features(
             adv_mask=token_mask,
         )
     generator = AdversarialTitleGenerator(
-        [x.title for x in listings],
+        [x.text for x in listings],
         [x.family for x in listings],
         [x.category for x in listings],
         colours=[str(x.attributes.get("colour", "")) for x in listings],

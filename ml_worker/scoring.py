@@ -19,7 +19,17 @@ import torch
 
 from ml_worker.calibration import WrongVariantCalibrator, wrong_variant_evidence
 from ml_worker.features import FeatureCache
-from ml_worker.lexical import TitleIdf
+from ml_worker.evidence import (
+    CatalogueView,
+    Relisting,
+    Scorer,
+    duplicate_channels,
+    fit_scorer,
+    retyped_title,
+    sibling_evidence,
+    wrong_variant_channels,
+)
+from ml_worker.lexical import TitleIdf, price_of
 from ml_worker.modeling_maps import MapsInputs, MapsModel, MapsOutput
 from ml_worker.zero_shot import duplicate_probability
 
@@ -143,3 +153,267 @@ def score_listings(
         )
         for i in rows
     }
+
+
+# --- the evidence-channel scoring (ml_worker.evidence): one routine for score jobs and evaluate ---------
+
+
+class FamilyPairs:
+    """The pair head's P(same family) of listings read against sibling rows, each by the version's member
+    that never trained on the siblings' family (`CrossFitModel.family_model`); a listing shown with
+    another listing's image (a planted swap) is re-encoded with that image."""
+
+    def __init__(self, model, features: FeatureCache, families: list[str], *, device: str = "cpu", outputs=None):
+        self.model, self.features, self.families, self.device = model, features, families, device
+        self._outputs = dict(outputs or {})
+
+    def outputs(self, member) -> MapsOutput:
+        key = id(member)
+        if key not in self._outputs:
+            self._outputs[key] = encode_all(member.to(self.device), self.features, device=self.device)
+        return self._outputs[key]
+
+    @torch.no_grad()
+    def __call__(self, listing_rows, sibling_rows, image_rows=None) -> list[list[float]]:
+        image_rows = listing_rows if image_rows is None else image_rows
+        result: list[list[float]] = [[] for _ in listing_rows]
+        by_member = defaultdict(list)
+        for a, sib in enumerate(sibling_rows):
+            if sib:
+                by_member[id(self.model.family_model(self.families[sib[0]]))].append(a)
+        for at in by_member.values():
+            member = self.model.family_model(self.families[sibling_rows[at[0]][0]]).cpu().eval()
+            out = self.outputs(member)
+            swapped = [a for a in at if image_rows[a] != listing_rows[a]]
+            swapped_out = None
+            if swapped:
+                inputs = self.features.inputs(
+                    torch.as_tensor([int(listing_rows[a]) for a in swapped]),
+                    image_idx=torch.as_tensor([int(image_rows[a]) for a in swapped]),
+                )
+                swapped_out = encode_inputs(member, inputs)
+            position = {a: k for k, a in enumerate(swapped)}
+            ia, ib, owner, src = [], [], [], []
+            for a in at:
+                for j in sibling_rows[a]:
+                    owner.append(a)
+                    ib.append(int(j))
+                    if a in position:
+                        src.append(1)
+                        ia.append(position[a])
+                    else:
+                        src.append(0)
+                        ia.append(int(listing_rows[a]))
+            ia_t, ib_t, src_t = torch.as_tensor(ia), torch.as_tensor(ib), torch.as_tensor(src, dtype=torch.bool)
+            p = torch.zeros(len(ia))
+            plain = ~src_t
+            if plain.any():
+                p[plain] = torch.sigmoid(member.pair_logits(out, out, ia_t[plain], ib_t[plain])[:, 0])
+            if src_t.any():
+                p[src_t] = torch.sigmoid(member.pair_logits(swapped_out, out, ia_t[src_t], ib_t[src_t])[:, 0])
+            for a, v in zip(owner, p.tolist(), strict=True):
+                result[a].append(v)
+        return result
+
+
+def catalogue_view(listings, outputs: MapsOutput) -> CatalogueView:
+    return CatalogueView(
+        skus=[x.sku for x in listings],
+        families=[x.family for x in listings],
+        categories=[tuple(x.category) for x in listings],
+        attributes=[x.attributes for x in listings],
+        titles=[x.title for x in listings],
+        descriptions=[getattr(x, "description", "") or "" for x in listings],
+        image=outputs.raw_image.double().numpy(),
+        text=outputs.raw_title.double().numpy(),
+    )
+
+
+def candidate_pairs(outputs: MapsOutput, rows, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Exact duplicate candidates of `rows`: each one's `k` nearest listings by the fused embedding, by
+    the image descriptor and by the text descriptor (a re-photographed or re-titled listing is still
+    found by the other), pairs deduplicated. The app finds them with pgvector instead."""
+    n = outputs.embedding.shape[0]
+    k = min(k, n - 1)
+    pairs = set()
+    if k <= 0:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    row_t = torch.as_tensor(np.asarray(rows))
+    for start in range(0, len(row_t), 1024):
+        r = row_t[start : start + 1024]
+        for name in ("embedding", "raw_image", "raw_title"):
+            values = getattr(outputs, name)
+            sims = values[r] @ values.T
+            sims[torch.arange(len(r)), r] = -3.0
+            if name == "raw_image":
+                sims[:, values.norm(dim=1) == 0] = -3.0
+            top = sims.topk(k, dim=1)
+            for a, cs, ss in zip(r.tolist(), top.indices.tolist(), top.values.tolist(), strict=True):
+                pairs.update((a, c) for c, s in zip(cs, ss, strict=True) if s > -3.0)
+    ordered = sorted(pairs)
+    return np.array([a for a, _ in ordered], dtype=int), np.array([b for _, b in ordered], dtype=int)
+
+
+def pair_same_product(model, outputs: MapsOutput, ii, jj, titles=None, prices=None, idf=None) -> np.ndarray:
+    """The version's P(same product) of candidate pairs (the descriptor formula mixed with the learned
+    head; image-less pairs compare title words)."""
+    if not len(ii):
+        return np.zeros(0)
+    ii_t, jj_t = torch.as_tensor(np.asarray(ii)), torch.as_tensor(np.asarray(jj))
+    lexical = None
+    has_image = outputs.raw_image.norm(dim=1) > 0
+    if idf is not None and titles is not None and not (has_image[ii_t] & has_image[jj_t]).all():
+        lexical = idf.pair_evidence(titles, ii_t.tolist(), jj_t.tolist(), prices)
+    return duplicate_probability(model, outputs, outputs, ii_t, jj_t, lexical).double().numpy()
+
+
+@torch.no_grad()
+def plant_relistings(
+    final, features: FeatureCache, outputs: MapsOutput, listings, rows, text_encoder, *, seed: int = 0
+) -> list[Relisting]:
+    """Second detail pages of `rows` as `ml_worker.evidence` plants them: the re-listing view of the image
+    (`features.top_aug`: a crop and a JPEG re-encode) and a re-typed title, compared with the original."""
+    import random
+
+    from ml_worker.features import _encode_titles
+
+    if not len(rows):
+        return []
+    rng = random.Random(seed)
+    idx = torch.as_tensor(np.asarray(rows))
+    titles = [retyped_title(listings[i].title, rng) for i in rows]
+    texts = [
+        t + ("" if not listings[i].variant else listings[i].text[len(listings[i].title) :])
+        for t, i in zip(titles, rows, strict=True)
+    ]
+    tokens, mask = _encode_titles(text_encoder, texts, final.config, False, "")
+    inputs = features.inputs(idx, augmented=True)
+    inputs = MapsInputs(inputs.top, inputs.mid, inputs.has_image, tokens.float(), mask)
+    relisted = encode_inputs(final.cpu().eval(), inputs)
+    image_cos = (outputs.raw_image[idx] * relisted.raw_image).sum(1)
+    text_cos = (outputs.raw_title[idx] * relisted.raw_title).sum(1)
+    p = duplicate_probability(final, outputs, relisted, idx, torch.arange(len(rows)))
+    return [
+        Relisting(int(r), t, float(ic), float(tc), float(pp))
+        for r, t, ic, tc, pp in zip(rows, titles, image_cos.tolist(), text_cos.tolist(), p.tolist(), strict=True)
+    ]
+
+
+def score_wrong_variants(
+    view: CatalogueView, scorer: Scorer, pairs: FamilyPairs, groups: list[list[int]], excluded=frozenset()
+) -> dict[int, dict]:
+    """P(wrong) of every listing of `groups` (row lists, one per family) from its evidence channels.
+    Rows in `excluded` (confirmed wrong variants) are scored but are nobody's sibling. Returns row ->
+    {"score", "channels", "own", "agreement", "siblings", "counted"}; a listing with no counted sibling
+    is absent."""
+    listing, siblings, all_siblings = [], [], []
+    for members in groups:
+        kept = [j for j in members if j not in excluded]
+        for i in members:
+            sib = [j for j in kept if j != i]
+            if sib:
+                listing.append(i)
+                siblings.append(sib)
+                all_siblings.append([j for j in members if j != i])
+    if not listing:
+        return {}
+    own = scorer.heads.evidence(view, listing)
+    sibling_own = sibling_evidence(view, scorer.heads, siblings)
+    agreement = pairs(listing, siblings)
+    x = wrong_variant_channels(view, listing, siblings, agreement, own, sibling_own=sibling_own)
+    p = scorer.wrong_variant.probability(x)
+    full_agreement = pairs(listing, all_siblings)
+    return {
+        i: {
+            "score": float(p[a]),
+            "channels": x[a],
+            "own": own["worst"][a],
+            "agreement": full_agreement[a],
+            "siblings": all_siblings[a],
+            "counted": [j not in excluded for j in all_siblings[a]],
+        }
+        for a, i in enumerate(listing)
+    }
+
+
+def score_duplicates(
+    view: CatalogueView, scorer: Scorer, ii, jj, p_same_product, idf
+) -> dict[int, tuple[int, float, np.ndarray]]:
+    """Each listing's best duplicate candidate among the pairs (ii, jj): row -> (match row, P(duplicate),
+    channels)."""
+    if not len(ii):
+        return {}
+    x = duplicate_channels(view, ii, jj, p_same_product, idf)
+    p = scorer.duplicate.probability(x)
+    best: dict[int, tuple[int, float, np.ndarray]] = {}
+    for k, (a, b) in enumerate(zip(np.asarray(ii).tolist(), np.asarray(jj).tolist(), strict=True)):
+        for u, v in ((a, b), (b, a)):
+            if u not in best or p[k] > best[u][1]:
+                best[u] = (v, float(p[k]), x[k])
+    return best
+
+
+def fit_catalogue_scorer(
+    model, features: FeatureCache, listings, *, device: str = "cpu", seed: int = 0, relistings: int = 300,
+    pairs: FamilyPairs | None = None, reviewed=None, alignment: str = "contrastive",
+) -> tuple[Scorer, CatalogueView, FamilyPairs, MapsOutput]:
+    """Fit a version's scorer on `listings` (whole families; `features` with real re-listing views):
+    own-evidence heads, and the two combiners on errors planted into them. The app's fit stage and
+    `score_catalogue` call this with the same sample and seed, so they fit the same scorer."""
+    from ml_worker.ensemble import family_fold
+    from ml_worker.features import load_backbones, own_backbones
+
+    families = [x.family for x in listings]
+    pairs = pairs or FamilyPairs(model, features, families, device=device)
+    outputs = pairs.outputs(model.final)
+    view = catalogue_view(listings, outputs)
+    folds = max(len(model.folds), 2)
+    idf = TitleIdf(view.titles)
+    ii, jj = candidate_pairs(outputs, np.arange(len(listings)))
+    prices = [price_of(x.attributes) for x in listings]
+    p = pair_same_product(model.final, outputs, ii, jj, view.titles, prices, idf)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(listings), size=min(relistings, len(listings)), replace=False))
+    own = own_backbones(model.final)
+    text_encoder = own[1] if own else load_backbones(
+        model.config.image_weights, model.config.text_model_dir, model.config.max_tokens, "cpu"
+    )[1]
+    planted = plant_relistings(model.final, features, outputs, listings, sample.tolist(), text_encoder, seed=seed)
+    scorer = fit_scorer(
+        view,
+        fold_of=lambda code: family_fold(code, folds),
+        folds=folds,
+        family_agreement=pairs,
+        candidate_pairs=(ii, jj, p),
+        relistings=planted,
+        idf=idf,
+        reviewed=reviewed,
+        seed=seed,
+        alignment=alignment,
+    )
+    return scorer, view, pairs, outputs
+
+
+def score_catalogue(
+    model, features: FeatureCache, listings, *, device: str = "cpu", seed: int = 0, alignment: str = "contrastive"
+) -> tuple[dict[int, ListingScore], Scorer]:
+    """Fit the scorer on the catalogue and score every listing (what a score job does, in memory)."""
+    scorer, view, pairs, outputs = fit_catalogue_scorer(
+        model, features, listings, device=device, seed=seed, alignment=alignment
+    )
+    groups = [m for m in view.members.values() if len(m) > 1]
+    wrong = score_wrong_variants(view, scorer, pairs, groups)
+    idf = TitleIdf(view.titles)
+    ii, jj = candidate_pairs(outputs, np.arange(len(listings)))
+    prices = [price_of(x.attributes) for x in listings]
+    p = pair_same_product(model.final, outputs, ii, jj, view.titles, prices, idf)
+    dup = score_duplicates(view, scorer, ii, jj, p, idf)
+    scores = {
+        i: ListingScore(
+            wrong_variant_score=wrong[i]["score"] if i in wrong else None,
+            duplicate_score=dup[i][1] if i in dup else None,
+            duplicate_of=dup[i][0] if i in dup else None,
+        )
+        for i in range(len(listings))
+    }
+    return scores, scorer

@@ -45,7 +45,7 @@ from catalog_review.services.jobs import job_create, job_mark_running, refresh_p
 from catalog_review.services.model_versions import active_version, load_model, ml_device
 from catalog_review.services.review import confirmed_wrong_variants
 from ml_worker.calibration import wrong_variant_evidence
-from ml_worker.catalogue import Listing
+from ml_worker.catalogue import Listing, with_variant_attributes
 from ml_worker.features import features_for, own_backbones
 from ml_worker.heatmap import render_heatmap
 from ml_worker.lexical import TitleIdf, numbers, price_of
@@ -162,7 +162,14 @@ def product_listing(product: Product) -> Listing:
         category=tuple(product.category_path),
         attributes=product.attributes,
         image=image,
+        description=product.description or "",
     )
+
+
+def product_listings(products) -> list[Listing]:
+    """The products as the model reads them, each with its variant attributes (the attributes whose
+    values differ within its family: pass whole families)."""
+    return with_variant_attributes([product_listing(p) for p in products])
 
 
 def title_sha256(title: str) -> str:
@@ -202,7 +209,7 @@ def embed_chunk_run(chunk_id: int) -> str:
     )
     rows = []
     if products:
-        listings = [product_listing(p) for p in products]
+        listings = product_listings(products)
         # unchanged listings' backbone features come from the last training's cache
         features = features_for(model.final, listings, device=device, cache_dir=settings.FEATURE_CACHE_DIR)
         inputs = features.inputs(torch.arange(len(products))).to(device)

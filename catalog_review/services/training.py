@@ -40,7 +40,7 @@ from catalog_review.services.review import (
     review_labels_in_force,
     wrong_variant_labels,
 )
-from catalog_review.services.scoring import product_listing, score_start
+from catalog_review.services.scoring import product_listings, score_start
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.ensemble import save_cross_fit, train_cross_fit, warm_start_reason
@@ -189,7 +189,7 @@ def train_run(job_id: int) -> str:
     n = len(products)
     total = n + runs * train_config.steps
     job_set_progress(job=job, done=0, total=total, counts={"phase": "features", "end_to_end": end_to_end})
-    listings = [product_listing(p) for p in products]
+    listings = product_listings(products)
     features = extract_features(
         listings,
         config,
