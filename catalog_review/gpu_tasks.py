@@ -9,6 +9,14 @@ from catalog_review.tasks import _run_chunk
 
 
 @shared_task(acks_late=True)
+def fit_scorer_chunk(*, chunk_id: int) -> str:
+    """Stage 0 of a score job: fit the version's scorer (evidence heads and combiners) on the catalogue."""
+    from catalog_review.services.scoring import fit_chunk_run
+
+    return _run_chunk(fit_chunk_run, chunk_id)
+
+
+@shared_task(acks_late=True)
 def embed_chunk(*, chunk_id: int) -> str:
     """Stage 1 of a score job: vectors, attention maps and wrong_variant scores for one chunk."""
     from catalog_review.services.scoring import embed_chunk_run

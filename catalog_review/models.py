@@ -144,6 +144,25 @@ class ModelVersion(models.Model):
         return self.name
 
 
+class VersionScorer(models.Model):
+    """What a score job fitted for its model version on the catalogue before scoring it
+    (`ml_worker.evidence.Scorer`): the own-evidence heads (arrays, safetensors) and the wrong-variant and
+    duplicate combiners with their fit on planted errors (meta, JSON). The newest is the version's."""
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="scorers")
+    job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    arrays = models.BinaryField()
+    meta = models.JSONField(default=dict)
+    listings = models.PositiveIntegerField(default=0, help_text="listings it was fitted on")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"scorer {self.pk} of {self.model_version_id}"
+
+
 class ProductEmbedding(models.Model):
     """What one model version computed for one listing: its vectors (pgvector; HNSW cosine indexes on
     the fused, image and title embeddings), the backbone descriptors the pair head needs, the title-
@@ -297,6 +316,7 @@ class JobChunk(models.Model):
     batch finds it done and writes nothing twice."""
 
     class Stage(models.TextChoices):
+        FIT = "fit", "fit"
         EMBED = "embed", "embed"
         FLAG = "flag", "flag"
 

@@ -237,8 +237,11 @@ ML_DEVICE = env_str("ML_DEVICE", "auto")  # auto = cuda when available, else cpu
 SCORE_CHUNK_LISTINGS = env_int("SCORE_CHUNK_LISTINGS", 256, minimum=1)  # listings per embedding task
 DUPLICATE_NEIGHBOURS = env_int("DUPLICATE_NEIGHBOURS", 20, minimum=1)  # kNN candidates per listing
 HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 100, minimum=1)
-FLAG_WRONG_VARIANT_THRESHOLD = env_float("FLAG_WRONG_VARIANT_THRESHOLD", 0.7)
-FLAG_DUPLICATE_THRESHOLD = env_float("FLAG_DUPLICATE_THRESHOLD", 0.9)
+# scores are probabilities (ml_worker.evidence: combiners fitted on errors planted into the catalogue)
+FLAG_WRONG_VARIANT_THRESHOLD = env_float("FLAG_WRONG_VARIANT_THRESHOLD", 0.5)
+FLAG_DUPLICATE_THRESHOLD = env_float("FLAG_DUPLICATE_THRESHOLD", 0.5)
+# a score job first fits its version's scorer on at most this many listings (whole families)
+SCORER_FIT_LISTINGS = env_int("SCORER_FIT_LISTINGS", 5000, minimum=50)
 # at most this fraction of a version's scored listings is flagged as wrong variants (1 = no cap)
 FLAG_WRONG_VARIANT_MAX_FRACTION = env_float("FLAG_WRONG_VARIANT_MAX_FRACTION", 0.1)
 TRAIN_STEPS = env_int("TRAIN_STEPS", 200, minimum=1)

@@ -40,7 +40,9 @@ def variant_keys(listings: list[Listing]) -> dict[str, list[str]]:
         for k, v in x.attributes.items():
             if k.lower() not in NOT_VARIANT and isinstance(v, str | int | float) and str(v).strip():
                 values[x.family][k].add(str(v).strip().lower())
-    return {family: sorted(k for k, seen in attrs.items() if len(seen) > 1) for family, attrs in values.items()}
+    return {
+        family: sorted(k for k, seen in attrs.items() if len(seen) > 1) for family, attrs in values.items()
+    }
 
 
 def with_variant_attributes(listings: list[Listing], keys: list[str] | None = None) -> list[Listing]:

@@ -18,14 +18,12 @@ import numpy as np
 import torch
 
 from ml_worker.catalogue import load_catalogue
-from ml_worker.checkpoint import load_checkpoint, save_checkpoint
+from ml_worker.checkpoint import load_checkpoint
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
+from ml_worker.ensemble import MANIFEST, CrossFitModel, load_cross_fit, save_cross_fit, train_cross_fit
 from ml_worker.features import FeatureCache, extract_features, features_for, own_backbones
-from ml_worker.lexical import price_of
-from ml_worker.scoring import encode_all, protocol_scores, score_catalogue, score_listings
-from ml_worker.train import Labels, train_model
-from ml_worker.ensemble import CrossFitModel
+from ml_worker.scoring import protocol_scores, score_catalogue
 
 
 def family_folds(families: list[str], folds: int, seed: int) -> np.ndarray:
@@ -76,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         default="contrastive",
         help="the image -> own text alignment of the own-evidence channel (seed 4)",
     )
+    ap.add_argument(
+        "--scorer-summary", type=Path, help="write the fitted combiners' plant AP and reliability here"
+    )
     ap.add_argument("--cache-dir", type=Path, default=Path("var/feature-cache"))
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = ap.parse_args(argv)
@@ -95,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         tune_backbone_top=args.tune_backbone_top,
         end_to_end=args.end_to_end,
     )
-    if args.model:
-        model, _meta = load_checkpoint(args.model)
-        model = model.to(device).eval()
-        config = model.config
+    if args.model:  # a version directory (manifest + members) or one checkpoint
+        if (args.model / MANIFEST).exists():
+            loaded = load_cross_fit(args.model)
+        else:
+            loaded = CrossFitModel(final=load_checkpoint(args.model)[0].eval())
+        config = loaded.config
     # frozen features: the inputs of the cached path; end to end only for mining look-alikes
     features = extract_features(
         listings,
@@ -106,14 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir,
         device=device,
         seed=args.seed,
-        backbones=model.backbones() if args.model else None,
+        backbones=own_backbones(loaded.final) if args.model else None,
     )
     raw = load_raw_inputs(listings, config, seed=args.seed) if config.end_to_end and args.train else None
     timings["features_s"] = round(time.perf_counter() - t0, 1)
     families = [x.family for x in listings]
-    titles = [x.title for x in listings]
-    prices = [price_of(x.attributes) for x in listings]
-    labels = Labels.build(families, [x.category for x in listings])
     train_config = TrainConfig(
         seed=args.seed, steps=args.steps, folds=args.folds, backbone_lr_scale=args.backbone_lr_scale
     )
@@ -124,57 +124,51 @@ def main(argv: list[str] | None = None) -> int:
             return features
         return features_for(model, listings, device=device, progress=True)
 
-    scores = {}
     t1 = time.perf_counter()
     train_s = 0.0
     if args.zero_shot:
         model = CrossFitModel.zero_shot(config)
-        scores, scorer = score_catalogue(model, features, listings, device=device, seed=args.seed, alignment=args.alignment)
         version = "zero-shot"
     elif args.model:
-        scores = score_listings(
-            model, encode_all(model, features, device=device), families, titles=titles, prices=prices
-        )
+        model = loaded
         version = args.model.name
     else:
-        fold = family_folds(families, args.folds, args.seed)
-        for k in range(args.folds):
-            # folds == 1: no cross-fitting, one model trained on every family scores every family
-            train_rows = np.nonzero(fold != k)[0] if args.folds > 1 else np.arange(len(listings))
-            t = time.perf_counter()
-            model, _ = train_model(
-                features,
-                labels,
-                train_rows,
-                config,
-                train_config,
-                device=device,
-                desc=f"fold {k + 1}/{args.folds}",
-                raw=raw,
-            )
-            train_s += time.perf_counter() - t
-            scored = np.nonzero(fold == k)[0]
-            outputs = encode_all(model.eval(), own_features(model), device=device)
-            scores.update(score_listings(model, outputs, families, scored, titles=titles, prices=prices))
+        # the app's train job: fold models by a hash of the family code (cross-fitting) + a final model
+        model, _info = train_cross_fit(
+            features,
+            families,
+            [x.category for x in listings],
+            config,
+            train_config,
+            device=device,
+            raw=raw,
+            features_of=lambda m: features_for(m, listings, device=device, training=True),
+        )
+        train_s = time.perf_counter() - t1
         version = (
             f"maps-{args.modality}{'-noattn' if args.no_title_guidance else ''}"
             f"{'-tuned' if args.tune_backbone_top else ''}{'-e2e' if args.end_to_end else ''}"
             f"-cf{args.folds}-s{args.seed}"
         )
         if args.save_model:
-            t = time.perf_counter()
-            model, info = train_model(
-                features,
-                labels,
-                np.arange(len(listings)),
-                config,
-                train_config,
-                device=device,
-                desc="final model",
-                raw=raw,
+            save_cross_fit(model, args.save_model, metadata={"train": train_config.to_dict()})
+    # the score job's routine: fit the scorer on errors planted into the catalogue, then score it
+    scores, scorer = score_catalogue(
+        model,
+        features,
+        listings,
+        device=device,
+        seed=args.seed,
+        alignment=args.alignment,
+        features_of=own_features,
+    )
+    if args.scorer_summary:
+        args.scorer_summary.write_text(
+            json.dumps(
+                {"wrong_variant": scorer.wrong_variant.summary, "duplicate": scorer.duplicate.summary},
+                indent=1,
             )
-            train_s += time.perf_counter() - t
-            save_checkpoint(model, args.save_model, metadata={"train": train_config.to_dict(), **info})
+        )
     timings["train_s"] = round(train_s, 1)
     timings["score_s"] = round(time.perf_counter() - t1 - train_s, 1)
     exported = protocol_scores(listings, scores)

@@ -53,6 +53,8 @@ WRONG_VARIANT_CHANNELS = (
     "image_unlike_mean",
     "image_outlier",  # its mean image distance minus the siblings' median (0 in 2-member families)
     "text_unlike_siblings",  # 1 - max cosine of title + variant attributes
+    "title_unlike_siblings",  # 1 - max word overlap (Jaccard) of the titles: most families share one
+    "description_unlike_siblings",  # ... of the descriptions (0 where there are none)
     "category_unlike_siblings",  # share of siblings under another category
     "attribute_surprise",  # log(p(top guess) / p(stated)) of its attributes, from its image; mean
     "attribute_surprise_relative",  # ... minus the siblings' mean
@@ -65,7 +67,9 @@ WRONG_VARIANT_CHANNELS = (
 )
 DUPLICATE_CHANNELS = (
     "image_cosine",
+    "image_closeness",  # -log(1 - image cosine): tells a re-encoded copy (0.97) from a look-alike (0.9)
     "text_cosine",
+    "text_closeness",
     "title_words",  # TF-IDF cosine of the titles
     "same_description",
     "attributes_agree",  # normalised values equal, over the attributes both listings have
@@ -108,6 +112,22 @@ class CatalogueView:
     def __len__(self) -> int:
         return len(self.skus)
 
+    def word_sets(self, i: int, field_name: str) -> frozenset[str]:
+        """The lower-cased words of listing i's title or description (cached)."""
+        cache = self.__dict__.setdefault(f"_words_{field_name}", {})
+        if i not in cache:
+            cache[i] = frozenset(_WORDS.findall(getattr(self, field_name)[i].lower()))
+        return cache[i]
+
+
+_WORDS = re.compile(r"\w+")
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
 
 # --- own evidence: the image against its own attributes, category and text ---------------------------
 
@@ -136,7 +156,8 @@ def _targets(view: CatalogueView, rows) -> dict[str, list[str | None]]:
     for k, c in counts.items():
         if c >= 0.5 * len(rows) and k.lower() != "price":
             targets[f"attr:{k}"] = [
-                str(view.attributes[i][k]).strip() if k in view.attributes[i] else None for i in range(len(view))
+                str(view.attributes[i][k]).strip() if k in view.attributes[i] else None
+                for i in range(len(view))
             ]
     depth = max((len(c) for c in view.categories), default=0)
     for level in range(depth):
@@ -208,7 +229,7 @@ class OwnEvidenceHeads:
                     continue
                 labelled = [(r, _label(values[rows[r]], classes)) for r in fit_rows]
                 labelled = [(r, y) for r, y in labelled if y is not None]
-                lr = LogisticRegression(C=0.5, max_iter=100, tol=1e-3).fit(
+                lr = LogisticRegression(C=0.1, max_iter=100, tol=1e-3).fit(
                     z[[r for r, _ in labelled]], [y for _, y in labelled]
                 )
                 fold_heads.append(Head(name, list(lr.classes_), lr.coef_, lr.intercept_))
@@ -218,7 +239,9 @@ class OwnEvidenceHeads:
             )
         return heads
 
-    def evidence(self, view: CatalogueView, rows, image_rows=None, family_of=None) -> dict[str, np.ndarray | list]:
+    def evidence(
+        self, view: CatalogueView, rows, image_rows=None, family_of=None
+    ) -> dict[str, np.ndarray | list]:
         """Own-evidence values of `rows` (their text, attributes and category) read against the images of
         `image_rows` (default the same rows; a planted swap passes another listing's), each by the heads
         of the fold of `family_of` (default its own family)."""
@@ -272,7 +295,11 @@ class OwnEvidenceHeads:
         return {"attribute": attr, "category": cat, "misalignment": misalign, "worst": worst}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        out = {"pca_mean": self.pca_mean, "pca_components": self.pca_components, "folds": np.array(self.folds)}
+        out = {
+            "pca_mean": self.pca_mean,
+            "pca_components": self.pca_components,
+            "folds": np.array(self.folds),
+        }
         for k, fold_heads in enumerate(self.heads):
             for h, head in enumerate(fold_heads):
                 out[f"head/{k}/{h}/coef"] = head.coef
@@ -289,7 +316,12 @@ class OwnEvidenceHeads:
         for k, fold_meta in enumerate(meta):
             heads.heads.append(
                 [
-                    Head(m["target"], m["classes"], arrays[f"head/{k}/{h}/coef"], arrays[f"head/{k}/{h}/intercept"])
+                    Head(
+                        m["target"],
+                        m["classes"],
+                        arrays[f"head/{k}/{h}/coef"],
+                        arrays[f"head/{k}/{h}/intercept"],
+                    )
                     for h, m in enumerate(fold_meta)
                 ]
             )
@@ -302,7 +334,13 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _fit_alignment(
-    z: np.ndarray, text: np.ndarray, *, method: str = "contrastive", dim: int = 64, steps: int = 200, seed: int = 0
+    z: np.ndarray,
+    text: np.ndarray,
+    *,
+    method: str = "contrastive",
+    dim: int = 64,
+    steps: int = 200,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Linear maps of image codes and text descriptors into one space where a listing's image and its own
     text meet (seed 4). "contrastive": symmetric InfoNCE, each image against its own text and the batch's
@@ -343,7 +381,9 @@ def _fit_alignment(
             qa, qb = a @ c.T / 0.1, b @ c.T / 0.1
             with torch.no_grad():  # balanced soft assignments (a few Sinkhorn steps), one per view
                 ta, tb = _sinkhorn(qa.detach()), _sinkhorn(qb.detach())
-            swapped = -(tb * torch.log_softmax(qa, 1)).sum(1).mean() - (ta * torch.log_softmax(qb, 1)).sum(1).mean()
+            swapped = (
+                -(tb * torch.log_softmax(qa, 1)).sum(1).mean() - (ta * torch.log_softmax(qb, 1)).sum(1).mean()
+            )
             loss = loss + 0.5 * swapped
         opt.zero_grad()
         loss.backward()
@@ -402,6 +442,11 @@ def wrong_variant_channels(
         else:
             image_max = image_mean = outlier = 0.0
         text_cos = view.text[sib] @ view.text[i]
+        title_overlap = max(_jaccard(view.word_sets(i, "titles"), view.word_sets(j, "titles")) for j in sib)
+        mine_words = view.word_sets(i, "descriptions")
+        description_overlap = (
+            max(_jaccard(mine_words, view.word_sets(j, "descriptions")) for j in sib) if mine_words else 1.0
+        )
         cat = view.categories[i]
         cat_differs = np.mean([view.categories[j] != cat for j in sib])
         mine = np.array([own["attribute"][a], own["category"][a], own["misalignment"][a]])
@@ -413,6 +458,8 @@ def wrong_variant_channels(
             image_mean,
             outlier,
             1 - text_cos.max(),
+            1 - title_overlap,
+            1 - description_overlap,
             cat_differs,
             mine[0],
             mine[0] - theirs[0],
@@ -453,7 +500,7 @@ class Combiner:
         prior: float,
         weight: np.ndarray | None = None,
         groups: list[str] | None = None,
-        c: float = 1.0,
+        c: float = 0.1,
     ) -> Combiner:
         from sklearn.linear_model import LogisticRegression
 
@@ -574,7 +621,10 @@ def _cross_validated_summary(x, y, w, groups, channels, prior, c) -> dict:
                     "rows": int(at.sum()),
                 }
             )
-    return {"planted_ap": round(float(average_precision_score(y, oof, sample_weight=w)), 4), "reliability": bins}
+    return {
+        "planted_ap": round(float(average_precision_score(y, oof, sample_weight=w)), 4),
+        "reliability": bins,
+    }
 
 
 # --- planted wrong variants ------------------------------------------------------------------------------
@@ -586,7 +636,7 @@ def plant_wrong_variants(
     family_agreement: Callable[[list[int], list[list[int]], list[int] | None], list[list[float]]],
     *,
     rows=None,
-    plants: int = 600,
+    plants: int = 2000,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Channel rows of errors planted into the catalogue (y = 1) and of its listings as they are (y = 0):
@@ -618,7 +668,9 @@ def plant_wrong_variants(
             return heads.folds <= 1 or heads.fold_of(view.families[i]) == fold
 
         if p % 2 == 0:  # moved listing
-            pool = [i for i in (by_category[cat] if hard else rows) if view.families[i] != target and unseen(i)]
+            pool = [
+                i for i in (by_category[cat] if hard else rows) if view.families[i] != target and unseen(i)
+            ]
             if not pool:
                 pool = [i for i in rows if view.families[i] != target and unseen(i)]
             if not pool:
@@ -662,7 +714,9 @@ def _channels_for(view, heads, family_agreement, listing, siblings, images, fami
     )
 
 
-def sibling_evidence(view: CatalogueView, heads: OwnEvidenceHeads, siblings: list[list[int]]) -> list[np.ndarray]:
+def sibling_evidence(
+    view: CatalogueView, heads: OwnEvidenceHeads, siblings: list[list[int]]
+) -> list[np.ndarray]:
     """The own evidence (attribute, category, misalignment) of each listing's siblings, read once."""
     unique = sorted({j for s in siblings for j in s})
     if not unique:
@@ -710,7 +764,9 @@ def duplicate_channels(
         da, db = view.descriptions[i].strip().lower(), view.descriptions[j].strip().lower()
         out[k] = [
             image_cosine[k],
+            -math.log(max(1.0 - image_cosine[k], 0.0) + 1e-3),
             text_cosine[k],
+            -math.log(max(1.0 - text_cosine[k], 0.0) + 1e-3),
             words[k],
             float(bool(da) and da == db),
             agree,
@@ -787,17 +843,26 @@ def fit_scorer(
     candidate_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
     relistings: list[Relisting],
     idf: TitleIdf,
-    reviewed: list[tuple[np.ndarray, bool]] | None = None,
+    reviewed: list[tuple[int, bool]] | None = None,
     seed: int = 0,
     alignment: str = "contrastive",
-    plants: int = 600,
+    plants: int = 2000,
 ) -> Scorer:
     """Fit the own-evidence heads, the wrong-variant combiner (planted moved listings and swapped images)
     and the duplicate combiner (planted re-listings against `candidate_pairs` = (ii, jj, p_same_product),
-    each listing's nearest neighbours). `reviewed`: wrong-variant channel rows of reviewer decisions in
-    force (confirmed = True), weighted `REVIEW_WEIGHT`."""
+    each listing's nearest neighbours). `reviewed`: (row, confirmed) of the reviewers' wrong-variant
+    decisions in force; each decided listing's channels, read in its family as listed, join both kinds'
+    fits at `REVIEW_WEIGHT`."""
     heads = OwnEvidenceHeads.fit(view, fold_of, folds, seed=seed, alignment=alignment)
     x, kind, groups = plant_wrong_variants(view, heads, family_agreement, plants=plants, seed=seed)
+    decided = [(r, c) for r, c in reviewed or [] if len(view.members[view.families[r]]) > 1]
+    if decided:
+        listing = [r for r, _ in decided]
+        siblings = [[j for j in view.members[view.families[r]] if j != r] for r in listing]
+        rows = _channels_for(view, heads, family_agreement, listing, siblings, listing, None)
+        reviewed = [(rows[k], c) for k, (_, c) in enumerate(decided)]
+    else:
+        reviewed = []
     kinds = {}
     for name in ("wrong_product", "wrong_image"):
         keep = (kind == name) | (kind == "")
@@ -853,7 +918,14 @@ def describe_wrong_variant(
         value = named[name]
         if name in ("attribute_surprise", "category_surprise") and own_worst:
             text = f"looks like “{own_worst['looks']}”, listed as “{own_worst['listed']}” ({own_worst['target'].split(':', 1)[1]})"
-        lines.append({"channel": name, "strength": round(c, 2), "value": round(value, 3), "text": text.format(n=siblings, v=value)})
+        lines.append(
+            {
+                "channel": name,
+                "strength": round(c, 2),
+                "value": round(value, 3),
+                "text": text.format(n=siblings, v=value),
+            }
+        )
     if not lines:
         lines.append({"channel": "none", "strength": 0.0, "value": 0.0, "text": "no channel stands out"})
     return lines
@@ -866,6 +938,8 @@ _WRONG_VARIANT_WORDS = {
     "image_unlike_mean": "image unlike most of its {n} siblings' ({v:.2f})",
     "image_outlier": "its image stands further apart than its siblings' do ({v:+.2f})",
     "text_unlike_siblings": "title and attributes unlike its siblings' ({v:.2f})",
+    "title_unlike_siblings": "its title shares few words with its siblings' titles ({v:.2f} apart)",
+    "description_unlike_siblings": "its description differs from its siblings' ({v:.2f} apart)",
     "category_unlike_siblings": "listed under another category than {v:.0%} of its siblings",
     "attribute_surprise": "its image does not match its attributes ({v:.2f})",
     "attribute_surprise_relative": "its image matches its attributes less well than its siblings' do ({v:+.2f})",
@@ -881,14 +955,26 @@ def describe_duplicate(channels: np.ndarray, combiner: Combiner) -> list[dict]:
     contributions = dict(zip(combiner.channels, combiner.contributions(channels).tolist(), strict=True))
     lines = []
     if named["both_images"]:
-        lines.append(("image_cosine", f"images {'nearly identical' if named['image_cosine'] > 0.9 else 'similar' if named['image_cosine'] > 0.75 else 'different'} ({named['image_cosine']:.2f})"))
-    lines.append(("title_words", f"titles share {'almost all' if named['title_words'] > 0.9 else 'most' if named['title_words'] > 0.6 else 'few'} words ({named['title_words']:.2f})"))
+        lines.append(
+            (
+                "image_cosine",
+                f"images {'nearly identical' if named['image_cosine'] > 0.9 else 'similar' if named['image_cosine'] > 0.75 else 'different'} ({named['image_cosine']:.2f})",
+            )
+        )
+    lines.append(
+        (
+            "title_words",
+            f"titles share {'almost all' if named['title_words'] > 0.9 else 'most' if named['title_words'] > 0.6 else 'few'} words ({named['title_words']:.2f})",
+        )
+    )
     if named["same_description"]:
         lines.append(("same_description", "the same description"))
     if named["attributes_differ"]:
         lines.append(("attributes_differ", f"{int(named['attributes_differ'])} attribute value(s) differ"))
     elif named["attributes_agree"]:
-        lines.append(("attributes_agree", f"all {int(named['attributes_agree'])} shared attribute value(s) agree"))
+        lines.append(
+            ("attributes_agree", f"all {int(named['attributes_agree'])} shared attribute value(s) agree")
+        )
     if not named["same_category"]:
         lines.append(("same_category", "listed under different categories"))
     ordered = sorted(lines, key=lambda t: -abs(contributions.get(t[0], 0.0)))

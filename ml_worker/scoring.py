@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from ml_worker.calibration import WrongVariantCalibrator, wrong_variant_evidence
-from ml_worker.features import FeatureCache
 from ml_worker.evidence import (
     CatalogueView,
     Relisting,
@@ -29,6 +28,7 @@ from ml_worker.evidence import (
     sibling_evidence,
     wrong_variant_channels,
 )
+from ml_worker.features import FeatureCache
 from ml_worker.lexical import TitleIdf, price_of
 from ml_worker.modeling_maps import MapsInputs, MapsModel, MapsOutput
 from ml_worker.zero_shot import duplicate_probability
@@ -163,14 +163,28 @@ class FamilyPairs:
     that never trained on the siblings' family (`CrossFitModel.family_model`); a listing shown with
     another listing's image (a planted swap) is re-encoded with that image."""
 
-    def __init__(self, model, features: FeatureCache, families: list[str], *, device: str = "cpu", outputs=None):
+    def __init__(
+        self,
+        model,
+        features: FeatureCache,
+        families: list[str],
+        *,
+        device: str = "cpu",
+        outputs: dict | None = None,
+        features_of=None,
+    ):
         self.model, self.features, self.families, self.device = model, features, families, device
-        self._outputs = dict(outputs or {})
+        self._outputs = dict(outputs or {})  # id(member) -> its MapsOutput of every row
+        # what a member reads: the shared frozen features, or (end to end) its own backbones' features
+        self.features_of = features_of or (lambda member: features)
 
     def outputs(self, member) -> MapsOutput:
         key = id(member)
         if key not in self._outputs:
-            self._outputs[key] = encode_all(member.to(self.device), self.features, device=self.device)
+            self._outputs[key] = encode_all(
+                member.to(self.device), self.features_of(member), device=self.device
+            )
+            member.cpu()
         return self._outputs[key]
 
     @torch.no_grad()
@@ -187,7 +201,7 @@ class FamilyPairs:
             swapped = [a for a in at if image_rows[a] != listing_rows[a]]
             swapped_out = None
             if swapped:
-                inputs = self.features.inputs(
+                inputs = self.features_of(member).inputs(
                     torch.as_tensor([int(listing_rows[a]) for a in swapped]),
                     image_idx=torch.as_tensor([int(image_rows[a]) for a in swapped]),
                 )
@@ -204,7 +218,11 @@ class FamilyPairs:
                     else:
                         src.append(0)
                         ia.append(int(listing_rows[a]))
-            ia_t, ib_t, src_t = torch.as_tensor(ia), torch.as_tensor(ib), torch.as_tensor(src, dtype=torch.bool)
+            ia_t, ib_t, src_t = (
+                torch.as_tensor(ia),
+                torch.as_tensor(ib),
+                torch.as_tensor(src, dtype=torch.bool),
+            )
             p = torch.zeros(len(ia))
             plain = ~src_t
             if plain.any():
@@ -214,6 +232,15 @@ class FamilyPairs:
             for a, v in zip(owner, p.tolist(), strict=True):
                 result[a].append(v)
         return result
+
+
+def scorer_fold_of(model):
+    """The fold of a family code as the version's scorer heads are cross-fitted: the version's own folds
+    (`ml_worker.ensemble.family_fold`), two for a version without fold models."""
+    from ml_worker.ensemble import family_fold
+
+    folds = max(len(model.folds), 2)
+    return folds, lambda code: family_fold(code, folds)
 
 
 def catalogue_view(listings, outputs: MapsOutput) -> CatalogueView:
@@ -269,33 +296,44 @@ def pair_same_product(model, outputs: MapsOutput, ii, jj, titles=None, prices=No
 
 @torch.no_grad()
 def plant_relistings(
-    final, features: FeatureCache, outputs: MapsOutput, listings, rows, text_encoder, *, seed: int = 0
+    final, outputs: MapsOutput, listings, rows, *, device: str = "cpu", seed: int = 0
 ) -> list[Relisting]:
-    """Second detail pages of `rows` as `ml_worker.evidence` plants them: the re-listing view of the image
-    (`features.top_aug`: a crop and a JPEG re-encode) and a re-typed title, compared with the original."""
+    """Second detail pages of `rows` as `ml_worker.evidence` plants them: a re-listing view of each image
+    (a slight crop and a JPEG re-encode, `ml_worker.images.augment`) and a re-typed title, read by the
+    version's final model and compared with the original's `outputs`."""
     import random
 
-    from ml_worker.features import _encode_titles
+    from ml_worker.features import _encode_titles, extract_features, load_backbones, own_backbones
 
     if not len(rows):
         return []
     rng = random.Random(seed)
-    idx = torch.as_tensor(np.asarray(rows))
-    titles = [retyped_title(listings[i].title, rng) for i in rows]
-    texts = [
-        t + ("" if not listings[i].variant else listings[i].text[len(listings[i].title) :])
-        for t, i in zip(titles, rows, strict=True)
-    ]
+    chosen = [listings[i] for i in rows]
+    backbones = own_backbones(final)
+    views = extract_features(
+        chosen, final.config, device=device, seed=seed, progress=False, training=True, backbones=backbones
+    )
+    text_encoder = (
+        backbones
+        or load_backbones(
+            final.config.image_weights, final.config.text_model_dir, final.config.max_tokens, device
+        )
+    )[1]
+    titles = [retyped_title(x.title, rng) for x in chosen]
+    texts = [t + x.text[len(x.title) :] for t, x in zip(titles, chosen, strict=True)]
     tokens, mask = _encode_titles(text_encoder, texts, final.config, False, "")
-    inputs = features.inputs(idx, augmented=True)
-    inputs = MapsInputs(inputs.top, inputs.mid, inputs.has_image, tokens.float(), mask)
-    relisted = encode_inputs(final.cpu().eval(), inputs)
+    inputs = MapsInputs(views.top_aug.float(), views.mid_aug.float(), views.has_image, tokens.float(), mask)
+    relisted = encode_inputs(final.to(device).eval(), inputs.to(device))
+    final.cpu()
+    idx = torch.as_tensor(np.asarray(rows))
     image_cos = (outputs.raw_image[idx] * relisted.raw_image).sum(1)
     text_cos = (outputs.raw_title[idx] * relisted.raw_title).sum(1)
-    p = duplicate_probability(final, outputs, relisted, idx, torch.arange(len(rows)))
+    p = duplicate_probability(final.cpu(), outputs, relisted, idx, torch.arange(len(rows)))
     return [
         Relisting(int(r), t, float(ic), float(tc), float(pp))
-        for r, t, ic, tc, pp in zip(rows, titles, image_cos.tolist(), text_cos.tolist(), p.tolist(), strict=True)
+        for r, t, ic, tc, pp in zip(
+            rows, titles, image_cos.tolist(), text_cos.tolist(), p.tolist(), strict=True
+        )
     ]
 
 
@@ -339,49 +377,49 @@ def score_wrong_variants(
 def score_duplicates(
     view: CatalogueView, scorer: Scorer, ii, jj, p_same_product, idf
 ) -> dict[int, tuple[int, float, np.ndarray]]:
-    """Each listing's best duplicate candidate among the pairs (ii, jj): row -> (match row, P(duplicate),
-    channels)."""
+    """Each listing ii[k]'s best duplicate candidate among its pairs (ii, jj): row -> (match row,
+    P(duplicate), channels)."""
     if not len(ii):
         return {}
     x = duplicate_channels(view, ii, jj, p_same_product, idf)
     p = scorer.duplicate.probability(x)
     best: dict[int, tuple[int, float, np.ndarray]] = {}
     for k, (a, b) in enumerate(zip(np.asarray(ii).tolist(), np.asarray(jj).tolist(), strict=True)):
-        for u, v in ((a, b), (b, a)):
-            if u not in best or p[k] > best[u][1]:
-                best[u] = (v, float(p[k]), x[k])
+        if a not in best or p[k] > best[a][1]:
+            best[a] = (b, float(p[k]), x[k])
     return best
 
 
 def fit_catalogue_scorer(
-    model, features: FeatureCache, listings, *, device: str = "cpu", seed: int = 0, relistings: int = 300,
-    pairs: FamilyPairs | None = None, reviewed=None, alignment: str = "contrastive",
+    model,
+    features: FeatureCache,
+    listings,
+    *,
+    device: str = "cpu",
+    seed: int = 0,
+    relistings: int = 200,
+    pairs: FamilyPairs | None = None,
+    reviewed: list[tuple[int, bool]] | None = None,
+    alignment: str = "contrastive",
 ) -> tuple[Scorer, CatalogueView, FamilyPairs, MapsOutput]:
     """Fit a version's scorer on `listings` (whole families; `features` with real re-listing views):
     own-evidence heads, and the two combiners on errors planted into them. The app's fit stage and
     `score_catalogue` call this with the same sample and seed, so they fit the same scorer."""
-    from ml_worker.ensemble import family_fold
-    from ml_worker.features import load_backbones, own_backbones
-
     families = [x.family for x in listings]
     pairs = pairs or FamilyPairs(model, features, families, device=device)
     outputs = pairs.outputs(model.final)
     view = catalogue_view(listings, outputs)
-    folds = max(len(model.folds), 2)
+    folds, fold_of = scorer_fold_of(model)
     idf = TitleIdf(view.titles)
     ii, jj = candidate_pairs(outputs, np.arange(len(listings)))
     prices = [price_of(x.attributes) for x in listings]
     p = pair_same_product(model.final, outputs, ii, jj, view.titles, prices, idf)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(listings), size=min(relistings, len(listings)), replace=False))
-    own = own_backbones(model.final)
-    text_encoder = own[1] if own else load_backbones(
-        model.config.image_weights, model.config.text_model_dir, model.config.max_tokens, "cpu"
-    )[1]
-    planted = plant_relistings(model.final, features, outputs, listings, sample.tolist(), text_encoder, seed=seed)
+    planted = plant_relistings(model.final, outputs, listings, sample.tolist(), device=device, seed=seed)
     scorer = fit_scorer(
         view,
-        fold_of=lambda code: family_fold(code, folds),
+        fold_of=fold_of,
         folds=folds,
         family_agreement=pairs,
         candidate_pairs=(ii, jj, p),
@@ -395,11 +433,20 @@ def fit_catalogue_scorer(
 
 
 def score_catalogue(
-    model, features: FeatureCache, listings, *, device: str = "cpu", seed: int = 0, alignment: str = "contrastive"
+    model,
+    features: FeatureCache,
+    listings,
+    *,
+    device: str = "cpu",
+    seed: int = 0,
+    alignment: str = "contrastive",
+    features_of=None,
 ) -> tuple[dict[int, ListingScore], Scorer]:
-    """Fit the scorer on the catalogue and score every listing (what a score job does, in memory)."""
+    """Fit the scorer on the catalogue and score every listing: what a score job does, in memory
+    (`ml_worker.evaluate`). `features_of(member)`: what a member with its own backbones reads."""
+    pairs = FamilyPairs(model, features, [x.family for x in listings], device=device, features_of=features_of)
     scorer, view, pairs, outputs = fit_catalogue_scorer(
-        model, features, listings, device=device, seed=seed, alignment=alignment
+        model, features, listings, device=device, seed=seed, alignment=alignment, pairs=pairs
     )
     groups = [m for m in view.members.values() if len(m) > 1]
     wrong = score_wrong_variants(view, scorer, pairs, groups)

@@ -40,18 +40,34 @@ from catalog_review.models import (
     Product,
     ProductEmbedding,
     VariationFamily,
+    VersionScorer,
 )
 from catalog_review.services.jobs import job_create, job_mark_running, refresh_planner_statistics
 from catalog_review.services.model_versions import active_version, load_model, ml_device
-from catalog_review.services.review import confirmed_wrong_variants
-from ml_worker.calibration import wrong_variant_evidence
+from catalog_review.services.review import confirmed_wrong_variants, wrong_variant_labels
 from ml_worker.catalogue import Listing, with_variant_attributes
+from ml_worker.evidence import (
+    DUPLICATE_CHANNELS,
+    WRONG_VARIANT_CHANNELS,
+    CatalogueView,
+    Scorer,
+    describe_duplicate,
+    describe_wrong_variant,
+)
 from ml_worker.features import features_for, own_backbones
 from ml_worker.heatmap import render_heatmap
 from ml_worker.lexical import TitleIdf, numbers, price_of
 from ml_worker.modeling_maps import MapsOutput
-from ml_worker.scoring import encode_inputs
-from ml_worker.zero_shot import duplicate_probability
+from ml_worker.scoring import (
+    FamilyPairs,
+    catalogue_view,
+    encode_inputs,
+    fit_catalogue_scorer,
+    pair_same_product,
+    score_duplicates,
+    score_wrong_variants,
+    scorer_fold_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +127,7 @@ def _family_chunks(family_ids: list[int], chunk_listings: int) -> list[tuple[lis
 
 def score_start(*, scope: dict | None = None, requested_by=None, version: ModelVersion | None = None) -> Job:
     """Create a score job and enqueue its embed chunks (after commit)."""
-    from catalog_review.gpu_tasks import embed_chunk
+    from catalog_review.gpu_tasks import fit_scorer_chunk
 
     scope = dict(scope or {})
     version = version or active_version()
@@ -142,8 +158,9 @@ def score_start(*, scope: dict | None = None, requested_by=None, version: ModelV
             Job.objects.filter(pk=job.pk).update(
                 status=Job.Status.SUCCEEDED, finished_at=timezone.now(), counts={"listings": 0}
             )
-        ids = [r.pk for r in rows]
-        transaction.on_commit(lambda: [embed_chunk.delay(chunk_id=i) for i in ids])
+        else:  # stage 0: fit the version's scorer on the catalogue; its last act enqueues the embed chunks
+            fit = JobChunk.objects.create(job=job, stage=JobChunk.Stage.FIT, index=0, items=[], size=0)
+            transaction.on_commit(lambda: fit_scorer_chunk.delay(chunk_id=fit.pk))
     job.refresh_from_db()
     return job
 
@@ -214,7 +231,9 @@ def embed_chunk_run(chunk_id: int) -> str:
         features = features_for(model.final, listings, device=device, cache_dir=settings.FEATURE_CACHE_DIR)
         inputs = features.inputs(torch.arange(len(products))).to(device)
         out = encode_inputs(model.final.to(device), inputs)
-        wrong_variant, evidence = _wrong_variant_scores(model, products, listings, inputs, device)
+        wrong_variant, evidence = _wrong_variant_scores(
+            model, job_scorer(job, model), products, listings, features, out, device
+        )
         now = timezone.now()
         for i, p in enumerate(products):
             rows.append(
@@ -264,74 +283,145 @@ def embed_chunk_run(chunk_id: int) -> str:
 
 
 def _wrong_variant_scores(
-    model, products: list[Product], listings: list[Listing], inputs, device: str
+    model, scorer: Scorer, products: list[Product], listings: list[Listing], features, out: MapsOutput, device
 ) -> tuple[dict, dict]:
-    """1 - max P(same family) against the other members (agreement with the closest sibling), from
-    the model that never saw the family (`inputs`: the chunk as the final model reads it; a fold model
-    with its own backbones reads its families through them). A member a reviewer confirmed as a wrong
-    variant is left out of its siblings' comparisons (shown, marked `excluded`): the family it was
-    wrongly linked into should not vouch for or against its rightful members. A listing left with no
-    sibling to compare with gets no score. A version with a wrong-variant calibrator (fitted on
-    reviewer decisions) scores P(a reviewer confirms) from the listing's whole evidence instead; the
-    plain score stays in the evidence."""
+    """P(wrong) of each listing of the chunk's multi-member families from its evidence channels
+    (`ml_worker.scoring.score_wrong_variants`, as `ml_worker.evaluate` scores): the pair head of the fold
+    model that never saw the family, image and text agreement with the siblings, and the listing's own
+    image against its own attributes, category and text, weighed by the job's fitted scorer. A member a
+    reviewer confirmed as a wrong variant is left out of its siblings' comparisons (shown, marked
+    `excluded`). A listing left with no sibling to compare with gets no score."""
     confirmed_out = confirmed_wrong_variants([p.pk for p in products])
-    members = defaultdict(list)
-    for i, p in enumerate(products):
-        members[p.family.code].append(i)
-    by_model = defaultdict(list)
-    for code, idx in members.items():
-        if len(idx) > 1:
-            by_model[id(model.family_model(code))].append(code)
+
+    def features_of(member):
+        if own_backbones(member) is None:
+            return features
+        return features_for(member, listings, device=device)
+
+    families = [x.family for x in listings]
+    pairs = FamilyPairs(
+        model, features, families, device=device, outputs={id(model.final): out}, features_of=features_of
+    )
+    view = catalogue_view(listings, out)
+    groups = [m for m in view.members.values() if len(m) > 1]
+    excluded = {i for i, p in enumerate(products) if p.pk in confirmed_out}
+    result = score_wrong_variants(view, scorer, pairs, groups, excluded)
     scores, evidence = {}, {}
-    for codes in by_model.values():
-        family_model = model.family_model(codes[0]).to(device)
-        rows = [i for code in codes for i in members[code]]
-        local = {r: k for k, r in enumerate(rows)}
-        groups = [[local[i] for i in members[code]] for code in codes]
-        if own_backbones(family_model) is None:
-            family_inputs = inputs.index(torch.as_tensor(rows))
-        else:
-            family_listings = [listings[i] for i in rows]
-            family_inputs = features_for(family_model, family_listings, device=device).inputs(
-                torch.arange(len(rows))
-            )
-        out = encode_inputs(family_model, family_inputs.to(device))
-        left_out = {local[i] for i in rows if products[i].pk in confirmed_out}
-        family_evidence = wrong_variant_evidence(family_model, out, groups, left_out)
-        calibrated = _calibrated(model.calibrator, family_evidence)
-        for code in codes:
-            idx = members[code]
-            for i in idx:
-                e = family_evidence[local[i]]
-                if e.features is None:
-                    continue
-                others = [j for j in idx if j != i]
-                entries = []
-                for j, v, counted in zip(others, e.agreement, e.counted, strict=True):
-                    entries.append({"sku": products[j].sku, "p_same_family": round(v, 4)})
-                    if not counted:
-                        entries[-1]["excluded"] = True
-                evidence[products[i].pk] = {"family_agreement": entries}
-                scores[products[i].pk] = e.score
-                if local[i] in calibrated:
-                    scores[products[i].pk] = calibrated[local[i]]
-                    evidence[products[i].pk]["calibration"] = {
-                        "uncalibrated_score": round(e.score, 4),
-                        "confirmed": model.calibrator.confirmed,
-                        "rejected": model.calibrator.rejected,
-                    }
+    for i, r in result.items():
+        product = products[i]
+        channels = r["channels"]
+        agreement = []
+        for j, v, counted in zip(r["siblings"], r["agreement"], r["counted"], strict=True):
+            entry = {
+                "sku": products[j].sku,
+                "p_same_family": round(v, 4),
+                "image_similarity": round(float(view.image[i] @ view.image[j]), 4)
+                if view.has_image[i] and view.has_image[j]
+                else None,
+            }
+            if not counted:
+                entry["excluded"] = True
+            agreement.append(entry)
+        kinds = scorer.wrong_variant.kind_probabilities(channels)
+        scores[product.pk] = r["score"]
+        evidence[product.pk] = {
+            "family_agreement": agreement,
+            "channels": {
+                n: round(float(v), 4) for n, v in zip(WRONG_VARIANT_CHANNELS, channels, strict=True)
+            },
+            "kinds": {k: round(float(p), 4) for k, p in kinds.items()},
+            "lines": describe_wrong_variant(channels, scorer.wrong_variant, r["own"], sum(r["counted"])),
+            **({"looks_like": r["own"]} if r["own"] else {}),
+        }
     return scores, evidence
 
 
-def _calibrated(calibrator, evidence: dict) -> dict[int, float]:
-    """P(a reviewer confirms) of each scorable listing of `evidence`, by the version's calibrator."""
-    if calibrator is None:
-        return {}
-    rows = [r for r, e in evidence.items() if e.features is not None]
-    if not rows:
-        return {}
-    p = calibrator.probability(np.stack([evidence[r].features for r in rows]))
-    return dict(zip(rows, p.tolist(), strict=True))
+# --- stage 0: fit the version's scorer on the catalogue -------------------------------------------
+
+
+def _fit_sample(cap: int) -> list[Product]:
+    """The listings a scorer is fitted on: the whole catalogue up to `cap` listings, else whole families
+    in a stable hash order (reviewer-decided ones first) until the cap; in import order."""
+    sizes = list(VariationFamily.objects.annotate(n=Count("products")).values_list("id", "code", "n"))
+    if sum(n for _, _, n in sizes) > cap:
+        decided = set(
+            Product.objects.filter(pk__in=list(wrong_variant_labels())).values_list("family_id", flat=True)
+        )
+        sizes.sort(key=lambda t: (t[0] not in decided, hashlib.sha256(t[1].encode()).hexdigest()))
+        chosen, total = [], 0
+        for fid, _code, n in sizes:
+            if total + n > cap and chosen:
+                continue
+            chosen.append(fid)
+            total += n
+        products = Product.objects.filter(family_id__in=chosen)
+    else:
+        products = Product.objects.all()
+    return list(products.select_related("family", "category").order_by("id"))
+
+
+def fit_chunk_run(chunk_id: int) -> str:
+    """Stage 0 of a score job (gpu queue): fit the scorer (own-evidence heads, the combiners on errors
+    planted into the catalogue, reviewer decisions in force at a higher weight) and store it with the
+    version; then start the embed chunks."""
+    chunk = _claim(chunk_id)
+    if chunk is None:
+        return "nothing to do"
+    job = chunk.job
+    version = ModelVersion.objects.get(pk=job.scope["model_version_id"])
+    model = load_model(version)
+    device = ml_device()
+    products = _fit_sample(settings.SCORER_FIT_LISTINGS)
+    listings = product_listings(products)
+    features = features_for(model.final, listings, device=device, cache_dir=settings.FEATURE_CACHE_DIR)
+    row_of = {p.pk: i for i, p in enumerate(products)}
+    reviewed = [
+        (row_of[pid], confirmed) for pid, confirmed in wrong_variant_labels().items() if pid in row_of
+    ]
+
+    def features_of(member):
+        if own_backbones(member) is None:
+            return features
+        return features_for(member, listings, device=device)
+
+    pairs = FamilyPairs(model, features, [x.family for x in listings], device=device, features_of=features_of)
+    scorer, *_ = fit_catalogue_scorer(
+        model, features, listings, device=device, pairs=pairs, reviewed=reviewed
+    )
+    arrays, meta = scorer.to_payload()
+    with transaction.atomic():
+        if not _finish_chunk(chunk):
+            return "already done"
+        saved = VersionScorer.objects.create(
+            model_version=version, job=job, arrays=save_arrays(arrays), meta=meta, listings=len(listings)
+        )
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        locked.scope["scorer_id"] = saved.pk
+        locked.save(update_fields=["scope"])
+        _maybe_next_stage(job.pk, JobChunk.Stage.FIT)
+    return f"fitted a scorer on {len(listings)} listings"
+
+
+def save_arrays(arrays: dict) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+
+
+_SCORER_CACHE: dict[int, Scorer] = {}
+
+
+def job_scorer(job: Job, model) -> Scorer:
+    """The scorer the job's fit stage stored (cached per worker process)."""
+    from safetensors.numpy import load
+
+    scorer_id = job.scope["scorer_id"]
+    if scorer_id not in _SCORER_CACHE:
+        _SCORER_CACHE.clear()
+        saved = VersionScorer.objects.get(pk=scorer_id)
+        _folds, fold_of = scorer_fold_of(model)
+        _SCORER_CACHE[scorer_id] = Scorer.from_payload(load(bytes(saved.arrays)), saved.meta, fold_of)
+    return _SCORER_CACHE[scorer_id]
 
 
 def _maybe_next_stage(job_id: int, stage: str) -> None:
@@ -339,7 +429,16 @@ def _maybe_next_stage(job_id: int, stage: str) -> None:
     job = Job.objects.select_for_update().get(pk=job_id)
     if job.is_finished or JobChunk.objects.filter(job=job, stage=stage, done_at__isnull=True).exists():
         return  # cancelled meanwhile, or other chunks still to come
-    if stage == JobChunk.Stage.EMBED:
+    if stage == JobChunk.Stage.FIT:
+        from catalog_review.gpu_tasks import embed_chunk
+
+        ids = list(
+            JobChunk.objects.filter(job=job, stage=JobChunk.Stage.EMBED, done_at__isnull=True).values_list(
+                "pk", flat=True
+            )
+        )
+        transaction.on_commit(lambda: [embed_chunk.delay(chunk_id=i) for i in ids])
+    elif stage == JobChunk.Stage.EMBED:
         if JobChunk.objects.filter(job=job, stage=JobChunk.Stage.FLAG).exists():
             return
         _cap_wrong_variant_threshold(job)
@@ -398,12 +497,17 @@ WHERE q.model_version_id = %s AND q.product_id = ANY(%s)
 
 
 def knn_candidates(version_id: int, product_ids: list[int], k: int) -> dict[int, set[int]]:
-    """Nearest listings of each product by the fused vector and by the image vector (pgvector HNSW)."""
+    """Nearest listings of each product by the fused vector, and by the image and the title vectors (so a
+    re-photographed or a re-titled listing is still found; pgvector HNSW)."""
     candidates = defaultdict(set)
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(settings.HNSW_EF_SEARCH, k)])
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        for column, limit in (("vector", k), ("image_vector", max(1, k // 2))):
+        for column, limit in (
+            ("vector", k),
+            ("image_vector", max(1, k // 2)),
+            ("title_vector", max(1, k // 2)),
+        ):
             cursor.execute(_KNN_SQL.format(column=column), [limit, version_id, product_ids])
             for q, c in cursor.fetchall():
                 candidates[q].add(c)
@@ -470,12 +574,13 @@ def flag_chunk_run(chunk_id: int) -> str:
         return "nothing to do"
     job = chunk.job
     version = ModelVersion.objects.get(pk=job.scope["model_version_id"])
-    model = load_model(version).final.cpu()
+    full_model = load_model(version)
+    model = full_model.final.cpu()
     mine = {
         e.product_id: e
         for e in ProductEmbedding.objects.filter(
             model_version=version, product__family_id__in=chunk.items
-        ).select_related("product", "product__family")
+        ).select_related("product", "product__family", "product__category")
     }
     with transaction.atomic():  # SET LOCAL needs a transaction
         candidates = knn_candidates(version.pk, list(mine), settings.DUPLICATE_NEIGHBOURS)
@@ -484,31 +589,36 @@ def flag_chunk_run(chunk_id: int) -> str:
     pool.update(
         (e.product_id, e)
         for e in ProductEmbedding.objects.filter(model_version=version, product_id__in=others).select_related(
-            "product"
+            "product", "product__family", "product__category"
         )
     )
     ids = list(pool)
     position = {pid: i for i, pid in enumerate(ids)}
     out = _outputs([pool[pid] for pid in ids])
+    products = [pool[pid].product for pid in ids]
+    view = CatalogueView(
+        skus=[p.sku for p in products],
+        families=[p.family.code for p in products],
+        categories=[tuple(p.category_path) for p in products],
+        attributes=[p.attributes for p in products],
+        titles=[p.title for p in products],
+        descriptions=[p.description or "" for p in products],
+        image=out.raw_image.double().numpy(),
+        text=out.raw_title.double().numpy(),
+    )
     best = {}
     pairs_i, pairs_j = [], []
     for pid, cs in candidates.items():
-        for c in cs:
+        for c in sorted(cs):
             pairs_i.append(position[pid])
             pairs_j.append(position[c])
     if pairs_i:
-        ii, jj = torch.as_tensor(pairs_i), torch.as_tensor(pairs_j)
-        lexical = None
-        has_image = out.raw_image.norm(dim=1) > 0
-        if not (has_image[ii] & has_image[jj]).all():  # image-less pairs: words, numbers, prices
-            titles = [pool[pid].product.title for pid in ids]
-            prices = [price_of(pool[pid].product.attributes) for pid in ids]
-            lexical = _catalogue_idf(job.pk).pair_evidence(titles, pairs_i, pairs_j, prices)
-        p = duplicate_probability(model, out, out, ii, jj, lexical).tolist()
-        for a, b, v in zip(pairs_i, pairs_j, p, strict=True):
-            pid = ids[a]
-            if pid not in best or v > best[pid][1]:
-                best[pid] = (ids[b], v)
+        idf = _catalogue_idf(job.pk)
+        prices = [price_of(p.attributes) for p in products]
+        p_same = pair_same_product(model, out, pairs_i, pairs_j, view.titles, prices, idf)
+        matches = score_duplicates(view, job_scorer(job, full_model), pairs_i, pairs_j, p_same, idf)
+        for a, (b, v, channels) in matches.items():
+            best[ids[a]] = (ids[b], v, channels)
 
     counts = defaultdict(int)
     now = timezone.now()
@@ -540,9 +650,9 @@ def flag_chunk_run(chunk_id: int) -> str:
                         "wrong_variant_score": round(e.wrong_variant_score, 4),
                         "agrees_with": agreeing,
                         "family_size": len(counted) + 1,
+                        **{k: v for k, v in e.evidence.items() if k != "family_agreement"},
                         "family_agreement": agreement,
-                    }
-                    | ({"calibration": e.evidence["calibration"]} if "calibration" in e.evidence else {}),
+                    },
                     heatmap=_heatmap(product, e, version),
                 )
                 counts[f"wrong_variant_{outcome}"] += 1
@@ -560,6 +670,10 @@ def flag_chunk_run(chunk_id: int) -> str:
                     evidence={
                         "duplicate_score": round(match[1], 4),
                         "found_from": product.sku,
+                        "channels": {
+                            n: round(float(v), 4) for n, v in zip(DUPLICATE_CHANNELS, match[2], strict=True)
+                        },
+                        "lines": describe_duplicate(match[2], job_scorer(job, full_model).duplicate),
                         "same_family": a.product.family_id == b.product.family_id,
                         "image_cosine": round(
                             float(
