@@ -232,7 +232,11 @@ class OwnEvidenceHeads:
                 lr = LogisticRegression(C=0.1, max_iter=100, tol=1e-3).fit(
                     z[[r for r, _ in labelled]], [y for _, y in labelled]
                 )
-                fold_heads.append(Head(name, list(lr.classes_), lr.coef_, lr.intercept_))
+                coef, intercept = lr.coef_, lr.intercept_
+                if len(lr.classes_) == 2:  # binary: one row of weights; softmax([0, z]) = sigmoid(z)
+                    coef = np.vstack([np.zeros_like(coef), coef])
+                    intercept = np.r_[0.0, intercept]
+                fold_heads.append(Head(name, list(lr.classes_), coef, intercept))
             heads.heads.append(fold_heads)
             heads.align.append(
                 _fit_alignment(z[fit_rows], view.text[rows[fit_rows]], method=alignment, seed=seed + k)
@@ -298,7 +302,7 @@ class OwnEvidenceHeads:
         out = {
             "pca_mean": self.pca_mean,
             "pca_components": self.pca_components,
-            "folds": np.array(self.folds),
+            "folds": np.array([self.folds]),
         }
         for k, fold_heads in enumerate(self.heads):
             for h, head in enumerate(fold_heads):
@@ -312,7 +316,12 @@ class OwnEvidenceHeads:
 
     @classmethod
     def from_arrays(cls, arrays: dict, meta: list[list[dict]], fold_of) -> OwnEvidenceHeads:
-        heads = cls(arrays["pca_mean"], arrays["pca_components"], int(arrays["folds"]), fold_of=fold_of)
+        heads = cls(
+            arrays["pca_mean"],
+            arrays["pca_components"],
+            int(np.asarray(arrays["folds"]).reshape(-1)[0]),
+            fold_of=fold_of,
+        )
         for k, fold_meta in enumerate(meta):
             heads.heads.append(
                 [
@@ -500,23 +509,63 @@ class Combiner:
         prior: float,
         weight: np.ndarray | None = None,
         groups: list[str] | None = None,
-        c: float = 0.1,
+        c: float = 0.03,
+        unlabelled: np.ndarray | None = None,
+        suspect_share: float | None = None,
     ) -> Combiner:
-        from sklearn.linear_model import LogisticRegression
-
+        """`unlabelled` marks the clean rows that are only presumed clean (the catalogue's listings as they
+        are; default: every row with y = 0): the catalogue holds real errors among them, the very ones
+        to find, and each clean row weighs far more than a plant. A first fit ranks them; the top
+        `suspect_share` (default `prior`) of them are left out of the second, final fit."""
         y = np.asarray(y, dtype=bool)
         if y.all() or not y.any():
             raise ValueError("a combiner needs both planted errors and clean rows")
         weight = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+        unlabelled = ~y if unlabelled is None else np.asarray(unlabelled, dtype=bool) & ~y
+        first = cls._fit(x, y, weight, channels, prior, c)
+        suspect = np.nonzero(unlabelled)[0]
+        drop = int(round((prior if suspect_share is None else suspect_share) * len(suspect)))
+        keep = np.ones(len(y), dtype=bool)
+        if drop:
+            keep[suspect[np.argsort(-first.logit(x[suspect]))[:drop]]] = False
+        if (~y[keep]).sum() == 0:
+            keep[:] = True
+        combiner = cls._fit(x[keep], y[keep], weight[keep], channels, prior, c)
+        if groups:
+            w = (
+                np.where(y, prior / weight[y & keep].sum(), (1 - prior) / weight[~y & keep].sum())
+                * weight
+                * len(y)
+            )
+            combiner.summary = _cross_validated_summary(
+                x[keep],
+                y[keep],
+                w[keep],
+                [g for g, k in zip(groups, keep, strict=True) if k],
+                channels,
+                prior,
+                c,
+            )
+        combiner.summary.update(
+            planted=int(y.sum()), clean=int((~y & keep).sum()), left_out=int((~keep).sum())
+        )
+        return combiner
+
+    @classmethod
+    def _fit(cls, x, y, weight, channels, prior, c) -> Combiner:
+        from sklearn.linear_model import LogisticRegression
+
         w = np.where(y, prior / weight[y].sum(), (1 - prior) / weight[~y].sum()) * weight * len(y)
         mean = np.average(x, axis=0, weights=w)
         scale = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w))
         scale[scale < 1e-9] = 1.0
         lr = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, y, sample_weight=w)
-        combiner = cls(channels, mean, scale, lr.coef_[0], float(lr.intercept_[0]), prior)
-        combiner.summary = _cross_validated_summary(x, y, w, groups, channels, prior, c) if groups else {}
-        combiner.summary.update(planted=int(y.sum()), clean=int((~y).sum()))
-        return combiner
+        # the strong regularisation ranks best (measured, BENCHMARKS.md) but shrinks the logits: rescale
+        # them (Platt: a * logit + b, unregularised, same weights) so the output is calibrated again
+        z = lr.decision_function((x - mean) / scale)
+        platt = LogisticRegression(C=1e4, max_iter=2000).fit(z[:, None], y, sample_weight=w)
+        a, b = float(platt.coef_[0][0]), float(platt.intercept_[0])
+        return cls(channels, mean, scale, a * lr.coef_[0], a * float(lr.intercept_[0]) + b, prior)
 
     def logit(self, x: np.ndarray) -> np.ndarray:
         return ((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
@@ -607,7 +656,9 @@ def _cross_validated_summary(x, y, w, groups, channels, prior, c) -> dict:
         scale = np.sqrt(np.average((x[fit] - mean) ** 2, axis=0, weights=w[fit]))
         scale[scale < 1e-9] = 1.0
         lr = LogisticRegression(C=c, max_iter=2000).fit((x[fit] - mean) / scale, y[fit], sample_weight=w[fit])
-        oof[test] = lr.predict_proba((x[test] - mean) / scale)[:, 1]
+        z = lr.decision_function((x[fit] - mean) / scale)
+        platt = LogisticRegression(C=1e4, max_iter=2000).fit(z[:, None], y[fit], sample_weight=w[fit])
+        oof[test] = platt.predict_proba(lr.decision_function((x[test] - mean) / scale)[:, None])[:, 1]
     edges = [0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0001]
     bins = []
     for lo, hi in zip(edges, edges[1:], strict=False):
@@ -868,13 +919,21 @@ def fit_scorer(
         keep = (kind == name) | (kind == "")
         xk, yk, gk = x[keep], kind[keep] == name, [g for g, k in zip(groups, keep, strict=True) if k]
         weight = np.ones(len(yk))
+        unlabelled = ~yk
         if reviewed:  # a decision does not say which kind it was: it teaches both
             xk = np.vstack([xk, np.stack([r for r, _ in reviewed])])
             yk = np.r_[yk, [bool(c) for _, c in reviewed]]
             weight = np.r_[weight, np.full(len(reviewed), REVIEW_WEIGHT)]
             gk = gk + [f"review-{k}" for k in range(len(reviewed))]
+            unlabelled = np.r_[unlabelled, np.zeros(len(reviewed), dtype=bool)]
         kinds[name] = Combiner.fit(
-            xk, yk, WRONG_VARIANT_CHANNELS, prior=WRONG_VARIANT_PRIOR / 2, weight=weight, groups=gk
+            xk,
+            yk,
+            WRONG_VARIANT_CHANNELS,
+            prior=WRONG_VARIANT_PRIOR / 2,
+            weight=weight,
+            groups=gk,
+            unlabelled=unlabelled,
         )
         if reviewed:
             kinds[name].summary["review_rows"] = len(reviewed)
@@ -898,7 +957,12 @@ def fit_scorer(
     xd = np.vstack([x_plant, x_clean])
     yd = np.r_[np.ones(len(x_plant)), np.zeros(len(x_clean))]
     dup_groups = [view.families[i] for i in planted_ii] + [view.families[i] for i in ii]
-    duplicate = Combiner.fit(xd, yd, DUPLICATE_CHANNELS, prior=DUPLICATE_PRIOR, groups=dup_groups)
+    # a listing's candidate pairs are many: the presumed-clean pairs that may be real duplicates are the
+    # prior's share of the listings, not of the pairs
+    share = DUPLICATE_PRIOR * len(set(np.asarray(ii).tolist())) / max(len(ii), 1)
+    duplicate = Combiner.fit(
+        xd, yd, DUPLICATE_CHANNELS, prior=DUPLICATE_PRIOR, groups=dup_groups, c=0.1, suspect_share=share
+    )
     return Scorer(heads, wrong_variant, duplicate)
 
 
