@@ -237,9 +237,11 @@ ML_DEVICE = env_str("ML_DEVICE", "auto")  # auto = cuda when available, else cpu
 SCORE_CHUNK_LISTINGS = env_int("SCORE_CHUNK_LISTINGS", 256, minimum=1)  # listings per embedding task
 DUPLICATE_NEIGHBOURS = env_int("DUPLICATE_NEIGHBOURS", 20, minimum=1)  # kNN candidates per listing
 HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 100, minimum=1)
-# scores are probabilities (ml_worker.evidence: combiners fitted on errors planted into the catalogue)
-FLAG_WRONG_VARIANT_THRESHOLD = env_float("FLAG_WRONG_VARIANT_THRESHOLD", 0.5)
-FLAG_DUPLICATE_THRESHOLD = env_float("FLAG_DUPLICATE_THRESHOLD", 0.5)
+# scores are probabilities (ml_worker.evidence: combiners fitted on errors planted into the catalogue);
+# on hm-dev (zero-shot) 0.1 flags wrong variants at precision ~0.58 / recall ~0.9, duplicates at 0.2
+# with precision ~0.75 / recall ~0.92 (BENCHMARKS.md): a reviewer's look is worth it there
+FLAG_WRONG_VARIANT_THRESHOLD = env_float("FLAG_WRONG_VARIANT_THRESHOLD", 0.1)
+FLAG_DUPLICATE_THRESHOLD = env_float("FLAG_DUPLICATE_THRESHOLD", 0.2)
 # a score job first fits its version's scorer on at most this many listings (whole families)
 SCORER_FIT_LISTINGS = env_int("SCORER_FIT_LISTINGS", 5000, minimum=50)
 # at most this fraction of a version's scored listings is flagged as wrong variants (1 = no cap)

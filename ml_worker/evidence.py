@@ -803,6 +803,17 @@ def duplicate_channels(
     titles_b = [view.titles[j] for j in jj] if titles_j is None else titles_j
     titles = [view.titles[i] for i in ii] + titles_b
     words = idf.pair_similarity(titles, list(range(len(ii))), list(range(len(ii), 2 * len(ii)))).numpy()
+    # the text descriptors read title + variant attributes, and which attributes are variant depends on
+    # the family: a re-listing in a family of its own reads differently from its original. Across
+    # families, titles that agree word for word agree, whatever the descriptors say.
+    families_a = [view.families[i] for i in ii]
+    families_b = [view.families[j] for j in jj] if same_family is None else None
+    apart = (
+        np.array([a != b for a, b in zip(families_a, families_b, strict=True)])
+        if same_family is None
+        else ~np.asarray(same_family, dtype=bool)
+    )
+    text_cosine = np.where(apart, np.maximum(text_cosine, words), text_cosine)
     out = np.zeros((len(ii), len(DUPLICATE_CHANNELS)))
     for k, (i, j) in enumerate(zip(ii.tolist(), jj.tolist(), strict=True)):
         a, b = view.attributes[i], view.attributes[j]

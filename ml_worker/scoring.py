@@ -298,37 +298,47 @@ def pair_same_product(model, outputs: MapsOutput, ii, jj, titles=None, prices=No
 def plant_relistings(
     final, outputs: MapsOutput, listings, rows, *, device: str = "cpu", seed: int = 0
 ) -> list[Relisting]:
-    """Second detail pages of `rows` as `ml_worker.evidence` plants them: a re-listing view of each image
-    (a slight crop and a JPEG re-encode, `ml_worker.images.augment`) and a re-typed title, read by the
-    version's final model and compared with the original's `outputs`."""
+    """Second detail pages of `rows` as `ml_worker.evidence` plants them, read by the version's final model
+    and compared with the original's `outputs`: a re-typed title (`retyped_title`) and a re-listing view of
+    the image (a slight crop and a JPEG re-encode, `ml_worker.images.augment`). Re-photographed plants
+    (reframed, mirrored, relit) cost duplicate AP on hm-dev (BENCHMARKS.md)."""
     import random
 
-    from ml_worker.features import _encode_titles, extract_features, load_backbones, own_backbones
+    from ml_worker.features import _encode_titles, load_backbones, own_backbones
+    from ml_worker.images import augment, open_image, to_tensor
 
     if not len(rows):
         return []
     rng = random.Random(seed)
     chosen = [listings[i] for i in rows]
-    backbones = own_backbones(final)
-    views = extract_features(
-        chosen, final.config, device=device, seed=seed, progress=False, training=True, backbones=backbones
+    image_model, text_encoder = own_backbones(final) or load_backbones(
+        final.config.image_weights, final.config.text_model_dir, final.config.max_tokens, device
     )
-    text_encoder = (
-        backbones
-        or load_backbones(
-            final.config.image_weights, final.config.text_model_dir, final.config.max_tokens, device
-        )
-    )[1]
+    size = final.config.image_size
+    top = torch.zeros(len(rows), 1280, size // 32, size // 32)
+    mid = torch.zeros(len(rows), 112, size // 16, size // 16)
+    has_image = torch.zeros(len(rows), dtype=torch.bool)
+    pictures = []
+    for k, x in enumerate(chosen):
+        image = open_image(x.image) if x.image else None
+        if image is not None:
+            view = augment(image, rng)
+            pictures.append((k, to_tensor(view, size)))
+    for start in range(0, len(pictures), 32):
+        batch = pictures[start : start + 32]
+        out = image_model.to(device)(torch.stack([t for _, t in batch]).to(device))
+        at = torch.as_tensor([k for k, _ in batch])
+        top[at], mid[at], has_image[at] = out.top.float().cpu(), out.mid.float().cpu(), True
     titles = [retyped_title(x.title, rng) for x in chosen]
     texts = [t + x.text[len(x.title) :] for t, x in zip(titles, chosen, strict=True)]
     tokens, mask = _encode_titles(text_encoder, texts, final.config, False, "")
-    inputs = MapsInputs(views.top_aug.float(), views.mid_aug.float(), views.has_image, tokens.float(), mask)
+    inputs = MapsInputs(top, mid, has_image, tokens.float(), mask)
     relisted = encode_inputs(final.to(device).eval(), inputs.to(device))
     final.cpu()
     idx = torch.as_tensor(np.asarray(rows))
     image_cos = (outputs.raw_image[idx] * relisted.raw_image).sum(1)
     text_cos = (outputs.raw_title[idx] * relisted.raw_title).sum(1)
-    p = duplicate_probability(final.cpu(), outputs, relisted, idx, torch.arange(len(rows)))
+    p = duplicate_probability(final, outputs, relisted, idx, torch.arange(len(rows)))
     return [
         Relisting(int(r), t, float(ic), float(tc), float(pp))
         for r, t, ic, tc, pp in zip(
