@@ -183,14 +183,19 @@ def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
     members = selectors.flag_family(flag)
     evidence = flag.evidence or {}
     agreement = {a["sku"]: a for a in evidence.get("family_agreement", [])}
+    heatmaps = evidence.get("member_heatmaps", {})
     for member in members:
         member.p_same_family = agreement.get(member.sku, {}).get("p_same_family")
+        member.image_similarity = agreement.get(member.sku, {}).get("image_similarity")
         member.excluded = agreement.get(member.sku, {}).get("excluded", False)
+        member.heatmap = heatmaps.get(member.sku, "")
     history = flag.decisions.select_related("reviewer", "undoes").order_by("created_at", "id")
     return {
         "flag": flag,
         "members": members,
         "evidence": evidence,
+        # the zero-shot version's pair head is a fixed formula, not a probability worth showing per sibling
+        "show_pair_head": (flag.model_version.config or {}).get("kind") != "zero-shot",
         "history": history,
         "held_by_other": flag.claimed_by_id not in (None, request.user.pk)
         and flag.claim_expires_at

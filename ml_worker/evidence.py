@@ -35,6 +35,7 @@ a listing) against each listing's nearest neighbours.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import re
@@ -524,7 +525,7 @@ class Combiner:
         unlabelled = ~y if unlabelled is None else np.asarray(unlabelled, dtype=bool) & ~y
         first = cls._fit(x, y, weight, channels, prior, c)
         suspect = np.nonzero(unlabelled)[0]
-        drop = int(round((prior if suspect_share is None else suspect_share) * len(suspect)))
+        drop = round((prior if suspect_share is None else suspect_share) * len(suspect))
         keep = np.ones(len(y), dtype=bool)
         if drop:
             keep[suspect[np.argsort(-first.logit(x[suspect]))[:drop]]] = False
@@ -661,7 +662,7 @@ def _cross_validated_summary(x, y, w, groups, channels, prior, c) -> dict:
         oof[test] = platt.predict_proba(lr.decision_function((x[test] - mean) / scale)[:, None])[:, 1]
     edges = [0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0001]
     bins = []
-    for lo, hi in zip(edges, edges[1:], strict=False):
+    for lo, hi in itertools.pairwise(edges):
         at = (oof >= lo) & (oof < hi)
         if at.any():
             bins.append(
@@ -978,10 +979,15 @@ def fit_scorer(
 
 
 def describe_wrong_variant(
-    channels: np.ndarray, combiner: KindCombiner, own_worst: dict | None, siblings: int
+    channels: np.ndarray,
+    combiner: KindCombiner,
+    own_worst: dict | None,
+    siblings: int,
+    categories: tuple[str, str] | None = None,
 ) -> list[dict]:
     """The channels that pushed this listing's score up (by the combiner of the kind of error it looks
-    most like), most decisive first, as reviewer-readable lines."""
+    most like), most decisive first, as reviewer-readable lines. `categories`: the listing's category and
+    its siblings' most common one, named where they differ."""
     _kind, combiner = combiner.strongest(channels)
     contributions = combiner.contributions(channels)
     named = dict(zip(combiner.channels, channels.tolist(), strict=True))
@@ -991,16 +997,16 @@ def describe_wrong_variant(
         if text is None or c < 0.25:
             continue
         value = named[name]
+        text = text.format(n=siblings, v=value)  # catalogue values go in after formatting
+        if name == "category_unlike_siblings" and categories and categories[0] != categories[1]:
+            text = (
+                f"listed under “{categories[0]}”, its siblings under “{categories[1]}” ({value:.0%} of them)"
+            )
         if name in ("attribute_surprise", "category_surprise") and own_worst:
-            text = f"looks like “{own_worst['looks']}”, listed as “{own_worst['listed']}” ({own_worst['target'].split(':', 1)[1]})"
-        lines.append(
-            {
-                "channel": name,
-                "strength": round(c, 2),
-                "value": round(value, 3),
-                "text": text.format(n=siblings, v=value),
-            }
-        )
+            what = own_worst["target"].split(":", 1)[1]
+            what = f"category level {int(what) + 1}" if own_worst["target"].startswith("category:") else what
+            text = f"looks like “{own_worst['looks']}”, listed as “{own_worst['listed']}” ({what})"
+        lines.append({"channel": name, "strength": round(c, 2), "value": round(value, 3), "text": text})
     if not lines:
         lines.append({"channel": "none", "strength": 0.0, "value": 0.0, "text": "no channel stands out"})
     return lines
@@ -1017,31 +1023,33 @@ _WRONG_VARIANT_WORDS = {
     "description_unlike_siblings": "its description differs from its siblings' ({v:.2f} apart)",
     "category_unlike_siblings": "listed under another category than {v:.0%} of its siblings",
     "attribute_surprise": "its image does not match its attributes ({v:.2f})",
-    "attribute_surprise_relative": "its image matches its attributes less well than its siblings' do ({v:+.2f})",
+    "attribute_surprise_relative": (
+        "its image matches its attributes less well than its siblings' do ({v:+.2f})"
+    ),
     "category_surprise": "its image does not look like its category ({v:.2f})",
     "category_surprise_relative": "its image fits its category less well than its siblings' do ({v:+.2f})",
     "image_text_misalignment": "its image does not match its own title ({v:.2f})",
-    "image_text_misalignment_relative": "its image matches its title less well than its siblings' do ({v:+.2f})",
+    "image_text_misalignment_relative": (
+        "its image matches its title less well than its siblings' do ({v:+.2f})"
+    ),
 }
 
 
+def _grade(value: float, steps: tuple[tuple[float, str], ...], otherwise: str) -> str:
+    return next((word for bound, word in steps if value > bound), otherwise)
+
+
 def describe_duplicate(channels: np.ndarray, combiner: Combiner) -> list[dict]:
+    """What the pair shares and where it differs, as reviewer-readable lines, the channels that weighed most
+    (either way) first."""
     named = dict(zip(combiner.channels, channels.tolist(), strict=True))
     contributions = dict(zip(combiner.channels, combiner.contributions(channels).tolist(), strict=True))
     lines = []
     if named["both_images"]:
-        lines.append(
-            (
-                "image_cosine",
-                f"images {'nearly identical' if named['image_cosine'] > 0.9 else 'similar' if named['image_cosine'] > 0.75 else 'different'} ({named['image_cosine']:.2f})",
-            )
-        )
-    lines.append(
-        (
-            "title_words",
-            f"titles share {'almost all' if named['title_words'] > 0.9 else 'most' if named['title_words'] > 0.6 else 'few'} words ({named['title_words']:.2f})",
-        )
-    )
+        looks = _grade(named["image_cosine"], ((0.9, "nearly identical"), (0.75, "similar")), "different")
+        lines.append(("image_cosine", f"images {looks} ({named['image_cosine']:.2f})"))
+    share = _grade(named["title_words"], ((0.9, "almost all"), (0.6, "most")), "few")
+    lines.append(("title_words", f"titles share {share} words ({named['title_words']:.2f})"))
     if named["same_description"]:
         lines.append(("same_description", "the same description"))
     if named["attributes_differ"]:

@@ -55,4 +55,3 @@ def augment(image: Image.Image, rng: random.Random) -> Image.Image:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=rng.choice([60, 75, 90]))
     return Image.open(io.BytesIO(buffer.getvalue()))
-

@@ -407,7 +407,7 @@ def fit_catalogue_scorer(
     *,
     device: str = "cpu",
     seed: int = 0,
-    relistings: int = 200,
+    relistings: int = 300,
     pairs: FamilyPairs | None = None,
     reviewed: list[tuple[int, bool]] | None = None,
     alignment: str = "contrastive",
@@ -425,7 +425,8 @@ def fit_catalogue_scorer(
     prices = [price_of(x.attributes) for x in listings]
     p = pair_same_product(model.final, outputs, ii, jj, view.titles, prices, idf)
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(listings), size=min(relistings, len(listings)), replace=False))
+    # a small catalogue plants several re-listings of a listing (each its own crop and re-typing)
+    sample = np.sort(rng.choice(len(listings), size=relistings, replace=len(listings) < relistings))
     planted = plant_relistings(model.final, outputs, listings, sample.tolist(), device=device, seed=seed)
     scorer = fit_scorer(
         view,

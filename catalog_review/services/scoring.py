@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -330,10 +330,24 @@ def _wrong_variant_scores(
                 n: round(float(v), 4) for n, v in zip(WRONG_VARIANT_CHANNELS, channels, strict=True)
             },
             "kinds": {k: round(float(p), 4) for k, p in kinds.items()},
-            "lines": describe_wrong_variant(channels, scorer.wrong_variant, r["own"], sum(r["counted"])),
+            "lines": describe_wrong_variant(
+                channels,
+                scorer.wrong_variant,
+                r["own"],
+                sum(r["counted"]),
+                _category_names(view, i, [j for j, c in zip(r["siblings"], r["counted"], strict=True) if c]),
+            ),
             **({"looks_like": r["own"]} if r["own"] else {}),
         }
     return scores, evidence
+
+
+def _category_names(view: CatalogueView, i: int, siblings: list[int]) -> tuple[str, str] | None:
+    """The listing's category leaf and its siblings' most common one."""
+    if not siblings or not view.categories[i]:
+        return None
+    theirs = Counter(view.categories[j][-1] for j in siblings if view.categories[j]).most_common(1)
+    return (view.categories[i][-1], theirs[0][0]) if theirs else None
 
 
 # --- stage 0: fit the version's scorer on the catalogue -------------------------------------------
@@ -652,6 +666,13 @@ def flag_chunk_run(chunk_id: int) -> str:
                         "family_size": len(counted) + 1,
                         **{k: v for k, v in e.evidence.items() if k != "family_agreement"},
                         "family_agreement": agreement,
+                        "member_heatmaps": {
+                            m.product.sku: path
+                            for m in mine.values()
+                            if m.product.family_id == product.family_id
+                            and m.product_id != pid
+                            and (path := _heatmap(m.product, m, version))
+                        },
                     },
                     heatmap=_heatmap(product, e, version),
                 )
