@@ -251,10 +251,6 @@ TRAIN_STEPS = env_int("TRAIN_STEPS", 200, minimum=1)
 # configuration (the review loop's rounds: minutes instead of a full retraining), for these steps
 TRAIN_WARM_START = env_bool("TRAIN_WARM_START", True)
 TRAIN_WARM_STEPS = env_int("TRAIN_WARM_STEPS", 60, minimum=1)
-# fit and apply a wrong-variant calibrator on reviewers' decisions (ml_worker.calibration); off: on
-# catalogues no reviewer saw it cost 0.02 wrong_variant AP on average against the plain closest-sibling
-# score (it learns from the flagged listings only, BENCHMARKS.md "The loop with warm starts")
-TRAIN_WRONG_VARIANT_CALIBRATOR = env_bool("TRAIN_WRONG_VARIANT_CALIBRATOR", False)
 TRAIN_FOLDS = env_int("TRAIN_FOLDS", 2, minimum=1)
 # fine-tune both backbones with each version (+0.09 duplicate AP from the same reviewer labels,
 # BENCHMARKS.md; minutes on a GPU, hours on a CPU): auto = when the gpu worker has CUDA

@@ -25,7 +25,7 @@ from catalog_review.forms import (
     ScoreJobForm,
     TrainJobForm,
 )
-from catalog_review.models import Flag, Job, ModelVersion, Product, VariationFamily
+from catalog_review.models import Flag, Job, ModelVersion, Product, VariationFamily, VersionScorer
 from catalog_review.services import review
 from catalog_review.services.jobs import job_cancel
 from catalog_review.services.model_versions import NOISE_Z, activate_version, promotion_decision
@@ -423,14 +423,58 @@ def manage_cancel_job(request, job_id: int):
 @staff_required
 def manage_models(request):
     versions = list(ModelVersion.objects.select_related("parent", "created_by").order_by("-created_at"))
+    latest = {}
+    for scorer in VersionScorer.objects.filter(model_version__in=versions).defer("arrays").order_by("-id"):
+        latest.setdefault(scorer.model_version_id, scorer)
     for v in versions:
         v.pr_charts = _pr_charts(v.metrics or {})
+        v.scorer = latest.get(v.pk)
+        v.reliability = _reliability_charts(v.scorer.meta) if v.scorer else []
         noise = ((v.metrics or {}).get("gate_noise") or {}).get("pr_auc")
         v.noise_margin = NOISE_Z * noise["sd"] if noise else None  # the gate's, on planted errors
     return render(request, "catalog_review/manage_models.html", {"versions": versions})
 
 
 PR_CHART_SIZE = (132, 84)  # px, plot area of one PR-curve thumbnail
+RELIABILITY_SIZE = 96  # px, plot area of one reliability diagram (square)
+
+
+def _reliability_charts(meta: dict) -> list[dict]:
+    """Reliability diagrams of a version's latest fitted combiners: out-of-fold predicted probability vs
+    the observed share of errors among the catalogue's listings and the errors planted into it (weighted
+    to the prior), one point per bin, its radius by the bin's share of the weight."""
+    size = RELIABILITY_SIZE
+    combiners = [
+        ("wrong product", (meta.get("wrong_variant") or {}).get("kinds", {}).get("wrong_product")),
+        ("wrong image", (meta.get("wrong_variant") or {}).get("kinds", {}).get("wrong_image")),
+        ("duplicate", meta.get("duplicate")),
+    ]
+    charts = []
+    for label, combiner in combiners:
+        summary = (combiner or {}).get("summary") or {}
+        bins = summary.get("reliability") or []
+        if not bins:
+            continue
+        points = [
+            {
+                "x": round(b["predicted"] * size, 1),
+                "y": round((1 - b["observed"]) * size, 1),
+                "r": round(2 + 6 * min(1.0, b["weight"] * 4) ** 0.5, 1),
+                "title": f"predicted {b['predicted']:.2f}, observed {b['observed']:.2f} ({b['rows']} rows)",
+            }
+            for b in bins
+        ]
+        charts.append(
+            {
+                "label": label,
+                "points": points,
+                "line": " ".join(f"{p['x']},{p['y']}" for p in points),
+                "planted_ap": summary.get("planted_ap"),
+                "planted": summary.get("planted"),
+                "clean": summary.get("clean"),
+            }
+        )
+    return charts
 
 
 def _pr_charts(metrics: dict) -> list[dict]:

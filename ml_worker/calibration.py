@@ -1,23 +1,12 @@
-"""Wrong-variant evidence, and a calibrator that learns from reviewer decisions how to weigh it.
+"""The pair head's family agreement of each listing (`family_agreement`), and the plain pair-head evidence
+of the older benchmarks' scoring (`ml_worker.scoring.score_listings`).
 
-The pair head answers "are these two listings of one family?"; a wrong-variant score has to turn a
-listing's answers against all its siblings into one number. The default is `1 - max P(same family)`:
-a listing is as wrong as its disagreement with the sibling it agrees with most, so a listing that
-belongs with even one member is not flagged, and a stranger linked into the family does not drag its
-rightful members' scores up (`1 - mean`, the earlier default, did both; the max is +0.03 wrong_variant
-AP on catalogues the model never saw, BENCHMARKS.md "Pooling by the closest sibling"). Which summary
-works best still depends on the catalogue's errors: a listing that shows another
-product's image keeps its family's title, so image distances and "how much more does it differ than
-its siblings differ from each other" say more than the pooled score; a small family with one
-stranger is a different case from a large one. Reviewers' wrong-variant decisions (confirmed = 1,
-rejected = 0) are exactly the labels to fit that weighing on: `WrongVariantCalibrator` is a
-regularised logistic regression on the evidence vector below, fitted by the train job on the
-decisions in force (each decided listing's evidence read by a fold model that never trained on its
-family), stored with the version and applied by score jobs. Its output is P(a reviewer confirms).
-
-Measured (BENCHMARKS.md, "A calibrator learns from the decisions"): the same 300 decisions raise
-wrong_variant AP on catalogues no reviewer saw by more with the calibrator than through the pair
-losses alone.
+The pair head answers "are these two listings of one family?"; `1 - max P(same family)` turns a
+listing's answers against all its siblings into one number: a listing is as wrong as its disagreement
+with the sibling it agrees with most (+0.03 wrong_variant AP over the mean, BENCHMARKS.md "Pooling by
+the closest sibling"). What ships weighs it with the other evidence channels (ml_worker.evidence); the
+calibrator fitted on reviewer decisions alone that lived here is gone: the decisions now join the
+evidence combiners (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -48,11 +37,7 @@ EVIDENCE = (
     "log_family_size",  # listings compared, itself included
     "has_image",
 )
-PLAIN_SCORE = EVIDENCE.index("disagreement_closest")  # the wrong-variant score without a calibrator
-MIN_LABELS = 5  # of each class: fewer decisions give no calibrator (the plain score is used)
-# undecided siblings of decided flags count as "not wrong" at this weight (ensemble.fit_calibrator);
-# 0.3 and 1.0 measured alike, 0 (decisions only) 0.02 wrong_variant AP lower (BENCHMARKS.md)
-SIBLING_WEIGHT = 0.3
+PLAIN_SCORE = EVIDENCE.index("disagreement_closest")  # the pair head's wrong-variant score
 
 
 @torch.no_grad()
@@ -157,109 +142,3 @@ def _outlier(distance: np.ndarray, at: int) -> float:
     if len(distance) <= 2:
         return 0.0
     return float(distance[at] - np.median(np.delete(distance, at)))
-
-
-def cross_validated_gain(
-    x: np.ndarray, y: np.ndarray, weight: np.ndarray, groups: list[str], *, folds: int = 5
-) -> tuple[float, float] | None:
-    """Weighted AP of out-of-fold calibrator probabilities and of the plain score on the same rows
-    (folds by family: a family's rows are never both fitted and scored), or None when a fold cannot
-    be fitted. The calibrator is worth using only where it ranks unseen families' rows better than
-    the plain score it replaces."""
-    from sklearn.metrics import average_precision_score
-    from sklearn.model_selection import GroupKFold
-
-    codes = sorted(set(groups))
-    k = min(folds, len(codes))
-    if k < 2 or y.all() or not y.any():
-        return None
-    oof = np.zeros(len(y))
-    for fit_rows, test_rows in GroupKFold(n_splits=k).split(x, y, groups):
-        calibrator = WrongVariantCalibrator.fit(
-            x[fit_rows], y[fit_rows], weight=weight[fit_rows], min_labels=1
-        )
-        if calibrator is None:
-            return None
-        oof[test_rows] = calibrator.probability(x[test_rows])
-    calibrated = average_precision_score(y, oof, sample_weight=weight)
-    plain = average_precision_score(y, x[:, PLAIN_SCORE], sample_weight=weight)
-    return float(calibrated), float(plain)
-
-
-@dataclass
-class WrongVariantCalibrator:
-    mean: list[float]
-    scale: list[float]
-    coef: list[float]
-    intercept: float
-    confirmed: int  # the decisions it was fitted on
-    rejected: int
-    features: tuple[str, ...] = EVIDENCE
-
-    @classmethod
-    def fit(
-        cls,
-        x: np.ndarray,
-        confirmed: np.ndarray,
-        *,
-        weight: np.ndarray | None = None,
-        decided: np.ndarray | None = None,
-        c: float = 0.3,
-        min_labels: int = MIN_LABELS,
-    ) -> WrongVariantCalibrator | None:
-        """Fit on evidence rows `x` and their labels (optionally weighted per row); None with fewer
-        than `min_labels` rows of either label. `decided` marks the rows that are reviewers' own
-        decisions (default: all), which the stored `confirmed` / `rejected` counts count."""
-        from sklearn.linear_model import LogisticRegression
-
-        confirmed = np.asarray(confirmed, dtype=bool)
-        weight = np.ones(len(confirmed)) if weight is None else np.asarray(weight, dtype=np.float64)
-        if int(confirmed.sum()) < min_labels or int((~confirmed).sum()) < min_labels:
-            return None
-        x = np.asarray(x, dtype=np.float64)
-        mean = np.average(x, axis=0, weights=weight)  # standardised as the weighted rows say
-        scale = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=weight))
-        scale[scale < 1e-9] = 1.0
-        lr = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, confirmed, sample_weight=weight)
-        decided = np.ones(len(confirmed), dtype=bool) if decided is None else np.asarray(decided, dtype=bool)
-        return cls(
-            mean=mean.tolist(),
-            scale=scale.tolist(),
-            coef=lr.coef_[0].tolist(),
-            intercept=float(lr.intercept_[0]),
-            confirmed=int((confirmed & decided).sum()),
-            rejected=int((~confirmed & decided).sum()),
-        )
-
-    def probability(self, x: np.ndarray) -> np.ndarray:
-        """P(a reviewer confirms) of evidence rows `x` (n, len(EVIDENCE)) or one row."""
-        x = np.asarray(x, dtype=np.float64)
-        logit = ((x - np.array(self.mean)) / np.array(self.scale)) @ np.array(self.coef) + self.intercept
-        return 1.0 / (1.0 + np.exp(-logit))
-
-    def to_dict(self) -> dict:
-        return {
-            "features": list(self.features),
-            "mean": self.mean,
-            "scale": self.scale,
-            "coef": self.coef,
-            "intercept": self.intercept,
-            "confirmed": self.confirmed,
-            "rejected": self.rejected,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WrongVariantCalibrator:
-        features = tuple(d["features"])
-        if features != EVIDENCE:
-            raise ValueError(
-                f"the calibrator was fitted on evidence {features}, this code computes {EVIDENCE}"
-            )
-        return cls(
-            mean=list(d["mean"]),
-            scale=list(d["scale"]),
-            coef=list(d["coef"]),
-            intercept=float(d["intercept"]),
-            confirmed=int(d["confirmed"]),
-            rejected=int(d["rejected"]),
-        )

@@ -7,13 +7,13 @@ wrong_variant AP 0.684; 2-fold cross-fitting (each family scored by a model that
 So a version holds (each member with its own fine-tuned backbones when trained end to end):
 - `folds[k]`: trained without the families of fold k; scores the wrong variants of fold k's families;
 - `final`: trained on every family; gives the stored embeddings (pgvector kNN, search), the duplicate
-  scores and the attention maps, which compare listings across families;
-- `calibrator` (once reviewers have decided enough wrong-variant flags): how to weigh a listing's
-  wrong-variant evidence, fitted on those decisions (ml_worker.calibration).
+  scores and the attention maps, which compare listings across families.
+How a listing's evidence is weighed is fitted at score time, on errors planted into the catalogue
+being scored, with the reviewers' decisions in force (ml_worker.evidence).
 A family's fold is a stable hash of its code, so it never changes between jobs or machines.
 
 On disk: `final/`, `fold-0/`, ... (each a safetensors checkpoint, ml_worker.checkpoint) and
-`manifest.json` with their sha256 and the calibrator; the sha256 of the manifest identifies the
+`manifest.json` with their sha256; the sha256 of the manifest identifies the
 version.
 """
 
@@ -26,21 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
-from ml_worker.calibration import (
-    MIN_LABELS,
-    SIBLING_WEIGHT,
-    WrongVariantCalibrator,
-    cross_validated_gain,
-    wrong_variant_evidence,
-)
 from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import RawInputs
 from ml_worker.features import FeatureCache, own_backbones
-from ml_worker.scoring import encode_inputs
 from ml_worker.train import Labels, ReviewPairs, train_model
 from ml_worker.validation import gate_noise, planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
@@ -58,7 +49,6 @@ def family_fold(family_code: str, folds: int) -> int:
 class CrossFitModel:
     final: nn.Module
     folds: list[nn.Module] = field(default_factory=list)
-    calibrator: WrongVariantCalibrator | None = None
 
     @property
     def config(self) -> MapsConfig:
@@ -85,8 +75,6 @@ def save_cross_fit(model: CrossFitModel, directory: Path, *, metadata: dict | No
         "folds": len(model.folds),
         **(metadata or {}),
     }
-    if model.calibrator is not None:
-        manifest["wrong_variant_calibrator"] = model.calibrator.to_dict()
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return sha256_file(directory / MANIFEST)
 
@@ -108,16 +96,8 @@ def load_cross_fit(directory: Path, *, expected_sha256: str | None = None) -> Cr
         name: load_checkpoint(directory / name, expected_sha256=sha)[0]
         for name, sha in manifest["members"].items()
     }
-    calibrator = manifest.get("wrong_variant_calibrator")
-    try:
-        calibrator = WrongVariantCalibrator.from_dict(calibrator) if calibrator else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{manifest_path}: unusable wrong-variant calibrator ({exc})") from exc
-    return CrossFitModel(
-        final=loaded["final"],
-        folds=[loaded[f"fold-{k}"] for k in range(manifest["folds"])],
-        calibrator=calibrator,
-    )
+    # (a "wrong_variant_calibrator" of versions saved before the evidence combiners is not used)
+    return CrossFitModel(final=loaded["final"], folds=[loaded[f"fold-{k}"] for k in range(manifest["folds"])])
 
 
 def train_cross_fit(
@@ -134,8 +114,6 @@ def train_cross_fit(
     review_pairs: ReviewPairs | None = None,
     raw: RawInputs | None = None,
     features_of: Callable[[nn.Module], FeatureCache] | None = None,
-    wrong_variant_labels: dict[int, bool] | None = None,
-    listed_families: list[str] | None = None,
     warm_start: CrossFitModel | None = None,
 ) -> tuple[CrossFitModel, dict]:
     """Train the fold models and the final model; validate every fold model on errors planted into
@@ -147,11 +125,6 @@ def train_cross_fit(
     `raw` (pixels and token ids); `features` (frozen) then only mine look-alike negatives, and
     `features_of(model)` gives what a model with its own backbones reads (every listing through
     them, both views), for validating it (and a baseline that was trained end to end).
-
-    `wrong_variant_labels` (row -> confirmed, the reviewers' wrong-variant decisions in force) fit
-    the version's calibrator: each decided listing's evidence is read, in its family as listed
-    (`listed_families`; `family_codes` has confirmed wrong variants moved out), by the fold model
-    that never trained on that family, as a score job will read it.
 
     `warm_start` (the active version; `warm_start_reason` says whether it can be one) starts each
     member from the same member of that version: fold k from its fold k, which never saw fold k's
@@ -227,12 +200,7 @@ def train_cross_fit(
     if baseline is not None and baseline_validation:
         info["baseline_validation"] = mean_metrics(baseline_validation)
         info["gate_noise"] = gate_noise(scored, baseline_scored, seed=train_config.seed)
-    model = CrossFitModel(final=final, folds=fold_models)
-    if wrong_variant_labels:
-        model.calibrator, info["wrong_variant_calibrator"] = fit_calibrator(
-            model, read, listed_families or family_codes, wrong_variant_labels, device=device
-        )
-    return model, info
+    return CrossFitModel(final=final, folds=fold_models), info
 
 
 def warm_start_reason(version: CrossFitModel, config: MapsConfig, folds: int) -> str | None:
@@ -245,80 +213,6 @@ def warm_start_reason(version: CrossFitModel, config: MapsConfig, folds: int) ->
     if len(version.folds) != (folds if folds > 1 else 0):
         return f"it has {len(version.folds)} fold models, this training {folds if folds > 1 else 0}"
     return None
-
-
-def fit_calibrator(
-    model: CrossFitModel,
-    read: Callable[[nn.Module], FeatureCache],
-    listed_families: list[str],
-    labels: dict[int, bool],
-    *,
-    device: str = "cpu",
-    sibling_weight: float = SIBLING_WEIGHT,
-) -> tuple[WrongVariantCalibrator | None, dict]:
-    """The wrong-variant calibrator of `model` from reviewer decisions `labels` (row -> confirmed),
-    and a summary of it for the version's metrics. Each decided listing is compared with the members
-    of its listed family that are not themselves confirmed wrong variants, as score jobs do.
-
-    A reviewer deciding a wrong-variant flag looks at the whole family: confirming one listing says
-    the others belong (DESIGN 7 turns it into "different family" pairs with each of them), rejecting
-    it says the family is right. With `sibling_weight` > 0 those undecided siblings join the fit as
-    "not a wrong variant" at that weight: early rounds decide few rejections, and without them the
-    calibrator only ever sees flagged (high-score) listings, though it ranks every listing."""
-    members: dict[str, list[int]] = {}
-    for row, code in enumerate(listed_families):
-        members.setdefault(code, []).append(row)
-    excluded = {row for row, confirmed in labels.items() if confirmed}
-    by_model: dict[int, tuple[nn.Module, list[str]]] = {}
-    for code in {listed_families[row] for row in labels}:
-        if len(members[code]) > 1:
-            member = model.family_model(code)
-            by_model.setdefault(id(member), (member, []))[1].append(code)
-    rows, x, y, weight = [], [], [], []
-    for member, codes in by_model.values():
-        member = member.to(device).eval()
-        family_rows = [r for code in codes for r in members[code]]
-        local = {r: k for k, r in enumerate(family_rows)}
-        out = encode_inputs(member, read(member).inputs(torch.as_tensor(family_rows)).to(device))
-        groups = [[local[r] for r in members[code]] for code in codes]
-        evidence = wrong_variant_evidence(member, out, groups, {local[r] for r in excluded if r in local})
-        for r in family_rows:
-            features = evidence[local[r]].features
-            if features is None or (r not in labels and sibling_weight <= 0):
-                continue
-            rows.append(r)
-            x.append(features)
-            y.append(labels.get(r, False))
-            weight.append(1.0 if r in labels else sibling_weight)
-    x, y, weight = np.array(x), np.array(y, dtype=bool), np.array(weight)
-    decided = np.array([r in labels for r in rows], dtype=bool)
-    calibrator = WrongVariantCalibrator.fit(x, y, weight=weight, decided=decided) if rows else None
-    summary = {
-        "confirmed": int((y & decided).sum()),
-        "rejected": int((~y & decided).sum()),
-        "reviewed_siblings": int((~decided).sum()),
-        "fitted": calibrator is not None,
-    }
-    if calibrator is None:
-        summary["note"] = (
-            f"needs {MIN_LABELS} confirmed and {MIN_LABELS} rejected wrong-variant decisions "
-            "with siblings to compare"
-            + (" (their reviewed siblings count as rejected)" if sibling_weight > 0 else "")
-            + "; the plain family-agreement score is used"
-        )
-        return None, summary
-    # used only if it ranks families it was not fitted on better than the plain score does
-    gain = cross_validated_gain(x, y, weight, [listed_families[r] for r in rows])
-    if gain is not None:
-        summary["cross_validated_ap"], summary["plain_ap"] = round(gain[0], 4), round(gain[1], 4)
-        if gain[0] < gain[1]:
-            summary["fitted"] = False
-            summary["note"] = (
-                f"fitted, but on families it did not see it ranked the decisions worse than the plain "
-                f"score (AP {gain[0]:.3f} vs {gain[1]:.3f}); the plain family-agreement score is used"
-            )
-            return None, summary
-    return calibrator, summary
 
 
 def validate_member(

@@ -237,7 +237,7 @@ class OwnEvidenceHeads:
                 if len(lr.classes_) == 2:  # binary: one row of weights; softmax([0, z]) = sigmoid(z)
                     coef = np.vstack([np.zeros_like(coef), coef])
                     intercept = np.r_[0.0, intercept]
-                fold_heads.append(Head(name, list(lr.classes_), coef, intercept))
+                fold_heads.append(Head(name, [str(c) for c in lr.classes_], coef, intercept))
             heads.heads.append(fold_heads)
             heads.align.append(
                 _fit_alignment(z[fit_rows], view.text[rows[fit_rows]], method=alignment, seed=seed + k)
@@ -310,7 +310,8 @@ class OwnEvidenceHeads:
                 out[f"head/{k}/{h}/coef"] = head.coef
                 out[f"head/{k}/{h}/intercept"] = head.intercept
             out[f"align/{k}/image"], out[f"align/{k}/text"] = self.align[k]
-        return out
+        # C order: safetensors writes an array's buffer as it lies (a Fortran-ordered one comes back wrong)
+        return {name: np.ascontiguousarray(value) for name, value in out.items()}
 
     def to_meta(self) -> list[list[dict]]:
         return [[{"target": h.target, "classes": h.classes} for h in fold_heads] for fold_heads in self.heads]
@@ -880,12 +881,14 @@ class Scorer:
     heads: OwnEvidenceHeads
     wrong_variant: KindCombiner
     duplicate: Combiner
+    summary: dict = field(default_factory=dict)  # what the Models page shows beside the combiners' own
 
     def to_payload(self) -> tuple[dict[str, np.ndarray], dict]:
         return self.heads.to_arrays(), {
             "heads": self.heads.to_meta(),
             "wrong_variant": self.wrong_variant.to_dict(),
             "duplicate": self.duplicate.to_dict(),
+            "summary": self.summary,
         }
 
     @classmethod
@@ -894,6 +897,7 @@ class Scorer:
             OwnEvidenceHeads.from_arrays(arrays, meta["heads"], fold_of),
             KindCombiner.from_dict(meta["wrong_variant"]),
             Combiner.from_dict(meta["duplicate"]),
+            dict(meta.get("summary", {})),
         )
 
 

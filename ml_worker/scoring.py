@@ -1,12 +1,17 @@
-"""Scores from a trained model (pure: features in, scores out; exact kNN here, pgvector in the app).
+"""Scoring a catalogue with a model version (pure: features in, scores out; exact kNN here, pgvector in
+the app).
 
-- wrong_variant_score(i) = 1 - max over the other members j of i's family of P(same family | i, j):
-  how little a listing agrees even with the sibling closest to it (None for a one-listing family); with a
-  `calibrator` (fitted on reviewer decisions, ml_worker.calibration) P(a reviewer confirms) from the
-  listing's whole evidence instead;
-- duplicate_score(i) = max over i's nearest neighbours j (any family; by the learned embedding plus
-  the raw image and title descriptors) of P(same product | i, j) (ml_worker.zero_shot.
-  duplicate_probability: learned head and descriptor formula averaged), and duplicate_of = that j.
+What ships (`score_catalogue`; the app's score job calls the same pieces stage by stage): a scorer is
+fitted on the catalogue (`fit_catalogue_scorer`: own-evidence heads, and combiners fitted on errors
+planted into it, ml_worker.evidence), then
+- wrong_variant_score(i) = P(listing i does not belong in its family) from its evidence channels
+  (`score_wrong_variants`; None for a one-listing family);
+- duplicate_score(i) = max over i's candidates j (nearest by the fused embedding, the image and the text
+  descriptors) of P(i and j are one product) from the pair's channels (`score_duplicates`), and
+  duplicate_of = that j.
+
+`score_listings` is the pair head alone (1 - max P(same family); the descriptor-formula P(same product)),
+which the older benchmark scripts still measure.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ml_worker.calibration import WrongVariantCalibrator, wrong_variant_evidence
+from ml_worker.calibration import wrong_variant_evidence
 from ml_worker.evidence import (
     CatalogueView,
     Relisting,
@@ -91,7 +96,6 @@ def score_listings(
     chunk: int = 4096,
     titles: list[str] | None = None,
     prices: list[float | None] | None = None,
-    calibrator: WrongVariantCalibrator | None = None,
 ) -> dict[int, ListingScore]:
     """Scores for `rows` (default all), using `outputs` of every listing of the catalogue. With
     `titles` (every listing's), image-less duplicate candidates are also compared word by word
@@ -108,10 +112,6 @@ def score_listings(
     groups = [m for m in members.values() if len(m) > 1 and wanted.intersection(m)]
     evidence = wrong_variant_evidence(model, outputs, groups)
     wrong_variant = {i: e.score for i, e in evidence.items() if e.features is not None}
-    if calibrator is not None and wrong_variant:
-        scored = sorted(wrong_variant)
-        p = calibrator.probability(np.stack([evidence[i].features for i in scored]))
-        wrong_variant = dict(zip(scored, p.tolist(), strict=True))
 
     # duplicates: nearest neighbours by the fused embedding, then the pair head's P(same product)
     k = min(neighbours, n - 1)
@@ -440,7 +440,33 @@ def fit_catalogue_scorer(
         seed=seed,
         alignment=alignment,
     )
+    scorer.summary["family_recall"] = family_recall(outputs.embedding, families)
+    scorer.summary["listings"] = len(listings)
     return scorer, view, pairs, outputs
+
+
+def family_recall(embedding: torch.Tensor, families: list[str], ks=(1, 5, 10)) -> dict[str, float]:
+    """Seed 2's retrieval measure: the share of listings in a multi-member family whose K nearest listings
+    (fused embedding, itself left out) hold a sibling."""
+    members = defaultdict(int)
+    for f in families:
+        members[f] += 1
+    rows = [i for i, f in enumerate(families) if members[f] > 1]
+    if not rows or len(families) < 2:
+        return {}
+    codes = {f: k for k, f in enumerate(sorted(set(families)))}
+    label = torch.as_tensor([codes[f] for f in families])
+    k_max = min(max(ks), len(families) - 1)
+    hits = {k: 0 for k in ks}
+    for start in range(0, len(rows), 1024):
+        r = torch.as_tensor(rows[start : start + 1024])
+        sims = embedding[r] @ embedding.T
+        sims[torch.arange(len(r)), r] = -3.0
+        top = sims.topk(k_max, dim=1).indices
+        same = label[top] == label[r][:, None]
+        for k in ks:
+            hits[k] += int(same[:, :k].any(1).sum())
+    return {f"recall_at_{k}": round(hits[k] / len(rows), 4) for k in ks}
 
 
 def score_catalogue(

@@ -6,10 +6,9 @@ cross-fitted version (ml_worker.ensemble): fold models score the families they n
 model gives the embeddings. With TRAIN_END_TO_END (auto: on a CUDA worker) every member fine-tunes
 its own copy of both backbones, and scoring reads the catalogue through them. Each fold model is
 validated on errors planted into its held-out families, and the active version is measured on exactly
-the same plants: the promotion gate compares the two. With TRAIN_WRONG_VARIANT_CALIBRATOR, reviewers'
-wrong-variant decisions in force also fit the version's wrong-variant calibrator
-(ml_worker.calibration), which score jobs apply. A version starts from the active one's weights when
-it can (TRAIN_WARM_START, `warm_start_for`).
+the same plants: the promotion gate compares the two. (How the version's evidence is weighed,
+reviewer decisions included, is fitted by each score job: services/scoring.py, stage 0.) A version
+starts from the active one's weights when it can (TRAIN_WARM_START, `warm_start_for`).
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from catalog_review.services.model_versions import (
 from catalog_review.services.review import (
     confirmed_wrong_variants,
     review_labels_in_force,
-    wrong_variant_labels,
 )
 from catalog_review.services.scoring import product_listings, score_start
 from ml_worker.config import MapsConfig, TrainConfig
@@ -202,8 +200,6 @@ def train_run(job_id: int) -> str:
     features_s = time.perf_counter() - started
     job_set_progress(job=job, done=n, counts={"phase": "training", "end_to_end": end_to_end})
 
-    row = {p.pk: i for i, p in enumerate(products)}
-    decided = {row[pk]: confirmed for pk, confirmed in wrong_variant_labels().items() if pk in row}
     model, info = train_cross_fit(
         features,
         families,
@@ -218,17 +214,7 @@ def train_run(job_id: int) -> str:
         review_pairs=review_pairs_for(products),
         raw=raw,
         features_of=lambda m: features_for(m, listings, device=device, training=True),
-        wrong_variant_labels=decided if settings.TRAIN_WRONG_VARIANT_CALIBRATOR else None,
-        listed_families=[p.family.code for p in products],
     )
-    if not settings.TRAIN_WRONG_VARIANT_CALIBRATOR:
-        confirmed = sum(decided.values())
-        info["wrong_variant_calibrator"] = {
-            "fitted": False,
-            "off": True,
-            "confirmed": confirmed,
-            "rejected": len(decided) - confirmed,
-        }
     name = f"maps-{timezone.now():%Y%m%d-%H%M%S}-j{job.pk}"
     directory = settings.MODEL_DIR / name
     digest = save_cross_fit(model, directory, metadata={"train": train_config.to_dict(), "job": job.pk})

@@ -193,7 +193,7 @@ def test_cross_fitted_versions_fine_tune_each_member_and_validate_on_its_own_fea
         listings, config, progress=False, training=False, backbones=second.final.backbones()
     )
     want = encode_all(second.final.eval(), tuned).title_embedding[0].numpy()
-    query = title_query_vector(second.final, listings[0].title)
+    query = title_query_vector(second.final, listings[0].text)  # what the model read: title + variant
     assert np.abs(query - want).max() < 5e-4  # (the stored features are float16)
     packaged = extract_features(listings, config, progress=False, training=False)  # what it read before
     assert np.abs(query - encode_all(second.final, packaged).title_embedding[0].numpy()).max() > 5e-3
