@@ -1,16 +1,13 @@
 """Catalogues scored outside the app, for the benchmarks that measure a model version where no reviewer
-looked: the protocol's metrics.py, each catalogue's frozen features (kept on disk between runs), and
-the two ways a score job scores a catalogue (every listing by the final model; wrong variants by the
-fold model that never saw the family).
+looked: the protocol's metrics.py, each catalogue's frozen features (kept on disk between runs), and the
+scoring a score job runs (`ml_worker.scoring.score_catalogue`).
 
-Used by review_simulator.py (`--held-out`), loop_offline.py, calibrator_sweep.py and
-warm_start_value.py, so that a figure in BENCHMARKS.md means the same computation whichever script
-printed it.
+Used by review_simulator.py (`--held-out`), loop_offline.py and warm_start_value.py, so that a figure
+in BENCHMARKS.md means the same computation whichever script printed it.
 """
 
 from __future__ import annotations
 
-import collections
 import importlib.util
 import sys
 import time
@@ -97,47 +94,20 @@ class Catalogue:
             )
         return self.frozen
 
-    def final_scores(self, model, calibrator=None) -> dict:
-        """Every listing scored by one model (a version's final model), as a score job's second stage:
-        wrong variants against the families as listed (through `calibrator` when given), duplicates
-        by exact kNN with the pair head and title evidence."""
-        from ml_worker.scoring import encode_all, score_listings
+    def scores(self, version, left_out: set[int] = frozenset()) -> dict:
+        """As a score job scores the catalogue (`ml_worker.scoring.score_catalogue`, the routine the app
+        runs stage by stage): a scorer fitted on errors planted into it, wrong variants from each
+        listing's evidence channels (pair head of the fold model that never saw the family), duplicates
+        from exact kNN candidates; `left_out` rows (confirmed wrong variants) scored themselves but
+        nobody's sibling."""
+        from ml_worker.scoring import score_catalogue
 
-        features = self.features(model)
-        model = model.to(self.device).eval()  # score_listings (of another catalogue) leaves it on the CPU
-        outputs = encode_all(model, features, device=self.device)
-        return score_listings(
-            model, outputs, self.families, titles=self.titles, prices=self.prices, calibrator=calibrator
+        features = self.features(version.final)
+        scores, _ = score_catalogue(
+            version, features, self.listings, device=self.device, excluded=left_out, features_of=self.features
         )
+        return scores
 
-    def figures(self, metrics, model, calibrator=None) -> dict:
-        """metrics.py's headline figures of `final_scores`."""
-        return held_out_figures(metrics, self.dir, self.listings, self.final_scores(model, calibrator))
-
-    def job_scores(self, version, left_out: set[int]) -> dict:
-        """As a score job scores the catalogue: duplicates by the final model; wrong variants by the
-        fold model that never saw the family, `left_out` rows (confirmed wrong variants) scored
-        themselves but nobody's sibling."""
-        from ml_worker.calibration import wrong_variant_evidence
-        from ml_worker.scoring import ListingScore, encode_all
-
-        scores = self.final_scores(version.final)
-        members = collections.defaultdict(list)
-        for i, f in enumerate(self.families):
-            members[f].append(i)
-        by_member = collections.defaultdict(list)
-        for code, rows in members.items():
-            if len(rows) > 1:
-                by_member[id(version.family_model(code))].append(code)
-        wrong_variant = {}
-        for codes in by_member.values():
-            model = version.family_model(codes[0]).to(self.device).eval()
-            outputs = encode_all(model, self.features(model), device=self.device)
-            groups = [members[c] for c in codes]
-            for i, e in wrong_variant_evidence(model, outputs, groups, left_out).items():
-                if e.features is not None:
-                    wrong_variant[i] = e.score
-        return {
-            i: ListingScore(wrong_variant.get(i), s.duplicate_score, s.duplicate_of)
-            for i, s in scores.items()
-        }
+    def figures(self, metrics, version) -> dict:
+        """metrics.py's headline figures of `scores`."""
+        return held_out_figures(metrics, self.dir, self.listings, self.scores(version))

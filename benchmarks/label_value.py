@@ -20,11 +20,9 @@ held-out catalogues through its own fine-tuned backbones.
 With `--tune-backbone-top` only EfficientNet-Lite0's last two stages and head conv are, from the
 cached 14x14 maps (about 3x a frozen step on a CPU).
 
-With `--calibrate` a configuration with labels trains a whole version as a train job does (2 fold
-models + the final model, `ml_worker.ensemble.train_cross_fit`), whose wrong-variant calibrator is
-fitted on the decided wrong-variant flags (each read by the fold model that never saw its family);
-the held-out catalogues are then scored by the final model twice, without the calibrator and with it
-(`*_calibrated`), so the two lines differ by the calibrator alone.
+The held-out catalogues are scored as a score job scores them (`ml_worker.scoring.score_catalogue`:
+evidence channels and combiners fitted on errors planted into each catalogue), the trained model as
+the version's final model.
 
 With `--warm-start VERSION_DIR` (a saved version, e.g. the app's round 0 under var/models) every
 model starts from that version's weights (each fold model from its fold model) instead of from
@@ -35,7 +33,7 @@ usage: .venv/bin/python benchmarks/label_value.py CATALOGUE_DIR ROUND0_SCORES HE
            [--decisions 300] [--configs none,w2] [--seeds 0,1,2] [--cache-dir var/feature-cache]
            [--kind all|wrong_variant|duplicate] [--wrong-variant-threshold 0.7]
            [--end-to-end | --tune-backbone-top]
-           [--metrics ../shared/eval/metrics.py] [--calibrate] [--warm-start VERSION_DIR --steps 50]
+           [--metrics ../shared/eval/metrics.py] [--warm-start VERSION_DIR --steps 50]
 """
 
 from __future__ import annotations
@@ -58,9 +56,9 @@ from benchmarks.held_out import METRICS, held_out_figures, load_metrics  # noqa:
 from ml_worker.catalogue import load_catalogue  # noqa: E402
 from ml_worker.config import MapsConfig, TrainConfig  # noqa: E402
 from ml_worker.end_to_end import load_raw_inputs  # noqa: E402
-from ml_worker.ensemble import load_cross_fit, train_cross_fit  # noqa: E402
+from ml_worker.ensemble import CrossFitModel, load_cross_fit  # noqa: E402
 from ml_worker.features import extract_features, features_for  # noqa: E402
-from ml_worker.scoring import encode_all, score_listings  # noqa: E402
+from ml_worker.scoring import score_catalogue  # noqa: E402
 from ml_worker.train import Labels, ReviewPairs, train_model  # noqa: E402
 
 WRONG_VARIANT_THRESHOLD, DUPLICATE_THRESHOLD = 0.7, 0.9
@@ -160,11 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--metrics", type=Path, default=METRICS, help="the protocol's metrics.py")
     ap.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="configurations with labels: train a cross-fitted version and fit its wrong-variant calibrator",
-    )
-    ap.add_argument(
         "--warm-start", type=Path, help="a saved version to start every model from (its fold models too)"
     )
     args = ap.parse_args(argv)
@@ -204,10 +197,6 @@ def main(argv: list[str] | None = None) -> int:
         wrong_variant_threshold=args.wrong_variant_threshold,
     )
     print(json.dumps({"decisions": decisions, "pairs": pairs.counts(), "moved_out": len(moved)}), flush=True)
-    # the decided wrong-variant flags: the listing of each "same / different family" pair
-    wrong_variant_labels = {
-        int(a): not bool(t) for a, h, t in zip(pairs.a, pairs.head, pairs.target, strict=True) if h == 0
-    }
     features = extract_features(listings, config, cache_dir=args.cache_dir, device=device, progress=False)
     raw = load_raw_inputs(listings, config, progress=False) if args.end_to_end else None
     held_out = {}
@@ -220,20 +209,18 @@ def main(argv: list[str] | None = None) -> int:
             else extract_features(rows, config, device=device, progress=False, training=False),
         )
 
-    def measure(line: dict, model, calibrator=None) -> dict:
-        model.eval()
+    def measure(line: dict, model) -> dict:
+        """The held-out catalogues scored as a score job scores them (`ml_worker.scoring.score_catalogue`:
+        evidence channels, combiners fitted on errors planted into each), `model` as the final model."""
         for d, (rows, feats) in held_out.items():
-            model.to(device)  # score_listings leaves it on the CPU
+            version = CrossFitModel(final=model.eval())
             if feats is None:
                 feats = features_for(model, rows, device=device)
-            outputs = encode_all(model, feats, device=device)
-            for suffix, cal in [("", None), *([("_calibrated", calibrator)] if calibrator else [])]:
-                out = score_listings(model, outputs, [x.family for x in rows], calibrator=cal)
-                line[d.name + suffix] = held_out_figures(metrics, d, rows, out)
-        for suffix in ["", *(["_calibrated"] if calibrator else [])]:
-            line["mean_wrong_variant_ap" + suffix] = round(
-                float(np.mean([line[d.name + suffix]["wrong_variant_ap"] for d in held_out])), 4
-            )
+            out, _ = score_catalogue(version, feats, rows, device=device)
+            line[d.name] = held_out_figures(metrics, d, rows, out)
+        line["mean_wrong_variant_ap"] = round(
+            float(np.mean([line[d.name]["wrong_variant_ap"] for d in held_out])), 4
+        )
         return line
 
     if start is not None:
@@ -254,40 +241,20 @@ def main(argv: list[str] | None = None) -> int:
             if per_step:
                 train_config.review_pairs_per_step = int(per_step)
             t0 = time.perf_counter()
-            calibrator = None
-            if args.calibrate and with_labels:
-                train_config.folds = 2
-                version, _ = train_cross_fit(
-                    features,
-                    families,
-                    [x.category for x in listings],
-                    config,
-                    train_config,
-                    device=device,
-                    progress=False,
-                    review_pairs=pairs,
-                    raw=raw,
-                    features_of=lambda m: features_for(m, listings, device=device, training=True),
-                    wrong_variant_labels=wrong_variant_labels,
-                    listed_families=[x.family for x in listings],
-                    warm_start=start,
-                )
-                model, calibrator = version.final, version.calibrator
-            else:
-                model, _ = train_model(
-                    features,
-                    labels,
-                    np.arange(len(listings)),
-                    config,
-                    train_config,
-                    device=device,
-                    progress=False,
-                    review_pairs=pairs if with_labels else None,
-                    raw=raw,
-                    init=start.final if start is not None else None,
-                )
+            model, _ = train_model(
+                features,
+                labels,
+                np.arange(len(listings)),
+                config,
+                train_config,
+                device=device,
+                progress=False,
+                review_pairs=pairs if with_labels else None,
+                raw=raw,
+                init=start.final if start is not None else None,
+            )
             line = {"config": c, "seed": seed, "device": device, "train_s": round(time.perf_counter() - t0)}
-            print(json.dumps(measure(line, model, calibrator)), flush=True)
+            print(json.dumps(measure(line, model)), flush=True)
     return 0
 
 

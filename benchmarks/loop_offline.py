@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         train_s = time.perf_counter() - t
         t = time.perf_counter()
-        scores = catalogue.job_scores(version, moved)
+        scores = catalogue.scores(version, moved)
         score_s = time.perf_counter() - t
         line = {
             "round": r,
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             "score_s": round(score_s, 1),
             "validation_pr_auc": info["validation"].get("pr_auc"),
         }
-        figures = {c.dir.name: c.figures(metrics, version.final) for c in held_out}
+        figures = {c.dir.name: c.figures(metrics, version) for c in held_out}
         line["held_out"] = figures
         line["mean_wrong_variant_ap"] = round(
             float(np.mean([f["wrong_variant_ap"] for f in figures.values()])), 4

@@ -13,9 +13,10 @@ count as seen.
 A catalogue's planted errors run out as reviewers find them (three rounds of 100 decisions leave a
 2,000-listing catalogue a handful), so "AP on the unreviewed listings" soon measures a few listings.
 `--held-out DIR` (repeatable; other seeds of inject.py, never imported) measures where the errors
-cannot run out: every round's version (its final model and its wrong-variant calibrator, scoring
-the whole catalogue as a score job does) scores each held-out catalogue, and metrics.py's figures
-are reported per round (`held_out`) with their mean wrong_variant AP.
+cannot run out: every round's version (scoring the whole catalogue as a score job does: a scorer
+fitted on errors planted into it, `ml_worker.scoring.score_catalogue`) scores each held-out
+catalogue, and metrics.py's figures are reported per round (`held_out`) with their mean wrong_variant
+AP.
 
 usage (the catalogue imported and scored, a stack running, an admin token):
   .venv/bin/python benchmarks/review_simulator.py EVAL_DIR --url http://127.0.0.1:8000 --token TOKEN \
@@ -130,7 +131,7 @@ def export_scores(version: str | None = None) -> dict:
 
 class HeldOut:
     """Catalogues no reviewer sees, scored by each round's version as a score job scores a catalogue:
-    the final model's vectors, wrong variants through its calibrator, duplicates by exact kNN."""
+    `ml_worker.scoring.score_catalogue` (evidence channels, combiners fitted on plants, exact kNN)."""
 
     def __init__(self, dirs: list[Path], *, device: str = "cpu", features_dir: Path | None = None, log=print):
         self.metrics = load_metrics(METRICS)
@@ -141,11 +142,8 @@ class HeldOut:
         from catalog_review.services.model_versions import load_model
 
         version = load_model(ModelVersion.objects.get(name=version_name))
-        out = {
-            c.dir.name: c.figures(self.metrics, version.final, version.calibrator) for c in self.catalogues
-        }
+        out = {c.dir.name: c.figures(self.metrics, version) for c in self.catalogues}
         return {
-            "calibrated": version.calibrator is not None,
             "mean_wrong_variant_ap": round(sum(v["wrong_variant_ap"] for v in out.values()) / len(out), 4),
             **out,
         }

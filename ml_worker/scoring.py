@@ -478,15 +478,17 @@ def score_catalogue(
     seed: int = 0,
     alignment: str = "contrastive",
     features_of=None,
+    excluded=frozenset(),
 ) -> tuple[dict[int, ListingScore], Scorer]:
     """Fit the scorer on the catalogue and score every listing: what a score job does, in memory
-    (`ml_worker.evaluate`). `features_of(member)`: what a member with its own backbones reads."""
+    (`ml_worker.evaluate`). `features_of(member)`: what a member with its own backbones reads;
+    `excluded` rows (confirmed wrong variants) are scored but are nobody's sibling."""
     pairs = FamilyPairs(model, features, [x.family for x in listings], device=device, features_of=features_of)
     scorer, view, pairs, outputs = fit_catalogue_scorer(
         model, features, listings, device=device, seed=seed, alignment=alignment, pairs=pairs
     )
     groups = [m for m in view.members.values() if len(m) > 1]
-    wrong = score_wrong_variants(view, scorer, pairs, groups)
+    wrong = score_wrong_variants(view, scorer, pairs, groups, excluded)
     idf = TitleIdf(view.titles)
     ii, jj = candidate_pairs(outputs, np.arange(len(listings)))
     prices = [price_of(x.attributes) for x in listings]

@@ -1,11 +1,17 @@
-"""Scoring a catalogue (or a scope of it) with a model version, in two stages of idempotent chunks.
+"""Scoring a catalogue (or a scope of it) with a model version, in stages of idempotent chunks.
 
+0. fit (gpu queue), one task: the version's scorer fitted on the catalogue (up to SCORER_FIT_LISTINGS
+   listings, whole families): own-evidence heads and the combiners, on errors planted into it with the
+   reviewer decisions in force (ml_worker.evidence, through ml_worker.scoring.fit_catalogue_scorer, the
+   routine `ml_worker.evaluate` runs) -> VersionScorer. A job over part of the catalogue reuses the
+   version's latest scorer instead.
 1. embed (gpu queue), one task per chunk of whole families: backbone features, the final model's
    vectors + attention map -> ProductEmbedding (upsert: one row per listing and version), and each
-   listing's wrong_variant_score from the fold model that never trained on its family.
+   listing's evidence channels and P(wrong variant) (the pair head of the fold model that never trained
+   on its family, image / text / category agreement, its image against its own attributes and text).
 2. flag (default queue), one task per chunk, once every embed chunk is done: duplicate candidates
-   from a pgvector HNSW kNN search over the whole catalogue (fused and image vectors), scored by the
-   final model's pair head; flags raised, updated in place, or marked stale; heatmaps rendered.
+   from a pgvector HNSW kNN search over the whole catalogue (fused, image and title vectors), P(duplicate)
+   from the pair's channels; flags raised, updated in place, or marked stale; heatmaps rendered.
 
 A chunk is marked done in the same transaction that writes its results, so a re-delivered or
 retried task writes nothing twice, and a worker killed mid-chunk leaves nothing half-written (the
@@ -127,7 +133,7 @@ def _family_chunks(family_ids: list[int], chunk_listings: int) -> list[tuple[lis
 
 def score_start(*, scope: dict | None = None, requested_by=None, version: ModelVersion | None = None) -> Job:
     """Create a score job and enqueue its embed chunks (after commit)."""
-    from catalog_review.gpu_tasks import fit_scorer_chunk
+    from catalog_review.gpu_tasks import embed_chunk, fit_scorer_chunk
 
     scope = dict(scope or {})
     version = version or active_version()
@@ -158,6 +164,13 @@ def score_start(*, scope: dict | None = None, requested_by=None, version: ModelV
             Job.objects.filter(pk=job.pk).update(
                 status=Job.Status.SUCCEEDED, finished_at=timezone.now(), counts={"listings": 0}
             )
+        elif scope and (reuse := VersionScorer.objects.filter(model_version=version).order_by("-id").first()):
+            # a part of the catalogue (a family a reviewer just decided, an import's changed families):
+            # the version's latest scorer weighs it, so a re-score takes seconds; the next full score
+            # job fits a new one (with the decisions made meanwhile)
+            Job.objects.filter(pk=job.pk).update(scope=job.scope | {"scorer_id": reuse.pk})
+            ids = [r.pk for r in rows]
+            transaction.on_commit(lambda: [embed_chunk.delay(chunk_id=i) for i in ids])
         else:  # stage 0: fit the version's scorer on the catalogue; its last act enqueues the embed chunks
             fit = JobChunk.objects.create(job=job, stage=JobChunk.Stage.FIT, index=0, items=[], size=0)
             transaction.on_commit(lambda: fit_scorer_chunk.delay(chunk_id=fit.pk))

@@ -3,7 +3,7 @@
 import pytest
 from django.urls import reverse
 
-from catalog_review.models import Job, ModelVersion
+from catalog_review.models import Job, ModelVersion, VersionScorer
 from catalog_review.services.model_versions import promotion_decision
 from tests.factories import FamilyFactory, ProductFactory
 
@@ -118,37 +118,12 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
                 "pr_curve_wrong_variant": rising,
             },
             "gate_noise": {"pr_auc": {"sd": 0.004, "p05": 0.19, "p95": 0.21, "resamples": 300}},
-            "wrong_variant_calibrator": {
-                "confirmed": 6,
-                "rejected": 11,
-                "reviewed_siblings": 20,
-                "fitted": True,
-            },
         },
         training_data={"family_listings": 10, "families": 4, "review_pairs": 8},
     )
     ModelVersion.objects.create(
         name="v2",
-        metrics={"validation": {"pr_auc": 0.8}, "wrong_variant_calibrator": {"confirmed": 1, "rejected": 0}},
-        training_data={"family_listings": 10, "families": 4, "review_pairs": 3},
-    )
-    ModelVersion.objects.create(
-        name="v1",
-        metrics={
-            "validation": {"pr_auc": 0.7},
-            "wrong_variant_calibrator": {
-                **{"confirmed": 24, "rejected": 5, "reviewed_siblings": 83, "fitted": False},
-                **{"cross_validated_ap": 0.61, "plain_ap": 0.66},
-            },
-        },
-        training_data={"family_listings": 10, "families": 4, "review_pairs": 3},
-    )
-    ModelVersion.objects.create(
-        name="v0",
-        metrics={
-            "validation": {"pr_auc": 0.7},
-            "wrong_variant_calibrator": {"confirmed": 7, "rejected": 2, "fitted": False, "off": True},
-        },
+        metrics={"validation": {"pr_auc": 0.8}},
         training_data={"family_listings": 10, "families": 4, "review_pairs": 3},
     )
     ModelVersion.objects.create(name="old", metrics={"validation": {"pr_auc": 0.5}})  # before curves
@@ -159,17 +134,30 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
     assert html.count('class="curve old"') == 1, "only the wrong-variant curve was compared"
     assert "AP 0.910 vs 0.660" in html and "accuracy on held-out reviewer labels 0.875" in html
     assert html.count("data-noise") == 1 and "differences within 0.007 are validation noise" in html
-    calibrated = "wrong-variant scores calibrated on 6 confirmed and 11 rejected decisions"
-    assert f"{calibrated} and 20 listings seen beside them" in html
-    assert "no wrong-variant calibrator (1 confirmed, 0 rejected decisions; needs 5 of each)" in html
-    assert (
-        "no wrong-variant calibrator: fitted on 24 confirmed and 5 rejected decisions, it ranked unseen "
-        "families' decisions worse than the plain score (AP 0.610 vs 0.660)" in html
+    assert "How each version" in html and "data-scorer" not in html, "no score job has fitted a scorer yet"
+
+    # a score job's fitted scorer: its combiners' reliability on the plants and the family retrieval
+    bins = [
+        {"predicted": 0.02, "observed": 0.01, "weight": 0.9, "rows": 900},
+        {"predicted": 0.5, "observed": 0.45, "weight": 0.05, "rows": 60},
+        {"predicted": 0.9, "observed": 1.0, "weight": 0.05, "rows": 40},
+    ]
+    combiner = {"summary": {"reliability": bins, "planted_ap": 0.812, "planted": 100, "clean": 900}}
+    VersionScorer.objects.create(
+        model_version=ModelVersion.objects.get(name="v3"),
+        arrays=b"",
+        listings=1000,
+        meta={
+            "wrong_variant": {"kinds": {"wrong_product": combiner, "wrong_image": combiner}},
+            "duplicate": combiner,
+            "summary": {"family_recall": {"recall_at_1": 0.5, "recall_at_5": 0.75, "recall_at_10": 0.875}},
+        },
     )
-    assert (
-        "wrong-variant calibrator off (TRAIN_WRONG_VARIANT_CALIBRATOR; 7 confirmed, 2 rejected decisions "
-        "in force)" in html
-    )
+    html = admin_client.get(reverse("manage_models")).content.decode()
+    assert html.count('class="reliability"') == 3 and html.count('class="bin"') == 9
+    assert 'cx="48.0" cy="5.3"' in html, "predicted 0.5 across, observed 0.45 up, on the 96 px plot"
+    assert "AP on plants 0.812" in html and "on 1000 listings" in html
+    assert "Recall@1 <strong>0.500</strong>, @5 <strong>0.750</strong>, @10 <strong>0.875</strong>" in html
 
 
 def test_dashboard_counts_precision_and_agreement(admin_client, reviewer):

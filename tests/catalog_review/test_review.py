@@ -107,16 +107,54 @@ def test_flag_page_shows_family_and_evidence_and_claims(reviewer_client, reviewe
     flag = flags["wrong_variant"]
     response = reviewer_client.get(reverse("flag", args=[flag.pk]))
     assert response.status_code == 200
-    assert b"agrees with <strong>0 of 3</strong>" in response.content
+    text = " ".join(response.content.decode().split())
+    assert (
+        "Probability this listing does not belong in family" in text
+        and '<strong data-evidence="probability">0.90' in text
+    )
+    assert "agrees with 0 of 3 other members by the model's pair head" in text, (
+        "a trained version's pair head"
+    )
+    assert text.count("P(same family) with the flagged listing: <strong>0.10</strong>") == 3
     assert response.context["members"][0].sku == "W"
     flag.refresh_from_db()
     assert flag.claimed_by == reviewer and flag.claim_expires_at > timezone.now()
-    assert b'data-evidence="calibration"' not in response.content
-    flag.evidence["calibration"] = {"uncalibrated_score": 0.61, "confirmed": 12, "rejected": 30}
+    assert 'data-evidence="lines"' not in text
+
+    # the evidence channels in words, most decisive first, as the score job wrote them (escaped)
+    flag.evidence |= {
+        "kinds": {"wrong_product": 0.12, "wrong_image": 0.88},
+        "lines": [
+            {
+                "channel": "attribute_surprise",
+                "strength": 2.1,
+                "text": "looks like “Beige”, listed as “<i>Black</i>” (colour)",
+            },
+            {
+                "channel": "image_unlike_siblings",
+                "strength": 0.8,
+                "text": "image unlike its 3 siblings' (0.91)",
+            },
+        ],
+        "family_agreement": [
+            {"sku": m["sku"], "p_same_family": 0.1, "image_similarity": 0.42}
+            for m in flag.evidence["family_agreement"]
+        ],
+    }
     flag.save(update_fields=["evidence"])
     text = " ".join(reviewer_client.get(reverse("flag", args=[flag.pk])).content.decode().split())
-    assert "weighed from this listing's image, title and family evidence by 42 earlier decisions" in text
-    assert "family disagreement alone 0.61" in text
+    assert "a wrong image 0.88" in text
+    first, second = text.index("looks like “Beige”"), text.index("image unlike its 3 siblings")
+    assert first < second
+    assert "&lt;i&gt;Black&lt;/i&gt;" in text and "<i>Black</i>" not in text
+    assert text.count("Image similarity to the flagged listing: <strong>0.42</strong>") == 3
+
+    # the zero-shot version's pair head is a fixed formula: no per-sibling P(same family) from it
+    flag.model_version.config = {"kind": "zero-shot"}
+    flag.model_version.save(update_fields=["config"])
+    text = " ".join(reviewer_client.get(reverse("flag", args=[flag.pk])).content.decode().split())
+    assert "P(same family)" not in text and "by the model's pair head" not in text
+    assert "the image backbone responds most" in text, "the heatmap legend says what it shows"
 
 
 def test_confirm_writes_decision_pairs_and_serves_the_next_flag_in_place(reviewer_client, reviewer, flags):

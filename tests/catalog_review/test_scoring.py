@@ -17,15 +17,15 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from PIL import Image, ImageDraw
 
-from catalog_review.models import Flag, Job, JobChunk, ModelVersion, Product, ProductEmbedding
+from catalog_review.models import Flag, Job, JobChunk, ModelVersion, Product, ProductEmbedding, VersionScorer
 from catalog_review.services.catalogue_import import catalogue_import
 from catalog_review.services.model_versions import active_version, load_model, promotion_decision
 from catalog_review.services.scoring import score_start
 from catalog_review.services.training import TrainingError, train_start
-from ml_worker.calibration import EVIDENCE, PLAIN_SCORE, WrongVariantCalibrator
 from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import MapsConfig
 from ml_worker.ensemble import CrossFitModel, save_cross_fit
+from ml_worker.evidence import DUPLICATE_CHANNELS, WRONG_VARIANT_CHANNELS
 from ml_worker.modeling_maps import MapsModel
 from tests.conftest import wait_for
 from tests.factories import UserFactory
@@ -259,12 +259,12 @@ def test_a_confirmed_wrong_variant_stops_counting_against_its_siblings(
         agreement = {a["sku"]: a for a in after[sku].evidence["family_agreement"]}
         assert agreement["PLANTED"].get("excluded") is True and len(agreement) == 3
         counted = [a["p_same_family"] for a in agreement.values() if not a.get("excluded")]
-        assert after[sku].wrong_variant_score == pytest.approx(1 - max(counted), abs=1e-4)  # (rounded)
+        channels = after[sku].evidence["channels"]
+        assert channels["pair_disagreement"] == pytest.approx(1 - max(counted), abs=1e-3)  # (rounded)
+        assert channels["log_family_size"] == pytest.approx(np.log(3), abs=1e-3), "2 siblings + itself"
         # with the bar left out, it can no longer vouch for a sibling as its closest match
-        assert after[sku].wrong_variant_score >= before[sku].wrong_variant_score - 1e-5
-    assert after["PLANTED"].wrong_variant_score == pytest.approx(
-        before["PLANTED"].wrong_variant_score, abs=1e-5
-    )
+        assert channels["pair_disagreement"] >= before[sku].evidence["channels"]["pair_disagreement"] - 1e-3
+    assert after["PLANTED"].evidence["channels"] == before["PLANTED"].evidence["channels"]
     assert not any(a.get("excluded") for a in after["PLANTED"].evidence["family_agreement"])
 
     # the flag page of a sibling shows the excluded member as not counted
@@ -286,9 +286,7 @@ def test_a_confirmed_wrong_variant_stops_counting_against_its_siblings(
     review_rescore(2)  # and so does the undo
     restored = circle_scores()
     assert not any(a.get("excluded") for a in restored["circle-red"].evidence["family_agreement"])
-    assert restored["circle-red"].wrong_variant_score == pytest.approx(
-        before["circle-red"].wrong_variant_score, abs=1e-5
-    )
+    assert restored["circle-red"].evidence["channels"] == before["circle-red"].evidence["channels"]
 
 
 def test_redelivered_chunks_write_nothing_twice(celery_worker, catalogue):
@@ -326,34 +324,69 @@ def test_a_worker_killed_mid_job_loses_and_doubles_nothing(celery_worker, catalo
     assert not JobChunk.objects.filter(job=job, done_at__isnull=True).exists()
 
 
-def test_a_calibrated_version_scores_the_chance_a_reviewer_confirms(celery_worker, catalogue, settings):
-    """A version whose wrong-variant calibrator (here: the plain score through a logistic) is stored
-    with it: score jobs store the calibrated probability and keep the plain score in the evidence."""
-    names = len(EVIDENCE)
-    calibrator = WrongVariantCalibrator(
-        mean=[0.0] * names, scale=[1.0] * names, coef=[8.0 * (k == PLAIN_SCORE) for k in range(names)],
-        intercept=-4.0,
-        confirmed=7, rejected=9,
-    )  # fmt: skip
-    directory = settings.MODEL_DIR / "calibrated"
-    digest = save_cross_fit(CrossFitModel(final=MapsModel(MapsConfig()), calibrator=calibrator), directory)
-    version = ModelVersion.objects.create(
-        name="calibrated",
-        checkpoint_path=str(directory),
-        checkpoint_sha256=digest,
-        config={"kind": "maps-cross-fit", "model": MapsConfig().to_dict()},
-    )
-    assert load_model(version).calibrator == calibrator
-    finished(score_start(version=version).pk)
+def test_flags_carry_every_evidence_channel_and_the_job_s_fitted_scorer(celery_worker, catalogue, settings):
+    """Stage 0 fits the version's scorer on the catalogue (stored with the version); every scored listing
+    and every flag carries each channel's value, the two kinds' probabilities and the lines a reviewer
+    reads; scores are probabilities."""
+    settings.FLAG_WRONG_VARIANT_THRESHOLD = 0.0
+    settings.FLAG_WRONG_VARIANT_MAX_FRACTION = 1.0
+    job = finished(score_start().pk)
+    version = active_version()
+    scorer = VersionScorer.objects.get(pk=job.scope["scorer_id"])
+    assert scorer.model_version == version and scorer.job_id == job.pk
+    assert scorer.listings == Product.objects.count()
+    assert scorer.meta["wrong_variant"]["kinds"]["wrong_image"]["summary"]["planted"] > 0
+    assert JobChunk.objects.get(job=job, stage=JobChunk.Stage.FIT).done_at is not None
     scored = ProductEmbedding.objects.filter(model_version=version, wrong_variant_score__isnull=False)
-    assert scored.count() == Product.objects.exclude(family__code="FAM-relisted").count()
+    assert scored.exists()
     for e in scored:
-        plain = e.evidence["calibration"]["uncalibrated_score"]
-        assert e.evidence["calibration"]["confirmed"] == 7 and e.evidence["calibration"]["rejected"] == 9
-        assert e.wrong_variant_score == pytest.approx(1 / (1 + np.exp(-(8 * plain - 4))), abs=1e-3)
-    flag = Flag.objects.filter(model_version=version, kind=Flag.Kind.WRONG_VARIANT).first()
-    if flag is not None:
-        assert "calibration" in flag.evidence
+        assert 0.0 <= e.wrong_variant_score <= 1.0
+        assert set(e.evidence["channels"]) == set(WRONG_VARIANT_CHANNELS)
+        assert set(e.evidence["kinds"]) == {"wrong_product", "wrong_image"}
+        p = 1 - (1 - e.evidence["kinds"]["wrong_product"]) * (1 - e.evidence["kinds"]["wrong_image"])
+        assert e.wrong_variant_score == pytest.approx(p, abs=1e-3)
+    flag = Flag.objects.filter(kind=Flag.Kind.WRONG_VARIANT, product__sku="PLANTED").get()
+    assert set(flag.evidence["channels"]) == set(WRONG_VARIANT_CHANNELS)
+    assert flag.evidence["lines"] and all(line["text"] for line in flag.evidence["lines"])
+    # the circle lamps' other members have heatmaps on the flag page too
+    assert set(flag.evidence["member_heatmaps"]) == {"circle-red", "circle-blue", "circle-green"}
+    duplicate = Flag.objects.get(kind=Flag.Kind.DUPLICATE, status=Flag.Status.OPEN, product__sku="circle-red")
+    assert set(duplicate.evidence["channels"]) == set(DUPLICATE_CHANNELS)
+    assert duplicate.evidence["channels"]["attributes_differ"] == 0
+
+
+def test_evaluate_and_a_score_job_give_the_same_scores(celery_worker, catalogue, tmp_path):
+    """One scoring routine: `python -m ml_worker.evaluate --zero-shot` on the catalogue file and the
+    app's score job on the imported catalogue agree listing by listing."""
+    from ml_worker.evaluate import main as evaluate
+
+    finished(score_start().pk)
+    app = tmp_path / "app.jsonl"
+    call_command("export_scores", output=app)
+    offline = tmp_path / "evaluate.jsonl"
+    assert (
+        evaluate(
+            [
+                str(tmp_path / "catalogue"),
+                "--out",
+                str(offline),
+                "--zero-shot",
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
+    ours = {x["sku"]: x for x in map(json.loads, app.read_text().splitlines())}
+    theirs = {x["sku"]: x for x in map(json.loads, offline.read_text().splitlines())}
+    assert set(ours) == set(theirs)
+    for sku, line in theirs.items():
+        for key in ("wrong_variant_score", "duplicate_score"):
+            if line[key] is None:
+                assert ours[sku][key] is None, (sku, key)
+            else:
+                assert ours[sku][key] == pytest.approx(line[key], abs=0.01), (sku, key)
+        assert ours[sku]["duplicate_of"] == line["duplicate_of"], sku
 
 
 def test_a_corrupt_checkpoint_is_refused(celery_worker, catalogue, settings):
@@ -404,10 +437,6 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
     used = version.metrics["review_pairs_used"]
     assert used["final"]["different_family"] == 3
     assert sorted(used[fold].get("different_family", 0) for fold in ("0", "1")) == [0, 3]
-    calibrator = version.metrics["wrong_variant_calibrator"]  # off: TRAIN_WRONG_VARIANT_CALIBRATOR
-    assert (calibrator["confirmed"], calibrator["rejected"], calibrator["fitted"]) == (1, 0, False)
-    assert calibrator["off"] is True
-    assert load_model(version).calibrator is None
     validation = version.metrics["validation"]
     assert 0 <= validation["pr_auc"] <= 1
     assert version.metrics["parent_on_same_data"]["pr_auc"] is not None

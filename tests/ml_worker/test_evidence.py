@@ -78,7 +78,7 @@ def synthetic(families_per_type: int = 8, seed: int = 0, swap: bool = True):
 
 
 def cosine_agreement(view: CatalogueView):
-    """A stand-in pair head: P(same family) from the image and text cosines (the zero-shot formula's shape)."""
+    """A stand-in pair head: P(same family) from the image and text cosines (the zero-shot formula)."""
 
     def agreement(listing_rows, sibling_rows, image_rows=None):
         image_rows = listing_rows if image_rows is None else image_rows
