@@ -206,6 +206,12 @@ class OwnEvidenceHeads:
 
         rows = np.arange(len(view)) if rows is None else np.asarray(rows)
         rows = rows[view.has_image[rows]]
+        if len(rows) < 3:  # (almost) no images: no own evidence to read; every channel of it is 0
+            d, t = view.image.shape[1], view.text.shape[1]
+            empty = cls(np.zeros(d), np.zeros((1, d)), folds, fold_of=fold_of)
+            empty.heads = [[] for _ in range(max(folds, 1))]
+            empty.align = [(np.zeros((1, 1)), np.zeros((t, 1))) for _ in range(max(folds, 1))]
+            return empty
         dim = max(1, min(dim, len(rows) - 1, view.image.shape[1]))
         pca = PCA(n_components=dim, random_state=seed).fit(view.image[rows])
         heads = cls(pca.mean_, pca.components_, folds, fold_of=fold_of)
@@ -879,14 +885,14 @@ class Scorer:
     """Everything fitted for one scoring of a catalogue with one model version."""
 
     heads: OwnEvidenceHeads
-    wrong_variant: KindCombiner
+    wrong_variant: KindCombiner | None  # None: the catalogue has no multi-listing family
     duplicate: Combiner
     summary: dict = field(default_factory=dict)  # what the Models page shows beside the combiners' own
 
     def to_payload(self) -> tuple[dict[str, np.ndarray], dict]:
         return self.heads.to_arrays(), {
             "heads": self.heads.to_meta(),
-            "wrong_variant": self.wrong_variant.to_dict(),
+            "wrong_variant": self.wrong_variant.to_dict() if self.wrong_variant else None,
             "duplicate": self.duplicate.to_dict(),
             "summary": self.summary,
         }
@@ -895,7 +901,7 @@ class Scorer:
     def from_payload(cls, arrays: dict, meta: dict, fold_of) -> Scorer:
         return cls(
             OwnEvidenceHeads.from_arrays(arrays, meta["heads"], fold_of),
-            KindCombiner.from_dict(meta["wrong_variant"]),
+            KindCombiner.from_dict(meta["wrong_variant"]) if meta.get("wrong_variant") else None,
             Combiner.from_dict(meta["duplicate"]),
             dict(meta.get("summary", {})),
         )
@@ -921,6 +927,9 @@ def fit_scorer(
     decisions in force; each decided listing's channels, read in its family as listed, join both kinds'
     fits at `REVIEW_WEIGHT`."""
     heads = OwnEvidenceHeads.fit(view, fold_of, folds, seed=seed, alignment=alignment)
+    duplicate = _fit_duplicates(view, candidate_pairs, relistings, idf, seed)
+    if not any(len(m) > 1 for m in view.members.values()):  # every listing its own family
+        return Scorer(heads, None, duplicate)
     x, kind, groups = plant_wrong_variants(view, heads, family_agreement, plants=plants, seed=seed)
     decided = [(r, c) for r, c in reviewed or [] if len(view.members[view.families[r]]) > 1]
     if decided:
@@ -932,6 +941,8 @@ def fit_scorer(
         reviewed = []
     kinds = {}
     for name in ("wrong_product", "wrong_image"):
+        if (kind == name).sum() < 5:  # (no images: no image to swap)
+            continue
         keep = (kind == name) | (kind == "")
         xk, yk, gk = x[keep], kind[keep] == name, [g for g, k in zip(groups, keep, strict=True) if k]
         weight = np.ones(len(yk))
@@ -953,8 +964,12 @@ def fit_scorer(
         )
         if reviewed:
             kinds[name].summary["review_rows"] = len(reviewed)
-    wrong_variant = KindCombiner(kinds)
+    return Scorer(heads, KindCombiner(kinds) if kinds else None, duplicate)
 
+
+def _fit_duplicates(view, candidate_pairs, relistings, idf, seed) -> Combiner:
+    """The duplicate combiner: planted re-listings (70% in the same family, as a second page usually is)
+    against each listing's nearest candidates as they are."""
     rng = random.Random(seed)
     ii, jj, p = candidate_pairs
     planted_ii = np.array([r.row for r in relistings], dtype=int)
@@ -976,10 +991,9 @@ def fit_scorer(
     # a listing's candidate pairs are many: the presumed-clean pairs that may be real duplicates are the
     # prior's share of the listings, not of the pairs
     share = DUPLICATE_PRIOR * len(set(np.asarray(ii).tolist())) / max(len(ii), 1)
-    duplicate = Combiner.fit(
+    return Combiner.fit(
         xd, yd, DUPLICATE_CHANNELS, prior=DUPLICATE_PRIOR, groups=dup_groups, c=0.1, suspect_share=share
     )
-    return Scorer(heads, wrong_variant, duplicate)
 
 
 def describe_wrong_variant(

@@ -354,6 +354,8 @@ def score_wrong_variants(
     Rows in `excluded` (confirmed wrong variants) are scored but are nobody's sibling. Returns row ->
     {"score", "channels", "own", "agreement", "siblings", "counted"}; a listing with no counted sibling
     is absent."""
+    if scorer.wrong_variant is None:  # fitted on a catalogue without multi-listing families
+        return {}
     listing, siblings, all_siblings = [], [], []
     for members in groups:
         kept = [j for j in members if j not in excluded]

@@ -155,7 +155,7 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
     )
     html = admin_client.get(reverse("manage_models")).content.decode()
     assert html.count('class="reliability"') == 3 and html.count('class="bin"') == 9
-    assert 'cx="48.0" cy="5.3"' in html, "predicted 0.5 across, observed 0.45 up, on the 96 px plot"
+    assert 'cx="48.0" cy="52.8"' in html, "predicted 0.5 across, observed 0.45 up, on the 96 px plot"
     assert "AP on plants 0.812" in html and "on 1000 listings" in html
     assert "Recall@1 <strong>0.500</strong>, @5 <strong>0.750</strong>, @10 <strong>0.875</strong>" in html
 
