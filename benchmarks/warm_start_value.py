@@ -64,10 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     from catalog_review.services.training import review_pairs_for, training_families
     from ml_worker.catalogue import load_catalogue
     from ml_worker.config import TrainConfig
-    from ml_worker.ensemble import warm_start_reason
+    from ml_worker.ensemble import CrossFitModel, warm_start_reason
     from ml_worker.features import extract_features
-    from ml_worker.lexical import price_of
-    from ml_worker.scoring import encode_all, score_listings
+    from ml_worker.scoring import score_catalogue
     from ml_worker.train import Labels, train_model
 
     try:
@@ -96,13 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     def measure(line: dict, model) -> None:
         model.eval()
         for d, (rows, held) in catalogues.items():
-            scores = score_listings(
-                model,
-                encode_all(model, held),
-                [x.family for x in rows],
-                titles=[x.title for x in rows],
-                prices=[price_of(x.attributes) for x in rows],
-            )
+            # as a score job scores it (evidence channels, combiners fitted on plants), `model` as final
+            scores, _ = score_catalogue(CrossFitModel(final=model), held, rows)
             line[d.name] = held_out_figures(metrics, d, rows, scores)
         for key in ("wrong_variant_ap", "duplicate_ap"):
             line[f"mean_{key}"] = round(float(np.mean([line[d.name][key] for d in catalogues])), 4)

@@ -24,6 +24,7 @@ import torch
 
 from ml_worker.calibration import wrong_variant_evidence
 from ml_worker.evidence import (
+    DUPLICATE_CHANNELS,
     CatalogueView,
     Relisting,
     Scorer,
@@ -244,6 +245,9 @@ def scorer_fold_of(model):
 
 
 def catalogue_view(listings, outputs: MapsOutput) -> CatalogueView:
+    """The listings as scoring reads them. The image descriptors pass through float16, as the app stores
+    them (pgvector halfvec): a duplicate's image closeness is read near cosine 1, where the rounding
+    shows, and evaluate and a score job must read the same numbers."""
     return CatalogueView(
         skus=[x.sku for x in listings],
         families=[x.family for x in listings],
@@ -251,7 +255,7 @@ def catalogue_view(listings, outputs: MapsOutput) -> CatalogueView:
         attributes=[x.attributes for x in listings],
         titles=[x.title for x in listings],
         descriptions=[getattr(x, "description", "") or "" for x in listings],
-        image=outputs.raw_image.double().numpy(),
+        image=outputs.raw_image.half().double().numpy(),
         text=outputs.raw_title.double().numpy(),
     )
 
@@ -395,6 +399,12 @@ def score_duplicates(
         return {}
     x = duplicate_channels(view, ii, jj, p_same_product, idf)
     p = scorer.duplicate.probability(x)
+    # a pair without two images keeps the version's own P(same product) (title words, numbers and prices,
+    # ml_worker.lexical): the planted re-listings are re-typed titles, not the re-worded listings of
+    # another site, and a combiner fitted on them ranks those worse (amazon-google best match 0.44
+    # against 0.60, BENCHMARKS.md)
+    both = x[:, DUPLICATE_CHANNELS.index("both_images")] > 0
+    p = np.where(both, p, np.asarray(p_same_product, dtype=np.float64))
     best: dict[int, tuple[int, float, np.ndarray]] = {}
     for k, (a, b) in enumerate(zip(np.asarray(ii).tolist(), np.asarray(jj).tolist(), strict=True)):
         if a not in best or p[k] > best[a][1]:

@@ -206,9 +206,14 @@ def title_sha256(title: str) -> str:
     return hashlib.sha256(title.encode("utf-8")).hexdigest()
 
 
-def _claim(chunk_id: int) -> JobChunk | None:
-    chunk = JobChunk.objects.select_related("job").filter(pk=chunk_id).first()
+def _claim(chunk_id: int, stage: str) -> JobChunk | None:
+    """The chunk, if it is of `stage` and still to do (a delivery of another stage's chunk, or of a chunk
+    whose job is finished, does nothing). An embed chunk delivered before its job's fit stage is done
+    waits for it: the fit stage enqueues every embed chunk when it finishes."""
+    chunk = JobChunk.objects.select_related("job").filter(pk=chunk_id, stage=stage).first()
     if chunk is None or chunk.done_at is not None or chunk.job.is_finished:
+        return None
+    if stage == JobChunk.Stage.EMBED and "scorer_id" not in chunk.job.scope:
         return None
     job_mark_running(job_id=chunk.job_id)
     return chunk
@@ -227,7 +232,7 @@ def _finish_chunk(chunk: JobChunk) -> bool:
 
 
 def embed_chunk_run(chunk_id: int) -> str:
-    chunk = _claim(chunk_id)
+    chunk = _claim(chunk_id, JobChunk.Stage.EMBED)
     if chunk is None:
         return "nothing to do"
     job = chunk.job
@@ -391,7 +396,7 @@ def fit_chunk_run(chunk_id: int) -> str:
     """Stage 0 of a score job (gpu queue): fit the scorer (own-evidence heads, the combiners on errors
     planted into the catalogue, reviewer decisions in force at a higher weight) and store it with the
     version; then start the embed chunks."""
-    chunk = _claim(chunk_id)
+    chunk = _claim(chunk_id, JobChunk.Stage.FIT)
     if chunk is None:
         return "nothing to do"
     job = chunk.job
@@ -596,7 +601,7 @@ def _title_evidence(job_id: int, a: Product, b: Product, both_images: bool) -> d
 
 
 def flag_chunk_run(chunk_id: int) -> str:
-    chunk = _claim(chunk_id)
+    chunk = _claim(chunk_id, JobChunk.Stage.FLAG)
     if chunk is None:
         return "nothing to do"
     job = chunk.job
