@@ -311,11 +311,7 @@ def _wrong_variant_scores(
     `excluded`). A listing left with no sibling to compare with gets no score."""
     confirmed_out = confirmed_wrong_variants([p.pk for p in products])
 
-    def features_of(member):
-        if own_backbones(member) is None:
-            return features
-        return features_for(member, listings, device=device)
-
+    features_of = _member_features(features, listings, device)
     families = [x.family for x in listings]
     pairs = FamilyPairs(
         model, features, families, device=device, outputs={id(model.final): out}, features_of=features_of
@@ -358,6 +354,18 @@ def _wrong_variant_scores(
             **({"looks_like": r["own"]} if r["own"] else {}),
         }
     return scores, evidence
+
+
+def _member_features(features, listings: list[Listing], device: str):
+    """What a version's member reads: the packaged backbones' `features`, or (trained end to end) the
+    listings through its own backbones."""
+
+    def features_of(member):
+        if own_backbones(member) is None:
+            return features
+        return features_for(member, listings, device=device)
+
+    return features_of
 
 
 def _category_names(view: CatalogueView, i: int, siblings: list[int]) -> tuple[str, str] | None:
@@ -411,11 +419,7 @@ def fit_chunk_run(chunk_id: int) -> str:
         (row_of[pid], confirmed) for pid, confirmed in wrong_variant_labels().items() if pid in row_of
     ]
 
-    def features_of(member):
-        if own_backbones(member) is None:
-            return features
-        return features_for(member, listings, device=device)
-
+    features_of = _member_features(features, listings, device)
     pairs = FamilyPairs(model, features, [x.family for x in listings], device=device, features_of=features_of)
     scorer, *_ = fit_catalogue_scorer(
         model, features, listings, device=device, pairs=pairs, reviewed=reviewed
