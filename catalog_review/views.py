@@ -444,10 +444,14 @@ def _reliability_charts(meta: dict) -> list[dict]:
     the observed share of errors among the catalogue's listings and the errors planted into it (weighted
     to the prior), one point per bin, its radius by the bin's share of the weight."""
     size = RELIABILITY_SIZE
+    wrong = (meta.get("wrong_variant") or {}).get("kinds", {})
+    duplicate = meta.get("duplicate") or {}
+    duplicate = duplicate.get("kinds") or {"same_photo": duplicate}  # (scorers fitted before the two kinds)
     combiners = [
-        ("wrong product", (meta.get("wrong_variant") or {}).get("kinds", {}).get("wrong_product")),
-        ("wrong image", (meta.get("wrong_variant") or {}).get("kinds", {}).get("wrong_image")),
-        ("duplicate", meta.get("duplicate")),
+        ("wrong product", wrong.get("wrong_product")),
+        ("wrong image", wrong.get("wrong_image")),
+        ("duplicate, same photo", duplicate.get("same_photo")),
+        ("duplicate, own photo", duplicate.get("own_photo")),
     ]
     charts = []
     for label, combiner in combiners:

@@ -28,9 +28,10 @@ Every model version, the zero-shot one included, is fitted this way at score tim
 
 Duplicates (`DUPLICATE_CHANNELS`): the backbone image and text cosines, title words (TF-IDF), whether
 the description is the same, how many normalised attribute values agree and disagree (the same product
-has the same colour, size...), category and family, and the version's P(same product); combined by a
-logistic regression fitted on planted re-listings (a cropped, re-encoded image and a re-typed title of
-a listing) against each listing's nearest neighbours.
+has the same colour, size...), category and family, and the version's P(same product); combined by two
+logistic regressions fitted on planted re-listings (a cropped, re-encoded image and a re-typed title of
+a listing) against each listing's nearest neighbours: one reads every channel (a second page with the
+same photo), one the words only (a second page with a photo of its own), joined by noisy-OR.
 """
 
 from __future__ import annotations
@@ -886,7 +887,7 @@ class Scorer:
 
     heads: OwnEvidenceHeads
     wrong_variant: KindCombiner | None  # None: the catalogue has no multi-listing family
-    duplicate: Combiner
+    duplicate: KindCombiner
     summary: dict = field(default_factory=dict)  # what the Models page shows beside the combiners' own
 
     def to_payload(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -902,7 +903,9 @@ class Scorer:
         return cls(
             OwnEvidenceHeads.from_arrays(arrays, meta["heads"], fold_of),
             KindCombiner.from_dict(meta["wrong_variant"]) if meta.get("wrong_variant") else None,
-            Combiner.from_dict(meta["duplicate"]),
+            KindCombiner.from_dict(meta["duplicate"])
+            if "kinds" in meta["duplicate"]
+            else KindCombiner({"same_photo": Combiner.from_dict(meta["duplicate"])}),
             dict(meta.get("summary", {})),
         )
 
@@ -967,9 +970,18 @@ def fit_scorer(
     return Scorer(heads, KindCombiner(kinds) if kinds else None, duplicate)
 
 
-def _fit_duplicates(view, candidate_pairs, relistings, idf, seed) -> Combiner:
-    """The duplicate combiner: planted re-listings (70% in the same family, as a second page usually is)
-    against each listing's nearest candidates as they are."""
+IMAGE_DUPLICATE_CHANNELS = ("image_cosine", "image_closeness", "both_images", "p_same_product")
+
+
+def _fit_duplicates(view, candidate_pairs, relistings, idf, seed) -> KindCombiner:
+    """The duplicate combiners: planted re-listings (70% in the same family, as a second page usually is)
+    against each listing's nearest candidates as they are. Two kinds: a second page with the same photo
+    (every channel) and one with a photo of its own (a shop-floor shot, another angle: the words only,
+    the image channels left out of the fit). One combiner cannot learn both: fitted on re-photographed
+    plants as well, it leans on the words everywhere and ranks the identical-looking sibling pairs of a
+    clothing catalogue above the copies (BENCHMARKS.md). Where words are shared by whole families (every
+    colour of a garment has one description), the words-only combiner learns that they prove little and
+    stays low; where they are not (a grocery catalogue), the same description and title are a copy."""
     rng = random.Random(seed)
     ii, jj, p = candidate_pairs
     planted_ii = np.array([r.row for r in relistings], dtype=int)
@@ -991,9 +1003,20 @@ def _fit_duplicates(view, candidate_pairs, relistings, idf, seed) -> Combiner:
     # a listing's candidate pairs are many: the presumed-clean pairs that may be real duplicates are the
     # prior's share of the listings, not of the pairs
     share = DUPLICATE_PRIOR * len(set(np.asarray(ii).tolist())) / max(len(ii), 1)
-    return Combiner.fit(
-        xd, yd, DUPLICATE_CHANNELS, prior=DUPLICATE_PRIOR, groups=dup_groups, c=0.1, suspect_share=share
-    )
+    words = xd.copy()
+    words[:, [DUPLICATE_CHANNELS.index(c) for c in IMAGE_DUPLICATE_CHANNELS]] = 0.0  # constant: weight 0
+    kinds = {}
+    for name, x in (("same_photo", xd), ("own_photo", words)):
+        kinds[name] = Combiner.fit(
+            x,
+            yd,
+            DUPLICATE_CHANNELS,
+            prior=DUPLICATE_PRIOR / 2,
+            groups=dup_groups,
+            c=0.1,
+            suspect_share=share,
+        )
+    return KindCombiner(kinds)
 
 
 def describe_wrong_variant(
@@ -1057,9 +1080,10 @@ def _grade(value: float, steps: tuple[tuple[float, str], ...], otherwise: str) -
     return next((word for bound, word in steps if value > bound), otherwise)
 
 
-def describe_duplicate(channels: np.ndarray, combiner: Combiner) -> list[dict]:
+def describe_duplicate(channels: np.ndarray, combiner: KindCombiner) -> list[dict]:
     """What the pair shares and where it differs, as reviewer-readable lines, the channels that weighed most
-    (either way) first."""
+    (either way) in the kind that fired first."""
+    kind, combiner = combiner.strongest(channels)
     named = dict(zip(combiner.channels, channels.tolist(), strict=True))
     contributions = dict(zip(combiner.channels, combiner.contributions(channels).tolist(), strict=True))
     lines = []
@@ -1079,4 +1103,12 @@ def describe_duplicate(channels: np.ndarray, combiner: Combiner) -> list[dict]:
     if not named["same_category"]:
         lines.append(("same_category", "listed under different categories"))
     ordered = sorted(lines, key=lambda t: -abs(contributions.get(t[0], 0.0)))
-    return [{"channel": c, "strength": round(contributions.get(c, 0.0), 2), "text": t} for c, t in ordered]
+    described = [
+        {"channel": c, "strength": round(contributions.get(c, 0.0), 2), "text": t} for c, t in ordered
+    ]
+    if kind == "own_photo" and named["both_images"]:
+        strength = round(float(combiner.logit(channels)), 2)
+        described.insert(
+            0, {"channel": kind, "strength": strength, "text": "the words match, the photos differ"}
+        )
+    return described

@@ -149,12 +149,13 @@ def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_clie
         listings=1000,
         meta={
             "wrong_variant": {"kinds": {"wrong_product": combiner, "wrong_image": combiner}},
-            "duplicate": combiner,
+            "duplicate": {"kinds": {"same_photo": combiner, "own_photo": combiner}},
             "summary": {"family_recall": {"recall_at_1": 0.5, "recall_at_5": 0.75, "recall_at_10": 0.875}},
         },
     )
     html = admin_client.get(reverse("manage_models")).content.decode()
-    assert html.count('class="reliability"') == 3 and html.count('class="bin"') == 9
+    assert html.count('class="reliability"') == 4 and html.count('class="bin"') == 12
+    assert "duplicate, own photo" in html
     assert 'cx="48.0" cy="52.8"' in html, "predicted 0.5 across, observed 0.45 up, on the 96 px plot"
     assert "AP on plants 0.812" in html and "on 1000 listings" in html
     assert "Recall@1 <strong>0.500</strong>, @5 <strong>0.750</strong>, @10 <strong>0.875</strong>" in html

@@ -214,6 +214,31 @@ def test_a_duplicate_with_another_colour_scores_below_the_same_pair_with_equal_c
     assert any("differ" in line["text"] for line in describe_duplicate(x[1], scorer.duplicate))
 
 
+def test_a_second_page_with_a_photo_of_its_own_is_found_by_its_words(catalogue):
+    view, scorer = catalogue
+    a = 2
+    sibling = next(j for j in view.members[view.families[a]] if j != a)
+    other = next(j for j in range(len(view)) if view.families[j] != view.families[a])
+    # a copy of listing `a` (its title re-typed, its description and attributes) showing another photo,
+    # and its sibling (another colour) showing that same photo
+    pages = CatalogueView(
+        skus=[view.skus[a], "copy", view.skus[sibling]],
+        families=[view.families[a]] * 3,
+        categories=[view.categories[a]] * 3,
+        attributes=[view.attributes[a], dict(view.attributes[a]), view.attributes[sibling]],
+        titles=[view.titles[a], view.titles[a].upper(), view.titles[sibling]],
+        descriptions=[view.descriptions[a]] * 3,
+        image=view.image[[a, other, other]],
+        text=view.text[[a, a, sibling]],
+    )
+    x = duplicate_channels(pages, [0, 0], [1, 2], np.array([0.1, 0.1]), TitleIdf(view.titles))
+    p_copy, p_sibling = scorer.duplicate.probability(x)
+    assert p_copy > 0.5 > 0.1 > p_sibling, (p_copy, p_sibling)
+    assert scorer.duplicate.kinds["same_photo"].probability(x[:1])[0] < 0.1, "the photos alone say no"
+    lines = describe_duplicate(x[0], scorer.duplicate)
+    assert lines[0]["text"] == "the words match, the photos differ"
+
+
 def test_attribute_values_compare_normalised():
     assert normalise_value(" Dark Blue ") == normalise_value("dark-blue") == "darkblue"
     assert normalise_value("1 L") == normalise_value("1l")
