@@ -278,8 +278,9 @@ def flag_undo(request, flag_id: int):
     try:
         review.undo(flag_id=flag.pk, user=request.user)
     except review.NothingToUndo as exc:
+        status = 403 if isinstance(exc, review.NotYourDecision) else 409
         return render(
-            request, _flag_template(request), _flag_context(request, flag, message=str(exc)), status=409
+            request, _flag_template(request), _flag_context(request, flag, message=str(exc)), status=status
         )
     flag = _flag_or_404(flag_id)
     response = render(

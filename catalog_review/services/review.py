@@ -34,6 +34,10 @@ class NothingToUndo(Exception):
     pass
 
 
+class NotYourDecision(NothingToUndo):
+    """The decision in force on the flag is another reviewer's: only they (or staff) may undo it."""
+
+
 def lease() -> timedelta:
     return timedelta(seconds=settings.REVIEW_CLAIM_SECONDS)
 
@@ -126,7 +130,7 @@ def decide(
             if client_request_id and (flag.status != Flag.Status.OPEN or decision == D.SKIP):
                 earlier = ReviewDecision.objects.filter(client_request_id=client_request_id).first()
                 if earlier is not None:
-                    return DecisionResult(earlier, created=False)
+                    return DecisionResult(_own_request(earlier, user, flag), created=False)
             if flag.status != Flag.Status.OPEN:
                 last = flag.decisions.exclude(decision__in=[D.SKIP, D.UNDO]).select_related("reviewer").last()
                 who = f" by {last.reviewer.get_username()}" if last else ""
@@ -153,11 +157,18 @@ def decide(
                     _rescore_family_after(flag)
     except IntegrityError:
         if client_request_id:  # the same request raced itself: the first one won
-            return DecisionResult(
-                ReviewDecision.objects.get(client_request_id=client_request_id), created=False
-            )
+            earlier = ReviewDecision.objects.select_related("flag").get(client_request_id=client_request_id)
+            return DecisionResult(_own_request(earlier, user, earlier.flag), created=False)
         raise
     return DecisionResult(row, created=True)
+
+
+def _own_request(earlier: ReviewDecision, user, flag: Flag) -> ReviewDecision:
+    """A retried request's decision, when the request id is the user's own on this flag: another
+    reviewer's id (or another flag's) is a conflict, never a way to read their decision."""
+    if earlier.reviewer_id != user.pk or earlier.flag_id != flag.pk:
+        raise ReviewConflict(flag, "this client_request_id was already used for another request")
+    return earlier
 
 
 def _pairs(flag: Flag, decision: str, row: ReviewDecision) -> list[LabelledPair]:
@@ -202,6 +213,10 @@ def undo(*, flag_id: int, user) -> ReviewDecision:
         )
         if last is None:
             raise NothingToUndo("there is no decision on this flag to undo")
+        if last.reviewer_id != user.pk and not user.is_staff:
+            raise NotYourDecision(
+                f"this flag was decided by {last.reviewer.get_username()}: only they or an admin can undo it"
+            )
         if last.decision != D.SKIP and flag.status not in (Flag.Status.CONFIRMED, Flag.Status.REJECTED):
             raise NothingToUndo("this flag is not decided")
         row = ReviewDecision.objects.create(flag=flag, reviewer=user, decision=D.UNDO, undoes=last)

@@ -263,6 +263,32 @@ def test_undo_reopens_and_retracts_pairs(reviewer_client, reviewer, flags):
     assert reviewer_client.post(reverse("flag_undo", args=[flag.pk])).status_code == 409
 
 
+def test_only_the_deciding_reviewer_or_an_admin_can_undo(reviewer_client, reviewer, flags):
+    flag = flags["wrong_variant"]
+    alice = UserFactory(username="alice")
+    review.decide(flag_id=flag.pk, user=alice, decision="reject")
+    response = reviewer_client.post(reverse("flag_undo", args=[flag.pk]))
+    assert response.status_code == 403 and b"decided by alice" in response.content
+    flag.refresh_from_db()
+    assert flag.status == Flag.Status.REJECTED, "alice's decision stands"
+    assert not LabelledPair.objects.filter(retracts__isnull=False).exists(), "and her labels"
+    admin = UserFactory(username="boss", is_staff=True)
+    review.undo(flag_id=flag.pk, user=admin)
+    flag.refresh_from_db()
+    assert flag.status == Flag.Status.OPEN
+
+
+def test_a_request_id_belongs_to_its_reviewer(reviewer, flags):
+    flag = flags["duplicate"]
+    alice = UserFactory(username="alice")
+    review.decide(flag_id=flag.pk, user=alice, decision="confirm", client_request_id="r-1")
+    with pytest.raises(review.ReviewConflict, match="already used"):
+        review.decide(flag_id=flag.pk, user=reviewer, decision="confirm", client_request_id="r-1")
+    with pytest.raises(review.ReviewConflict, match="already used"):  # nor another flag's request
+        review.decide(flag_id=flags["wrong_variant"].pk, user=alice, decision="skip", client_request_id="r-1")
+    assert ReviewDecision.objects.count() == 1
+
+
 def test_claimed_flags_are_not_served_to_another_reviewer_until_the_lease_expires(reviewer, flags):
     queue = Flag.objects.filter(status="open").order_by("-score", "id")
     alice = UserFactory(username="alice")
