@@ -1,13 +1,30 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, register_converter
 
 from catalog_review import api, views
 
+
+class StoredText:
+    """A sku or family code as stored: any text, newlines included. Import refuses control characters
+    (`services.catalogue_file`), but a value stored before that rule, or written by other means, must
+    still reverse and resolve: no stored value can make a page fail (DESIGN 10)."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(StoredText, "stored")
+
 urlpatterns = [
     path("", views.catalogue, name="catalogue"),
-    path("families/<path:code>/", views.family_detail, name="family"),
-    path("products/<path:sku>/", views.product_detail, name="product"),
+    path("families/<stored:code>/", views.family_detail, name="family"),
+    path("products/<stored:sku>/", views.product_detail, name="product"),
     path("media/<path:path>", views.media_file, name="media"),
     path("jobs/<int:job_id>/", views.job_detail, name="job"),
     path("review/", views.review_queue, name="review_queue"),

@@ -16,8 +16,17 @@ from pathlib import Path
 CATEGORY_SEPARATOR = " > "
 ATTRIBUTE_COLUMN_PREFIX = "attr_"
 MAX_ID_CHARS = 200
+# identifiers (sku, family) are printable text: no control characters (newline, tab, NUL...), no
+# invisible format characters, no line or paragraph separators (Unicode categories)
+IDENTIFIER_FORBIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 MAX_CATEGORY_DEPTH = 10
 MAX_CATEGORY_NAME_CHARS = 200
+MAX_LINE_BYTES = 1_000_000  # one row's line in the file; a longer one is reported, never held in memory
+MAX_DESCRIPTION_CHARS = 20_000
+MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTE_KEY_CHARS = 100
+MAX_ATTRIBUTE_VALUE_CHARS = 1_000
+MAX_IMAGE_CHARS = 2_048
 
 
 class CatalogueFileError(Exception):
@@ -61,7 +70,7 @@ def detect_format(path: Path) -> str:
 def count_rows(path: Path) -> int:
     """Cheap upper bound of the number of rows, for a progress bar."""
     with open(path, "rb") as fh:
-        lines = sum(1 for line in fh if line.strip())
+        lines = sum(1 for _, line in _lines(fh) if line is None or line.strip())
     return max(0, lines - 1) if detect_format(path) == "csv" else lines
 
 
@@ -84,11 +93,35 @@ def read_raw_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
         raise CatalogueFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
 
 
+def _lines(fh) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) of a binary file, each line read up to MAX_LINE_BYTES: a longer line is
+    skipped in chunks and given as None, so one huge line costs neither memory nor the rows after it."""
+    number = 0
+    while True:
+        line = fh.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        number += 1
+        if number == 1:
+            line = line.removeprefix(b"\xef\xbb\xbf")
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = fh.readline(MAX_LINE_BYTES)
+            yield number, None
+            continue
+        yield number, line
+
+
+def _too_long(number: int) -> RowError:
+    return RowError(number, "", f"line is longer than {MAX_LINE_BYTES:,} bytes")
+
+
 def _read_jsonl(fh) -> Iterator[tuple[int, dict | RowError]]:
     with fh:
-        for number, raw_line in enumerate(fh, start=1):
-            if number == 1:
-                raw_line = raw_line.removeprefix(b"\xef\xbb\xbf")
+        for number, raw_line in _lines(fh):
+            if raw_line is None:
+                yield number, _too_long(number)
+                continue
             if not raw_line.strip():
                 continue
             try:
@@ -107,42 +140,80 @@ def _read_jsonl(fh) -> Iterator[tuple[int, dict | RowError]]:
             yield number, value
 
 
+class _CsvSource:
+    """The text lines the csv module reads, decoded line by line: bytes that are not UTF-8 become
+    surrogates (so the row they are in is reported, and parsing stays on the file's real lines), and a
+    line over MAX_LINE_BYTES becomes an empty line whose number is remembered."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.too_long: set[int] = set()
+        self._lines = _lines(fh)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        number, line = next(self._lines)
+        if line is None:
+            self.too_long.add(number)
+            return "\n"
+        return line.decode("utf-8", errors="surrogateescape")
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _not_utf8(values) -> bool:
+    return any(any("\udc80" <= ch <= "\udcff" for ch in v) for v in values)
+
+
 def _read_csv(path: Path) -> Iterator[tuple[int, dict | RowError]]:
-    fh = open(path, encoding="utf-8-sig", newline="")
-    reader = csv.reader(fh)
+    source = _CsvSource(open(path, "rb"))
+    reader = csv.reader(source)
     try:
         header = next(reader)
     except StopIteration:
-        fh.close()
+        source.close()
         raise CatalogueFileError(f"{path}: the CSV file is empty (no header row)") from None
-    except (csv.Error, UnicodeDecodeError) as exc:
-        fh.close()
+    except csv.Error as exc:
+        source.close()
         raise CatalogueFileError(f"{path}: the CSV header cannot be read: {exc}") from None
+    if _not_utf8(header) or 1 in source.too_long:
+        source.close()
+        raise CatalogueFileError(f"{path}: the CSV header cannot be read: it is not UTF-8 text")
     header = [h.strip() for h in header]
     missing = [name for name in ("sku", "title") if name not in header]
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if missing or duplicated:
-        fh.close()
+        source.close()
         if missing:
             raise CatalogueFileError(
                 f"{path}: the CSV header has no {' or '.join(missing)} column (found: {', '.join(header)})"
             )
         raise CatalogueFileError(f"{path}: the CSV header repeats column(s) {', '.join(duplicated)}")
-    return _csv_rows(fh, reader, header)
+    return _csv_rows(source, reader, header)
 
 
-def _csv_rows(fh, reader, header: list[str]) -> Iterator[tuple[int, dict | RowError]]:
-    with fh:
+def _csv_rows(source: _CsvSource, reader, header: list[str]) -> Iterator[tuple[int, dict | RowError]]:
+    try:
         while True:
             start_line = reader.line_num + 1
             try:
                 values = next(reader)
             except StopIteration:
                 return
-            except (csv.Error, UnicodeDecodeError) as exc:
+            except csv.Error as exc:
                 yield start_line, RowError(start_line, "", f"CSV row cannot be parsed: {exc}")
                 continue
+            long_lines = sorted(n for n in source.too_long if start_line <= n <= reader.line_num)
+            if long_lines:
+                yield long_lines[0], _too_long(long_lines[0])
+                continue
             if not any(v.strip() for v in values):
+                continue
+            if _not_utf8(values):
+                yield start_line, RowError(start_line, "", "row is not valid UTF-8 text")
                 continue
             if len(values) != len(header):
                 yield (
@@ -151,6 +222,8 @@ def _csv_rows(fh, reader, header: list[str]) -> Iterator[tuple[int, dict | RowEr
                 )
                 continue
             yield start_line, _csv_record(dict(zip(header, values, strict=True)))
+    finally:
+        source.close()
 
 
 def _csv_record(cells: dict[str, str]) -> dict:
@@ -197,9 +270,14 @@ def _identifier(raw: dict, name: str, row: int, *, required: bool) -> tuple[str 
         return None, None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None, RowError(row, name, f"{name} must be a string, got {_type_name(value)}")
-    text = _clean_text(str(value))
+    text = str(value).strip()
     if not text:
         return (None, RowError(row, name, f"{name} is blank")) if required else (None, None)
+    bad = next((ch for ch in text if unicodedata.category(ch) in IDENTIFIER_FORBIDDEN), None)
+    if bad is not None:
+        return None, RowError(
+            row, name, f"{name} contains a control or separator character (U+{ord(bad):04X}): not allowed"
+        )
     if len(text) > MAX_ID_CHARS:
         return None, RowError(row, name, f"{name} is longer than {MAX_ID_CHARS} characters")
     return text, None
@@ -234,6 +312,12 @@ def validate_row(row: int, raw: dict, *, title_max_chars: int) -> ListingInput |
         description = ""
     else:
         description = _clean_text(description)
+        if len(description) > MAX_DESCRIPTION_CHARS:
+            errors.append(
+                RowError(
+                    row, "description", f"description is longer than {MAX_DESCRIPTION_CHARS:,} characters"
+                )
+            )
 
     family, err = _identifier(raw, "family", row, required=False)
     if err:
@@ -248,6 +332,8 @@ def validate_row(row: int, raw: dict, *, title_max_chars: int) -> ListingInput |
         image = None
     elif isinstance(image, str):
         image = image.strip() or None
+        if image and len(image) > MAX_IMAGE_CHARS:
+            errors.append(RowError(row, "image", f"image is longer than {MAX_IMAGE_CHARS:,} characters"))
 
     if errors:
         return [RowError(e.row, e.field, e.reason, sku=sku) for e in errors]
@@ -296,8 +382,23 @@ def _attributes(value, row: int, errors: list[RowError]) -> dict:
     if not isinstance(value, dict):
         errors.append(RowError(row, "attributes", f"attributes must be an object, got {_type_name(value)}"))
         return {}
+    if len(value) > MAX_ATTRIBUTES:
+        errors.append(RowError(row, "attributes", f"more than {MAX_ATTRIBUTES} attributes"))
+        return {}
     cleaned = {}
     for key, item in value.items():
+        if len(str(key)) > MAX_ATTRIBUTE_KEY_CHARS or (
+            isinstance(item, str) and len(item) > MAX_ATTRIBUTE_VALUE_CHARS
+        ):
+            errors.append(
+                RowError(
+                    row,
+                    f"attributes.{str(key)[:MAX_ATTRIBUTE_KEY_CHARS]}",
+                    f"attribute names are at most {MAX_ATTRIBUTE_KEY_CHARS} characters, "
+                    f"values at most {MAX_ATTRIBUTE_VALUE_CHARS:,}",
+                )
+            )
+            continue
         if item is not None and not isinstance(item, (str, int, float, bool)):
             errors.append(
                 RowError(

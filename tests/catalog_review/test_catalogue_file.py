@@ -104,9 +104,76 @@ def test_every_problem_of_a_row_is_reported_at_once():
     assert {e.field for e in errors} == {"title", "category", "image"}
 
 
-def test_control_characters_are_dropped_and_category_string_is_split():
-    listing = validate({"sku": "a\x00b", "title": "Red\x07 dress", "category": "Women > Dresses"})
-    assert listing.sku == "ab" and listing.title == "Red dress" and listing.category == ["Women", "Dresses"]
+def test_control_characters_are_dropped_from_text_and_category_string_is_split():
+    listing = validate({"sku": " a-1 ", "title": "Red\x07 dress", "category": "Women > Dresses"})
+    assert listing.sku == "a-1" and listing.title == "Red dress" and listing.category == ["Women", "Dresses"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "char"),
+    [
+        ({"sku": "BAD-NL\nX", "title": "x"}, "sku", "U+000A"),
+        ({"sku": "a\x00b", "title": "x"}, "sku", "U+0000"),
+        ({"sku": "a", "title": "x", "family": "FAM\nNL"}, "family", "U+000A"),
+        ({"sku": "a", "title": "x", "family": "F\tX"}, "family", "U+0009"),
+        ({"sku": "a\u200bb", "title": "x"}, "sku", "U+200B"),
+        ({"sku": "a\u2028b", "title": "x"}, "sku", "U+2028"),
+    ],
+)
+def test_identifiers_with_control_characters_are_refused(raw, field, char):
+    errors = validate(raw)
+    assert isinstance(errors, list) and [e.field for e in errors] == [field]
+    assert char in errors[0].reason and "not allowed" in errors[0].reason
+
+
+def test_every_text_field_is_capped():
+    errors = validate(
+        {
+            "sku": "a",
+            "title": "x",
+            "description": "d" * 20_001,
+            "attributes": {"colour": "r" * 1_001, "k" * 101: "v"},
+            "image": "https://example.com/" + "i" * 2_048,
+        }
+    )
+    fields = sorted(e.field for e in errors)
+    assert fields == ["attributes.colour", "attributes." + "k" * 100, "description", "image"]
+    assert isinstance(
+        validate({"sku": "a", "title": "x", "attributes": {str(i): i for i in range(101)}}), list
+    )
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_a_huge_line_is_one_row_error_and_the_rows_after_it_are_read(tmp_path, suffix):
+    path = tmp_path / f"c.{suffix}"
+    huge = "x" * 3_000_000
+    if suffix == "jsonl":
+        path.write_text(
+            f'{{"sku": "a", "title": "A"}}\n{{"sku": "h", "title": "{huge}"}}\n{{"sku": "b", "title": "B"}}\n'
+        )
+        first, after = 1, 3
+    else:
+        path.write_text(f"sku,title\na,A\nh,{huge}\nb,B\n")
+        first, after = 2, 4
+    rows = list(read_raw_rows(path))
+    assert [n for n, _ in rows] == [first, first + 1, after]
+    assert rows[1][1] == RowError(first + 1, "", "line is longer than 1,000,000 bytes")
+    assert rows[2][1]["sku"] == "b"
+
+
+def test_a_csv_row_that_is_not_utf8_is_one_row_error_and_every_good_row_is_read(tmp_path):
+    path = tmp_path / "c.csv"
+    lines = [b"sku,title"] + [f"s{i},Good row {i}".encode() for i in range(800)]
+    lines[401] = "s400,Caf\xe9 cr\xe8me".encode("latin-1")  # one Latin-1 row at line 402
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    rows = list(read_raw_rows(path))
+    errors = [(n, r) for n, r in rows if isinstance(r, RowError)]
+    assert errors == [(402, RowError(402, "", "row is not valid UTF-8 text"))]
+    assert len(rows) == 800 and rows[-1] == (801, {"sku": "s799", "title": "Good row 799"})
+    # a bad byte in the header: the file is refused, saying why
+    path.write_bytes(b"sku,t\xefitle\n" + b"\n".join(lines[1:]))
+    with pytest.raises(CatalogueFileError, match="not UTF-8"):
+        list(read_raw_rows(path))
 
 
 def test_jsonl_reader_reports_malformed_lines_and_keeps_going(tmp_path):

@@ -280,6 +280,34 @@ def test_command_prints_summary_and_row_errors(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_a_latin1_csv_row_skips_that_row_only_and_strict_says_so_in_the_exit_status(tmp_path, capsys):
+    path = tmp_path / "c.csv"
+    lines = [b"sku,title,family"] + [f"s{i},Row {i},F{i % 50}".encode() for i in range(800)]
+    lines[401] = "s400,Caf\xe9,F0".encode("latin-1")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(CommandError, match="1 row\\(s\\) skipped") as failed:
+        call_command("import_catalogue", str(path), "--no-progress", "--strict")
+    assert failed.value.returncode == 3
+    out, err = capsys.readouterr()
+    assert "Read 800 rows: 799 created" in out and "1 skipped" in out
+    assert "row 402: row: row is not valid UTF-8 text [skipped]" in err
+    assert Product.objects.count() == 799 and Product.objects.filter(sku="s799").exists()
+
+
+def test_control_characters_in_identifiers_are_row_errors(tmp_path, capsys):
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"sku": "BAD-NL\nX", "family": "BF", "title": "A"},
+            {"sku": "ok", "family": "FAM\nNL", "title": "B"},
+        ],
+    )
+    call_command("import_catalogue", str(path), "--no-progress")
+    out, err = capsys.readouterr()
+    assert "2 skipped" in out and "U+000A" in err
+    assert not Product.objects.exists()
+
+
 def test_command_fails_clearly_when_file_cannot_be_read(tmp_path):
     with pytest.raises(CommandError, match="no such file"):
         call_command("import_catalogue", str(tmp_path / "nope.jsonl"))

@@ -184,3 +184,27 @@ def test_the_active_model_version_is_shown_on_every_page(reviewer_client, client
     client.force_login(admin)
     html = client.get(reverse("catalogue")).content.decode()
     assert f'<a class="model-pill" href="{reverse("manage_models")}"' in html and "maps-20261122-j9" in html
+
+
+def test_no_stored_identifier_makes_a_page_fail(reviewer_client):
+    """Import refuses control characters in sku and family; rows stored before (or by other means) still
+    render everywhere they appear, and their pages resolve."""
+    from catalog_review.models import Flag
+
+    family = FamilyFactory(code="FAM\nNL")
+    bad = ProductFactory(sku="BAD-NL\nX", title="Bad row", family=family)
+    sibling = ProductFactory(sku="GOOD-1", title="Good row", family=family)
+    version = ModelVersion.objects.create(name="v1", is_active=True)
+    flag = Flag.objects.create(kind=Flag.Kind.WRONG_VARIANT, product=bad, score=0.9, model_version=version)
+    urls = [
+        reverse("catalogue"),
+        reverse("family", kwargs={"code": family.code}),
+        reverse("product", kwargs={"sku": bad.sku}),
+        reverse("product", kwargs={"sku": sibling.sku}),
+        reverse("flag", args=[flag.pk]),
+        reverse("review_queue"),
+    ]
+    for url in urls:
+        response = reviewer_client.get(url)
+        assert response.status_code == 200, url
+    assert "BAD-NL" in reviewer_client.get(reverse("product", kwargs={"sku": bad.sku})).content.decode()

@@ -37,6 +37,12 @@ class Command(BaseCommand):
             help="also write every problem as JSON lines {row, sku, field, reason, severity} to this file",
         )
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.add_argument(
+            "--strict",
+            action="store_true",
+            help="exit 3 when any row was skipped (the good rows are still imported); without it the exit "
+            "status is 0 whenever the file was read (DESIGN 7)",
+        )
 
     def handle(
         self,
@@ -45,6 +51,7 @@ class Command(BaseCommand):
         images_root: Path | None,
         errors_report: Path | None,
         no_progress: bool,
+        strict: bool = False,
         **options,
     ):
         if images_root is not None and not images_root.is_dir():
@@ -96,3 +103,5 @@ class Command(BaseCommand):
                 f"The {len(report.changed_family_ids)} changed families are re-scored as job "
                 f"#{report.score_job_id}."
             )
+        if strict and c["skipped"]:
+            raise CommandError(f"{c['skipped']} row(s) skipped (--strict)", returncode=3)
