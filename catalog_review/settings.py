@@ -224,6 +224,11 @@ IMAGE_MAX_BYTES = env_int("IMAGE_MAX_BYTES", 20 * 1024 * 1024, minimum=1)
 IMAGE_MAX_PIXELS = env_int("IMAGE_MAX_PIXELS", 40_000_000, minimum=1)
 IMAGE_FETCH_TIMEOUT_S = env_float("IMAGE_FETCH_TIMEOUT_S", 15.0, minimum=0.1)
 IMAGE_FETCH_MAX_RETRIES = env_int("IMAGE_FETCH_MAX_RETRIES", 3)
+# image URLs reach public internet addresses only; these hosts (names, addresses or networks such as
+# 10.0.0.0/8, comma-separated) may be reached as well, e.g. an image server inside your network
+IMAGE_FETCH_ALLOWED_HOSTS = [
+    h.strip() for h in env_str("IMAGE_FETCH_ALLOWED_HOSTS", "").split(",") if h.strip()
+]
 TITLE_MAX_CHARS = env_int("TITLE_MAX_CHARS", 500, minimum=1)
 CATALOGUE_PAGE_SIZE = env_int("CATALOGUE_PAGE_SIZE", 48, minimum=1)
 REVIEW_PAGE_SIZE = env_int("REVIEW_PAGE_SIZE", 50, minimum=1)

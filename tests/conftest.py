@@ -94,6 +94,7 @@ def celery_worker(django_db_setup, django_db_blocker, broker_url, media_root):
         "FEATURE_CACHE_DIR": str(settings.FEATURE_CACHE_DIR),
         "CELERY_BROKER_URL": broker_url,
         "IMAGE_FETCH_TIMEOUT_S": "3",
+        "IMAGE_FETCH_ALLOWED_HOSTS": "127.0.0.1",  # the tests' image server
         "IMAGE_FETCH_MAX_RETRIES": "1",
         "IMAGE_MAX_BYTES": str(200_000),
         "DATABASE_CONN_MAX_AGE": "0",

@@ -10,9 +10,6 @@ import hashlib
 import io
 import os
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +17,9 @@ from django.conf import settings
 from PIL import Image, UnidentifiedImageError
 
 from catalog_review.models import ImageStatus
+from catalog_review.services import safe_fetch
 
 ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
-_READ_CHUNK = 64 * 1024
 
 
 class ImageRejected(Exception):
@@ -145,43 +142,28 @@ def store_image(image: VerifiedImage) -> str:
 
 
 def fetch_image_bytes(url: str) -> bytes:
-    """Download with a byte cap and an overall deadline. Permanent failures raise ImageRejected,
-    ones worth retrying raise TransientFetchError."""
+    """Download with a byte cap and one deadline for the whole download (redirects included), refusing
+    any hop that does not go to a public internet address (`services.safe_fetch`). Permanent failures
+    raise ImageRejected, ones worth retrying raise TransientFetchError."""
     if not is_url(url):
         raise ImageRejected(ImageStatus.INVALID, f"not an http(s) URL: {url!r}")
     timeout = settings.IMAGE_FETCH_TIMEOUT_S
-    limit = settings.IMAGE_MAX_BYTES
-    deadline = time.monotonic() + timeout
-    request = urllib.request.Request(url, headers={"User-Agent": "CatalogReview/0.1 (image import)"})
+
+    def too_large(message: str) -> ImageRejected:
+        return ImageRejected(ImageStatus.TOO_LARGE, message)
+
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > limit:
-                raise ImageRejected(
-                    ImageStatus.TOO_LARGE,
-                    f"server announces {int(declared):,} bytes, over the {limit:,}-byte limit",
-                )
-            chunks, received = [], 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise TransientFetchError(f"download took longer than {timeout:g} s")
-                chunk = response.read(_READ_CHUNK)
-                if not chunk:
-                    break
-                received += len(chunk)
-                if received > limit:
-                    raise ImageRejected(ImageStatus.TOO_LARGE, f"download exceeded the {limit:,}-byte limit")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except urllib.error.HTTPError as exc:
-        if exc.code >= 500 or exc.code == 429:
-            raise TransientFetchError(f"HTTP {exc.code} from server") from None
-        raise ImageRejected(ImageStatus.FETCH_FAILED, f"HTTP {exc.code} {exc.reason}") from None
-    except TimeoutError:
-        raise TransientFetchError(f"no answer within {timeout:g} s") from None
-    except urllib.error.URLError as exc:
-        raise TransientFetchError(f"could not connect: {exc.reason}") from None
-    except (ConnectionError, OSError) as exc:
-        if isinstance(exc, ImageRejected):
-            raise
-        raise TransientFetchError(f"connection failed: {exc}") from None
+        response = safe_fetch.fetch(
+            url, timeout=timeout, max_bytes=settings.IMAGE_MAX_BYTES, too_large=too_large
+        )
+    except safe_fetch.FetchRefused as exc:
+        raise ImageRejected(ImageStatus.FETCH_FAILED, f"image URL refused: {exc}") from None
+    except safe_fetch.FetchTimeout:
+        raise TransientFetchError(f"download took longer than {timeout:g} s") from None
+    except safe_fetch.FetchFailed as exc:
+        raise TransientFetchError(str(exc)) from None
+    if response.status >= 500 or response.status == 429:
+        raise TransientFetchError(f"HTTP {response.status} from server")
+    if response.status >= 300:
+        raise ImageRejected(ImageStatus.FETCH_FAILED, f"HTTP {response.status} {response.reason}")
+    return response.body
