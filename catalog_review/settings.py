@@ -216,8 +216,24 @@ CELERY_TASK_ROUTES = {
 CELERY_RESULT_BACKEND = None  # progress and results live in our Job table
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# a task's visibility timeout must exceed the longest task so that acks_late does not re-deliver early
+# a task's visibility timeout: a task not acknowledged by then (its worker was killed, or it runs
+# longer) is delivered again. A train job re-delivered while it still runs is not trained twice (the
+# delivery finds its heartbeat fresh, `services.jobs.job_claim_run`); one whose worker died is taken
+# over once its heartbeat is JOB_HEARTBEAT_STALE_S old
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+JOB_HEARTBEAT_STALE_S = env_int("JOB_HEARTBEAT_STALE_S", 600, minimum=10)
+# no task holds a worker forever: a soft limit raises inside the task (its job fails with the reason),
+# the hard limit 60 s later kills the process. Training has its own, longer limit.
+TASK_SOFT_TIME_LIMIT_S = env_int("TASK_SOFT_TIME_LIMIT_S", 1800, minimum=10)
+TRAIN_SOFT_TIME_LIMIT_S = env_int("TRAIN_SOFT_TIME_LIMIT_S", 6 * 3600, minimum=10)
+CELERY_TASK_SOFT_TIME_LIMIT = TASK_SOFT_TIME_LIMIT_S
+CELERY_TASK_TIME_LIMIT = TASK_SOFT_TIME_LIMIT_S + 60
+CELERY_TASK_ANNOTATIONS = {
+    "catalog_review.gpu_tasks.train_version": {
+        "soft_time_limit": TRAIN_SOFT_TIME_LIMIT_S,
+        "time_limit": TRAIN_SOFT_TIME_LIMIT_S + 60,
+    },
+}
 
 # --- Catalogue import -----------------------------------------------------------------------------
 IMAGE_MAX_BYTES = env_int("IMAGE_MAX_BYTES", 20 * 1024 * 1024, minimum=1)

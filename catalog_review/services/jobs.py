@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from catalog_review.models import Job
@@ -51,6 +55,23 @@ def job_mark_running(*, job_id: int) -> None:
     now = timezone.now()
     Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
         status=Job.Status.RUNNING, started_at=now, heartbeat_at=now
+    )
+
+
+def job_claim_run(*, job_id: int) -> bool:
+    """Take a job to run it: a queued one, or a running one whose worker stopped reporting progress for
+    `JOB_HEARTBEAT_STALE_S` (killed: its broker message came back). False when the job has finished or
+    another delivery of the same task is running it now (acks_late re-delivers a long task that outlives
+    the broker's visibility timeout): the caller must not run it a second time."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_STALE_S)
+    return bool(
+        Job.objects.filter(pk=job_id)
+        .filter(
+            Q(status=Job.Status.QUEUED)
+            | Q(status=Job.Status.RUNNING) & (Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale))
+        )
+        .update(status=Job.Status.RUNNING, started_at=Coalesce(F("started_at"), now), heartbeat_at=now)
     )
 
 

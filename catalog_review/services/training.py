@@ -22,8 +22,8 @@ from django.utils import timezone
 
 from catalog_review.models import Job, ModelVersion, Product
 from catalog_review.services.jobs import (
+    job_claim_run,
     job_create,
-    job_mark_running,
     job_raise_if_cancelled,
     job_set_progress,
 )
@@ -157,10 +157,10 @@ def warm_start_for(requested: bool | None, parent: ModelVersion, config: MapsCon
 
 
 def train_run(job_id: int) -> str:
+    if not job_claim_run(job_id=job_id):  # finished, or another delivery of this task is training it
+        job = Job.objects.get(pk=job_id)
+        return "nothing to do" if job.is_finished else "running in another worker"
     job = Job.objects.get(pk=job_id)
-    if job.is_finished:
-        return "nothing to do"
-    job_mark_running(job_id=job.pk)
     started = time.perf_counter()
     products = list(Product.objects.select_related("family", "category").order_by("id"))
     families, label_counts = training_families(products)

@@ -1,0 +1,50 @@
+"""Job rows under re-delivery: a long task delivered twice runs once; a killed worker's job is taken
+over; every task has a time limit."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from catalog_review.celery import app as celery_app
+from catalog_review.models import Job, ModelVersion
+from catalog_review.services.jobs import job_claim_run, job_create
+from catalog_review.services.training import train_run
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_job_is_claimed_once_until_its_heartbeat_goes_stale(settings):
+    settings.JOB_HEARTBEAT_STALE_S = 600
+    job = job_create(kind=Job.Kind.TRAIN)
+    assert job_claim_run(job_id=job.pk), "a queued job is taken"
+    started = Job.objects.get(pk=job.pk).started_at
+    assert not job_claim_run(job_id=job.pk), "a second delivery while the first reports progress"
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=601))
+    assert job_claim_run(job_id=job.pk), "the worker went silent (killed): taken over"
+    assert Job.objects.get(pk=job.pk).started_at == started
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.SUCCEEDED)
+    assert not job_claim_run(job_id=job.pk), "a finished job is never run again"
+
+
+def test_a_train_job_delivered_twice_trains_once():
+    job = job_create(kind=Job.Kind.TRAIN, status=Job.Status.RUNNING)
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now())
+    assert train_run(job.pk) == "running in another worker"
+    assert not ModelVersion.objects.exists()
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING and job.error == ""
+
+
+def test_every_task_has_a_soft_and_a_hard_time_limit(settings):
+    conf = celery_app.conf
+    assert conf.task_soft_time_limit == settings.TASK_SOFT_TIME_LIMIT_S
+    assert conf.task_time_limit == settings.TASK_SOFT_TIME_LIMIT_S + 60
+    from catalog_review.gpu_tasks import train_version
+
+    celery_app.finalize()
+    train = celery_app.tasks[train_version.name]
+    assert (train.soft_time_limit, train.time_limit) == (
+        settings.TRAIN_SOFT_TIME_LIMIT_S,
+        settings.TRAIN_SOFT_TIME_LIMIT_S + 60,
+    )
