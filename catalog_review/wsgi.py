@@ -1,6 +1,12 @@
 import os
+from importlib import import_module
 
+from django.conf import settings
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "catalog_review.settings")
 application = get_wsgi_application()
+# Django imports the URLconf (and with it the views, torch and scikit-learn: ~5 s) on the first request.
+# Import it here, so that gunicorn's --preload does it once in the master before the workers fork, and
+# no reviewer waits for it.
+import_module(settings.ROOT_URLCONF)

@@ -69,3 +69,13 @@ def test_demo_setup_creates_accounts_and_imports_the_sample_catalogue(capsys):
     assert Product.objects.count() == 83 and VariationFamily.objects.count() == 44
     call_command("demo", setup_only=True)  # a second run is harmless
     assert Product.objects.count() == 83
+
+
+def test_the_wsgi_module_loads_the_views_so_preloaded_workers_answer_at_once():
+    """gunicorn --preload imports `catalog_review.wsgi` in the master before forking: the views (and
+    torch with them) must be imported there, not on each worker's first request."""
+    probe = "import sys, catalog_review.wsgi; print('catalog_review.views' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip().endswith("True"), result.stderr[-2000:]

@@ -77,6 +77,9 @@ class Command(BaseCommand):
                             "-",
                             "--graceful-timeout",
                             "5",
+                            # import the app (torch, scikit-learn: ~5 s) once in the master before the
+                            # workers fork, not on each worker's first request
+                            "--preload",
                         ],
                         env=os.environ.copy(),
                     )
