@@ -290,6 +290,11 @@ SCORE_AFTER_ACTIVATION = env_bool(
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # a refused request (403, 404, 409...) is one line in the log, not a traceback: only server errors
+    # (5xx) keep theirs
+    "filters": {"client_errors_in_one_line": {"()": "catalog_review.log_filters.ClientErrorsInOneLine"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "filters": ["client_errors_in_one_line"]},
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "WARNING")},
 }

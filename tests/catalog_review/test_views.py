@@ -208,3 +208,26 @@ def test_no_stored_identifier_makes_a_page_fail(reviewer_client):
         response = reviewer_client.get(url)
         assert response.status_code == 200, url
     assert "BAD-NL" in reviewer_client.get(reverse("product", kwargs={"sku": bad.sku})).content.decode()
+
+
+def test_a_refused_request_is_one_log_line_without_a_traceback(reviewer_client):
+    """A reviewer opening an admin page is refused (403): logged in one line, no traceback."""
+    import io
+    import logging
+
+    from catalog_review.log_filters import ClientErrorsInOneLine
+
+    console = next(
+        h
+        for h in logging.getLogger().handlers
+        if any(isinstance(f, ClientErrorsInOneLine) for f in h.filters)
+    )
+    log = io.StringIO()
+    previous = console.setStream(log)
+    try:
+        response = reviewer_client.get(reverse("manage_models"))
+    finally:
+        console.setStream(previous)
+    assert response.status_code == 403
+    assert "Forbidden (Permission denied): /manage/models/" in log.getvalue()
+    assert "Traceback" not in log.getvalue(), log.getvalue()
