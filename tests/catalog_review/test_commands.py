@@ -79,3 +79,25 @@ def test_the_wsgi_module_loads_the_views_so_preloaded_workers_answer_at_once():
         [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.stdout.strip().endswith("True"), result.stderr[-2000:]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_command_on_a_database_never_migrated_says_to_migrate_in_one_line(tmp_path):
+    name = f"never_migrated_{os.getpid()}"
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"sku": "a", "title": "A"}\n')
+    try:
+        result = subprocess.run(
+            [sys.executable, "manage.py", "import_catalogue", str(path), "--no-progress"],
+            cwd=PROJECT_ROOT,
+            env=os.environ | {"DATABASE_NAME": name},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    assert result.returncode == 1
+    assert "run `python manage.py migrate` first" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
