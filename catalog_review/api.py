@@ -32,11 +32,22 @@ MAX_LIMIT = 500
 # --- tokens -----------------------------------------------------------------------------------------
 
 
-def create_token(user) -> str:
+def create_token(user, *, name: str = "", expires_at=None) -> str:
     """A new token for `user`; returned once, stored only as its sha256."""
     key = "cr_" + secrets.token_urlsafe(32)
-    ApiToken.objects.create(user=user, key_sha256=hashlib.sha256(key.encode()).hexdigest(), prefix=key[:8])
+    ApiToken.objects.create(
+        user=user,
+        key_sha256=hashlib.sha256(key.encode()).hexdigest(),
+        prefix=key[:8],
+        name=name,
+        expires_at=expires_at,
+    )
     return key
+
+
+def revoke_tokens(tokens) -> int:
+    """Revoke the tokens of a queryset that are not revoked yet; the rows stay (audit)."""
+    return tokens.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
 def _error(status: int, message: str, **extra) -> JsonResponse:
@@ -58,6 +69,8 @@ def api_view(methods: tuple[str, ...], *, staff: bool = False):
             token = ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
             if token is None or not token.user.is_active:
                 return _error(401, "invalid token")
+            if token.state() != "active":
+                return _error(401, f"this token was {token.state()}: ask an admin for a new one")
             if request.method not in methods:
                 return _error(405, f"method {request.method} not allowed; use {', '.join(methods)}")
             if staff and not token.user.is_staff:

@@ -12,6 +12,7 @@ from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Upper
+from django.utils import timezone
 from pgvector.django import HalfVectorField, HnswIndex, VectorField
 
 EMBEDDING_DIM = 256
@@ -401,11 +402,23 @@ class ApiToken(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     key_sha256 = models.CharField(max_length=64, unique=True)
     prefix = models.CharField(max_length=8, help_text="first characters, to tell tokens apart")
+    name = models.CharField(max_length=100, blank=True, default="", help_text="what the token is for")
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="empty: never expires")
+    revoked_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.prefix}... ({self.user})"
+
+    def state(self, now=None) -> str:
+        """ "active", "expired" or "revoked"."""
+        now = now or timezone.now()
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
 
 
 class ReviewDecision(models.Model):

@@ -164,6 +164,46 @@ def test_create_api_token_command(reviewer, capsys):
         call_command("create_api_token", "ghost")
 
 
+def test_tokens_expire_are_listed_and_revoked_without_a_shell(reviewer, capsys, admin_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    call_command("create_api_token", "reviewer", "--name", "nightly export", "--expires", "7")
+    token = capsys.readouterr().out.strip()
+    stored = ApiToken.objects.get(prefix=token[:8])
+    assert stored.name == "nightly export" and stored.expires_at > timezone.now() + timedelta(days=6)
+    assert api(token=token).get("/api/flags").status_code == 200
+    ApiToken.objects.filter(pk=stored.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    response = api(token=token).get("/api/flags")
+    assert response.status_code == 401 and "expired" in response.json()["error"]
+
+    second = create_token(reviewer, name="dashboard")
+    call_command("list_api_tokens")
+    listed = capsys.readouterr().out
+    assert f"{token[:8]}  reviewer  expired  nightly export" in listed
+    assert f"{second[:8]}  reviewer  active  dashboard" in listed and second not in listed
+    call_command("revoke_api_token", second[:8])
+    assert "1 token(s) revoked" in capsys.readouterr().out
+    response = api(token=second).get("/api/flags")
+    assert response.status_code == 401 and "revoked" in response.json()["error"]
+    with pytest.raises(CommandError, match="no token with prefix"):
+        call_command("revoke_api_token", "cr_zzzzz")
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("create_api_token", "reviewer", "--expires", "0")
+
+    # and in the Django admin: listed, revoked by an action, never created there (shown once)
+    third = create_token(reviewer)
+    page = admin_client.get("/admin/catalog_review/apitoken/")
+    assert page.status_code == 200 and third[:8] in page.content.decode()
+    assert admin_client.get("/admin/catalog_review/apitoken/add/").status_code == 403
+    admin_client.post(
+        "/admin/catalog_review/apitoken/",
+        {"action": "revoke", "_selected_action": [ApiToken.objects.get(prefix=third[:8]).pk]},
+    )
+    assert api(token=third).get("/api/flags").status_code == 401
+
+
 def test_export_labels_writes_every_pair_and_retraction(reviewer, world, tmp_path):
     review.decide(flag_id=world["flags"][0].pk, user=reviewer, decision="confirm")
     review.undo(flag_id=world["flags"][0].pk, user=reviewer)
