@@ -421,6 +421,17 @@ class ApiToken(models.Model):
         return "active"
 
 
+class LoginFailure(models.Model):
+    """A failed login (the login throttle counts them per account and per address)."""
+
+    username = models.CharField(max_length=150, db_index=True)
+    address = models.GenericIPAddressField(null=True, blank=True, db_index=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.username} from {self.address} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
 class ReviewDecision(models.Model):
     """Append-only audit of reviewer decisions; an undo is a new row pointing at the one it undoes."""
 

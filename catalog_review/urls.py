@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
 from catalog_review import api, views
+from catalog_review.login import LoginView
 
 
 class StoredText:
@@ -35,7 +36,7 @@ urlpatterns = [
     path("flags/<int:flag_id>/undo/", views.flag_undo, name="flag_undo"),
     path("flags/<int:flag_id>/decide-all/", views.flag_decide_all, name="flag_decide_all"),
     path("flags/<int:flag_id>/claim/", views.flag_claim, name="flag_claim"),
-    path("login/", auth_views.LoginView.as_view(template_name="catalog_review/login.html"), name="login"),
+    path("login/", LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("manage/", views.manage_dashboard, name="manage_dashboard"),
     path("manage/jobs/", views.manage_jobs, name="manage_jobs"),

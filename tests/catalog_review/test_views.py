@@ -1,6 +1,7 @@
 """Browse pages: login required, methods, filters, escaping, pinned query counts."""
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 
 from catalog_review.models import ImageStatus, Job, ModelVersion
@@ -123,6 +124,34 @@ def test_login_page_logs_in(client, reviewer):
     assert response.status_code == 302
     response = client.post(reverse("login"), {"username": "reviewer", "password": "wrong"})
     assert "didn't match" in response.content.decode()
+
+
+def test_repeated_failed_logins_lock_the_account_then_the_address(client, reviewer, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from catalog_review.models import LoginFailure
+
+    settings.LOGIN_MAX_FAILURES_PER_ACCOUNT, settings.LOGIN_MAX_FAILURES_PER_ADDRESS = 3, 5
+    settings.LOGIN_LOCKOUT_S = 600
+    url, right = reverse("login"), {"username": "reviewer", "password": "pw-for-tests"}
+    for _ in range(3):
+        assert "didn't match" in client.post(url, {**right, "password": "guess"}).content.decode()
+    response = client.post(url, right)  # the right password, too late
+    assert response.status_code == 429 and "try again in 10 minute(s)" in response.content.decode()
+    # another account from the same address: two more failures lock the address for every account
+    UserFactory(username="alice")
+    for _ in range(2):
+        client.post(url, {"username": "alice", "password": "guess"})
+    response = client.post(url, {"username": "alice", "password": "pw-for-tests"})
+    assert response.status_code == 429
+    other_address = Client(REMOTE_ADDR="10.0.0.9")
+    assert other_address.post(url, {"username": "alice", "password": "pw-for-tests"}).status_code == 302
+    # the lock lifts when the failures leave the window; a good login clears the account's failures
+    LoginFailure.objects.update(at=timezone.now() - timedelta(seconds=601))
+    assert client.post(url, right).status_code == 302
+    assert not LoginFailure.objects.filter(username="reviewer").exists()
 
 
 def test_product_page_shows_scores_flags_and_more_like_this(reviewer_client, catalogue):
