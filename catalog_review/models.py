@@ -260,6 +260,9 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(
+        max_length=200, blank=True, default="", help_text="the worker running a single-task job (train)"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -327,6 +330,10 @@ class JobChunk(models.Model):
     items = models.JSONField(default=list, help_text="product or family ids")
     size = models.PositiveIntegerField(default=0, help_text="listings in this chunk")
     done_at = models.DateTimeField(null=True, blank=True)
+    # the delivery working on it: the worker's node name (Celery hostname) and since when; the reaper
+    # re-publishes the chunk when that worker stops answering (services.recovery)
+    claimed_by = models.CharField(max_length=200, blank=True, default="")
+    claimed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["job", "stage", "index"]

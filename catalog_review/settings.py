@@ -227,6 +227,19 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # over once its heartbeat is JOB_HEARTBEAT_STALE_S old
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 JOB_HEARTBEAT_STALE_S = env_int("JOB_HEARTBEAT_STALE_S", 600, minimum=10)
+# a chunk of a score job is claimed by the worker that runs it; a claim this old is anyone's (a hung
+# worker that still answers pings)
+CHUNK_LEASE_S = env_int("CHUNK_LEASE_S", 1800, minimum=10)
+# the reaper (a beat task on the default queue, `services.recovery`): every REAPER_INTERVAL_S it asks the
+# workers to answer (a ping) and re-publishes the chunks and train jobs held by a worker that did not,
+# once their claim (and a train job's heartbeat) is REAPER_GRACE_S old: a killed worker's work is redone
+# within a minute or two instead of at the broker's visibility timeout
+REAPER_INTERVAL_S = env_int("REAPER_INTERVAL_S", 30, minimum=1)
+REAPER_GRACE_S = env_int("REAPER_GRACE_S", 60, minimum=0)
+REAPER_PING_TIMEOUT_S = env_float("REAPER_PING_TIMEOUT_S", 2.0, minimum=0.1)
+CELERY_BEAT_SCHEDULE = {
+    "reap-stalled-work": {"task": "catalog_review.tasks.reap_stalled_work", "schedule": REAPER_INTERVAL_S},
+}
 # no task holds a worker forever: a soft limit raises inside the task (its job fails with the reason),
 # the hard limit 60 s later kills the process. Training has its own, longer limit.
 TASK_SOFT_TIME_LIMIT_S = env_int("TASK_SOFT_TIME_LIMIT_S", 1800, minimum=10)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from celery import shared_task
 from django.conf import settings
 
@@ -19,12 +21,12 @@ def fetch_product_image(self, *, product_id: int, url: str, job_id: int | None =
         raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from None
 
 
-@shared_task(acks_late=True)
-def flag_chunk(*, chunk_id: int) -> str:
+@shared_task(bind=True, acks_late=True)
+def flag_chunk(self, *, chunk_id: int) -> str:
     """Stage 2 of a score job: duplicates (pgvector kNN + pair head) and flags for one chunk."""
     from catalog_review.services.scoring import flag_chunk_run
 
-    return _run_chunk(flag_chunk_run, chunk_id)
+    return _run_chunk(self, flag_chunk_run, chunk_id)
 
 
 @shared_task(acks_late=True)
@@ -41,14 +43,49 @@ def rescore_family(*, family_id: int) -> str:
     return f"score job {job.pk}"
 
 
-def _run_chunk(run, chunk_id: int) -> str:
+@shared_task(acks_late=True)
+def reap_stalled_work() -> str:
+    """Every REAPER_INTERVAL_S (beat): re-publish the work of workers that no longer answer."""
+    from catalog_review.services.recovery import reap_stalled_work as reap
+
+    reaped = reap()
+    return (
+        f"{reaped['chunks']} chunk(s) of dead workers, {reaped['unclaimed_chunks']} unclaimed chunk(s) of "
+        f"stalled jobs, {reaped['train_jobs']} train job(s) re-published"
+    )
+
+
+CHUNK_RETRIES = 3  # a chunk that meets a transient database or broker error is tried again this often
+
+
+def _run_chunk(task, run, chunk_id: int) -> str:
+    """Run one chunk for this worker; a transient error (the database or the broker gone for a moment)
+    releases the chunk and retries it, anything else fails the job with the reason."""
+    from django.db import InterfaceError, OperationalError
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from catalog_review.models import JobChunk
+
+    worker = task.request.hostname or ""
+    try:
+        return run(chunk_id, worker=worker)
+    except (OperationalError, InterfaceError, BrokerError) as exc:
+        if task.request.retries < CHUNK_RETRIES:
+            # (if the database is still away, the claim is the reaper's or CHUNK_LEASE_S's to release)
+            with suppress(OperationalError, InterfaceError):
+                JobChunk.objects.filter(pk=chunk_id, claimed_by=worker).update(claimed_by="", claimed_at=None)
+            raise task.retry(exc=exc, countdown=2 ** (task.request.retries + 1)) from None
+        _fail_chunk_job(chunk_id, exc)
+        raise
+    except Exception as exc:
+        _fail_chunk_job(chunk_id, exc)
+        raise
+
+
+def _fail_chunk_job(chunk_id: int, exc: Exception) -> None:
     from catalog_review.models import JobChunk
     from catalog_review.services.jobs import job_fail
 
-    try:
-        return run(chunk_id)
-    except Exception as exc:
-        job_id = JobChunk.objects.filter(pk=chunk_id).values_list("job_id", flat=True).first()
-        if job_id:
-            job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
-        raise
+    job_id = JobChunk.objects.filter(pk=chunk_id).values_list("job_id", flat=True).first()
+    if job_id:
+        job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")

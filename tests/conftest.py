@@ -82,12 +82,11 @@ def broker_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker, broker_url, media_root):
-    """A real `celery worker` process over real Redis, using the test database."""
+def worker_env(django_db_setup, django_db_blocker, broker_url, media_root) -> dict:
+    """The environment of the tests' worker processes: the test database, media, broker."""
     with django_db_blocker.unblock():
         database = connection.settings_dict["NAME"]
-    celery_app.control.purge()
-    env = os.environ | {
+    return os.environ | {
         "DATABASE_NAME": database,
         "MEDIA_ROOT": str(media_root),
         "MODEL_DIR": str(settings.MODEL_DIR),
@@ -101,32 +100,44 @@ def celery_worker(django_db_setup, django_db_blocker, broker_url, media_root):
         "TRAIN_STEPS": "2",  # a train job that does not say how many steps (from scratch / warm)
         "TRAIN_WARM_STEPS": "1",
     }
-    hostname = f"test-{os.getpid()}@%h"
-    log = open(media_root.parent / "worker.log", "w")
+
+
+def start_worker(env: dict, name: str, log_path, *, concurrency: int = 2) -> tuple[subprocess.Popen, str]:
+    """A `celery worker` process (both queues) named `name`@host; returns it once it answers a ping,
+    with its full node name."""
+    log = open(log_path, "w")
     process = subprocess.Popen(
-        worker_command(concurrency=2, hostname=hostname),
+        worker_command(concurrency=concurrency, hostname=f"{name}@%h"),
         cwd=runtime.PROJECT_ROOT,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: a test can kill it and its pool at once
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"celery worker exited with {process.returncode}: see {log.name}")
         replies = celery_app.control.ping(timeout=1.0) or []
-        if any(hostname.split("@")[0] in name for reply in replies for name in reply):
-            break
-    else:
-        process.kill()
-        raise RuntimeError(f"celery worker did not answer a ping within 60 s: see {log.name}")
+        names = [node for reply in replies for node in reply if node.startswith(f"{name}@")]
+        if names:
+            return process, names[0]
+    process.kill()
+    raise RuntimeError(f"celery worker did not answer a ping within 60 s: see {log.name}")
+
+
+@pytest.fixture(scope="session")
+def celery_worker(worker_env, media_root):
+    """A real `celery worker` process over real Redis, using the test database."""
+    celery_app.control.purge()
+    process, node = start_worker(worker_env, f"test-{os.getpid()}", media_root.parent / "worker.log")
+    process.node = node
     yield process
     process.terminate()
     try:
         process.wait(15)
     except subprocess.TimeoutExpired:
         process.kill()
-    log.close()
 
 
 def wait_for(predicate, *, timeout: float = 30, interval: float = 0.2, message: str = "condition"):

@@ -58,20 +58,32 @@ def job_mark_running(*, job_id: int) -> None:
     )
 
 
-def job_claim_run(*, job_id: int) -> bool:
+def job_claim_run(*, job_id: int, worker: str = "") -> bool:
     """Take a job to run it: a queued one, or a running one whose worker stopped reporting progress for
     `JOB_HEARTBEAT_STALE_S` (killed: its broker message came back). False when the job has finished or
     another delivery of the same task is running it now (acks_late re-delivers a long task that outlives
-    the broker's visibility timeout): the caller must not run it a second time."""
+    the broker's visibility timeout): the caller must not run it a second time. A delivery to the worker
+    that holds the claim takes it back: its pool process was killed and Celery handed the task back (the
+    gpu workers run one process, so the holder cannot still be running)."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_STALE_S)
     return bool(
         Job.objects.filter(pk=job_id)
         .filter(
             Q(status=Job.Status.QUEUED)
-            | Q(status=Job.Status.RUNNING) & (Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale))
+            | Q(status=Job.Status.RUNNING)
+            & (
+                Q(heartbeat_at__isnull=True)
+                | Q(heartbeat_at__lt=stale)
+                | Q(claimed_by=worker) & ~Q(claimed_by="")
+            )
         )
-        .update(status=Job.Status.RUNNING, started_at=Coalesce(F("started_at"), now), heartbeat_at=now)
+        .update(
+            status=Job.Status.RUNNING,
+            started_at=Coalesce(F("started_at"), now),
+            heartbeat_at=now,
+            claimed_by=worker,
+        )
     )
 
 

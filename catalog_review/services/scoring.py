@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -206,14 +207,26 @@ def title_sha256(title: str) -> str:
     return hashlib.sha256(title.encode("utf-8")).hexdigest()
 
 
-def _claim(chunk_id: int, stage: str) -> JobChunk | None:
+def _claim(chunk_id: int, stage: str, worker: str = "") -> JobChunk | None:
     """The chunk, if it is of `stage` and still to do (a delivery of another stage's chunk, or of a chunk
     whose job is finished, does nothing). An embed chunk delivered before its job's fit stage is done
-    waits for it: the fit stage enqueues every embed chunk when it finishes."""
+    waits for it: the fit stage enqueues every embed chunk when it finishes. The chunk is claimed for
+    `worker` (its Celery node name): a delivery of a chunk another worker holds does nothing (the
+    reaper, `services.recovery`, re-publishes it if that worker dies); a claim older than CHUNK_LEASE_S
+    is anyone's."""
     chunk = JobChunk.objects.select_related("job").filter(pk=chunk_id, stage=stage).first()
     if chunk is None or chunk.done_at is not None or chunk.job.is_finished:
         return None
     if stage == JobChunk.Stage.EMBED and "scorer_id" not in chunk.job.scope:
+        return None
+    now = timezone.now()
+    expired = now - timedelta(seconds=settings.CHUNK_LEASE_S)
+    taken = (
+        JobChunk.objects.filter(pk=chunk.pk, done_at__isnull=True)
+        .filter(Q(claimed_by="") | Q(claimed_by=worker) | Q(claimed_at__lt=expired))
+        .update(claimed_by=worker, claimed_at=now)
+    )
+    if not taken:
         return None
     job_mark_running(job_id=chunk.job_id)
     return chunk
@@ -231,8 +244,8 @@ def _finish_chunk(chunk: JobChunk) -> bool:
 # --- stage 1: embed ---------------------------------------------------------------------------------
 
 
-def embed_chunk_run(chunk_id: int) -> str:
-    chunk = _claim(chunk_id, JobChunk.Stage.EMBED)
+def embed_chunk_run(chunk_id: int, worker: str = "") -> str:
+    chunk = _claim(chunk_id, JobChunk.Stage.EMBED, worker)
     if chunk is None:
         return "nothing to do"
     job = chunk.job
@@ -400,11 +413,11 @@ def _fit_sample(cap: int) -> list[Product]:
     return list(products.select_related("family", "category").order_by("id"))
 
 
-def fit_chunk_run(chunk_id: int) -> str:
+def fit_chunk_run(chunk_id: int, worker: str = "") -> str:
     """Stage 0 of a score job (gpu queue): fit the scorer (own-evidence heads, the combiners on errors
     planted into the catalogue, reviewer decisions in force at a higher weight) and store it with the
     version; then start the embed chunks."""
-    chunk = _claim(chunk_id, JobChunk.Stage.FIT)
+    chunk = _claim(chunk_id, JobChunk.Stage.FIT, worker)
     if chunk is None:
         return "nothing to do"
     job = chunk.job
@@ -604,8 +617,8 @@ def _title_evidence(job_id: int, a: Product, b: Product, both_images: bool) -> d
     return out
 
 
-def flag_chunk_run(chunk_id: int) -> str:
-    chunk = _claim(chunk_id, JobChunk.Stage.FLAG)
+def flag_chunk_run(chunk_id: int, worker: str = "") -> str:
+    chunk = _claim(chunk_id, JobChunk.Stage.FLAG, worker)
     if chunk is None:
         return "nothing to do"
     job = chunk.job

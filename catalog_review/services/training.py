@@ -156,8 +156,8 @@ def warm_start_for(requested: bool | None, parent: ModelVersion, config: MapsCon
     return None if reason else model
 
 
-def train_run(job_id: int) -> str:
-    if not job_claim_run(job_id=job_id):  # finished, or another delivery of this task is training it
+def train_run(job_id: int, worker: str = "") -> str:
+    if not job_claim_run(job_id=job_id, worker=worker):  # finished, or another delivery is training it
         job = Job.objects.get(pk=job_id)
         return "nothing to do" if job.is_finished else "running in another worker"
     job = Job.objects.get(pk=job_id)

@@ -327,6 +327,51 @@ def test_a_worker_killed_mid_job_loses_and_doubles_nothing(celery_worker, catalo
     assert not JobChunk.objects.filter(job=job, done_at__isnull=True).exists()
 
 
+def test_a_worker_killed_outright_has_its_work_redone_by_the_reaper(
+    celery_worker, worker_env, catalogue, settings, media_root
+):
+    """`kill -9` of a whole worker (main process and pool): its claimed chunks and the messages it held
+    would wait for the broker's visibility timeout (an hour). The reaper re-publishes them as soon as the
+    worker stops answering; the job finishes with nothing lost or doubled."""
+    import os
+
+    from catalog_review.celery import app as celery_app
+    from catalog_review.services.recovery import reap_stalled_work
+    from tests.conftest import start_worker
+
+    settings.SCORE_CHUNK_LISTINGS = 3  # many chunks, so the kill lands mid-job
+    settings.REAPER_GRACE_S = 1
+    queues = ("gpu", "default")
+    for queue in queues:  # the session's worker steps aside: the doomed one takes the job
+        celery_app.control.cancel_consumer(queue, destination=[celery_worker.node], reply=True)
+    doomed, _ = start_worker(worker_env, f"doomed-{os.getpid()}", media_root.parent / "doomed.log")
+    try:
+        job = score_start()
+        chunks = JobChunk.objects.filter(job=job, stage=JobChunk.Stage.EMBED)
+        wait_for(lambda: chunks.filter(done_at__isnull=False).exists(), timeout=180, message="a first chunk")
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.wait(10)
+    finally:
+        if doomed.poll() is None:
+            os.killpg(doomed.pid, signal.SIGKILL)
+        for queue in queues:
+            celery_app.control.add_consumer(queue, destination=[celery_worker.node], reply=True)
+    job.refresh_from_db()
+    assert not job.is_finished, "the job finished before the kill: make it bigger"
+    held = JobChunk.objects.filter(job=job, done_at__isnull=True).count()
+    assert held, "work was left undone"
+
+    def reaped_and_done():
+        reap_stalled_work()
+        return Job.objects.filter(pk=job.pk, status__in=Job.FINISHED).first()
+
+    job = wait_for(reaped_and_done, timeout=180, interval=2.0, message="the reaped job to finish")
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert job.done == job.total
+    assert ProductEmbedding.objects.count() == Product.objects.count()
+    assert not JobChunk.objects.filter(job=job, done_at__isnull=True).exists()
+
+
 def test_flags_carry_every_evidence_channel_and_the_job_s_fitted_scorer(celery_worker, catalogue, settings):
     """Stage 0 fits the version's scorer on the catalogue (stored with the version); every scored listing
     and every flag carries each channel's value, the two kinds' probabilities and the lines a reviewer

@@ -54,7 +54,12 @@ class Command(BaseCommand):
             for queues, processes in (("gpu", 1), ("default", concurrency)):
                 children.append(
                     subprocess.Popen(
-                        worker_command(concurrency=processes, queues=queues, hostname=f"{queues}@%h"),
+                        worker_command(
+                            concurrency=processes,
+                            queues=queues,
+                            hostname=f"{queues}@%h",
+                            beat=queues == "default",
+                        ),
                         env=os.environ.copy(),
                     )
                 )
@@ -122,8 +127,9 @@ def stop_embedded_services(names: list[str], *, out) -> None:
 
 
 def worker_command(
-    *, concurrency: int = 2, queues: str = "default,gpu", hostname: str | None = None
+    *, concurrency: int = 2, queues: str = "default,gpu", hostname: str | None = None, beat: bool = False
 ) -> list[str]:
+    """`beat`: the worker also runs Celery beat (the reaper of stalled work, services.recovery)."""
     command = [
         sys.executable,
         "-m",
@@ -142,6 +148,8 @@ def worker_command(
     ]
     if hostname:
         command += ["--hostname", hostname]
+    if beat:
+        command += ["--beat", "--schedule", str(runtime.VAR_DIR / "celerybeat-schedule")]
     return command
 
 
