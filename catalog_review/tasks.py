@@ -55,7 +55,7 @@ def reap_stalled_work() -> str:
     )
 
 
-CHUNK_RETRIES = 3  # a chunk that meets a transient database or broker error is tried again this often
+CHUNK_RETRIES = 5  # a chunk that meets a transient database or broker error is tried again (2-30 s apart)
 
 
 def _run_chunk(task, run, chunk_id: int) -> str:
@@ -74,7 +74,7 @@ def _run_chunk(task, run, chunk_id: int) -> str:
             # (if the database is still away, the claim is the reaper's or CHUNK_LEASE_S's to release)
             with suppress(OperationalError, InterfaceError):
                 JobChunk.objects.filter(pk=chunk_id, claimed_by=worker).update(claimed_by="", claimed_at=None)
-            raise task.retry(exc=exc, countdown=2 ** (task.request.retries + 1)) from None
+            raise task.retry(exc=exc, countdown=min(30, 2 ** (task.request.retries + 1))) from None
         _fail_chunk_job(chunk_id, exc)
         raise
     except Exception as exc:
