@@ -49,6 +49,21 @@ def _publish_chunk(chunk: JobChunk) -> None:
     task.delay(chunk_id=chunk.pk)
 
 
+STAGE_ORDER = (JobChunk.Stage.FIT, JobChunk.Stage.EMBED, JobChunk.Stage.FLAG)
+
+
+def _current_stage(job_id: int) -> list[JobChunk]:
+    """The undone chunks of the job's earliest unfinished stage (a later stage's chunks wait for it)."""
+    undone = list(
+        JobChunk.objects.filter(job_id=job_id, done_at__isnull=True).only("pk", "stage", "claimed_by")
+    )
+    for stage in STAGE_ORDER:
+        chunks = [c for c in undone if c.stage == stage]
+        if chunks:
+            return chunks
+    return []
+
+
 def reap_stalled_work(*, live: set[str] | None = None) -> dict[str, int]:
     """Re-publish the work held by workers that no longer answer. `live`: the node names that answer
     (default: ask them). Returns how many chunks and train jobs were re-published."""
@@ -79,11 +94,10 @@ def reap_stalled_work(*, live: set[str] | None = None) -> dict[str, int]:
     for job_id, heartbeat in stalled:
         if not Job.objects.filter(pk=job_id, heartbeat_at=heartbeat).update(heartbeat_at=timezone.now()):
             continue  # progress meanwhile, or another reaper
-        for chunk in JobChunk.objects.filter(job_id=job_id, done_at__isnull=True, claimed_by="").only(
-            "pk", "stage"
-        ):
-            _publish_chunk(chunk)
-            reaped["unclaimed_chunks"] += 1
+        for chunk in _current_stage(job_id):
+            if not chunk.claimed_by:
+                _publish_chunk(chunk)
+                reaped["unclaimed_chunks"] += 1
     if not chunks and not trains:
         return reaped
     live = live_workers() if live is None else live
