@@ -134,6 +134,7 @@ def review_queue(request):
         "query": query,
         "query_suffix": f"?{query}" if query else "",
         "counts": {label: counts.get(kind, 0) for kind, label in Flag.Kind.choices},
+        "decided_today": review.decisions_today(user=request.user),
         "now": timezone.now(),
         # URL prefixes reversed once, not once per row
         "flag_url_prefix": reverse("flag", args=[0])[: -len("0/")],
@@ -173,13 +174,37 @@ def review_next(request):
     _form, filters = _queue_filters(request)
     flag = review.next_flag(user=request.user, queue=selectors.flag_queue(**filters))
     if flag is None:
-        return render(request, "catalog_review/queue_done.html", {"query": _queue_query(request)})
+        return render(
+            request,
+            "catalog_review/queue_done.html",
+            {"query": _queue_query(request), "progress": _review_progress(request)},
+        )
     return redirect(f"{reverse('flag', args=[flag.pk])}?{_queue_query(request)}")
 
 
+def _review_progress(request) -> dict:
+    """What the reviewer sees of their progress: open flags left in the current filter, and the
+    confirm / reject decisions they made today."""
+    _form, filters = _queue_filters(request)
+    return {
+        "open_left": selectors.flag_queue(**filters).count(),
+        "decided_today": review.decisions_today(user=request.user),
+    }
+
+
+def _decision_message(row) -> str:
+    """The feedback line after a decision ("Flag #4 confirmed as wrong variant. Undo (u)")."""
+    what = {
+        "confirm": f"confirmed as {row.flag.get_kind_display()}",
+        "reject": "marked not an error",
+        "skip": "skipped",
+    }[row.decision]
+    return f"Flag #{row.flag_id} {what}. Undo (u)"
+
+
 def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
-    if flag.status == Flag.Status.OPEN:
-        review.claim(flag=flag, user=request.user)
+    """The flag page. Looking at a flag does not claim it: the review flow (Start reviewing, the next flag
+    after a decision) claims the flags it serves, and the page renews only a claim that is the reader's."""
     members = selectors.flag_family(flag)
     evidence = flag.evidence or {}
     agreement = {a["sku"]: a for a in evidence.get("family_agreement", [])}
@@ -200,6 +225,8 @@ def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
         "held_by_other": flag.claimed_by_id not in (None, request.user.pk)
         and flag.claim_expires_at
         and flag.claim_expires_at > timezone.now(),
+        "mine": flag.status == Flag.Status.OPEN and flag.claimed_by_id == request.user.pk,
+        "progress": _review_progress(request),
         "query": _queue_query(request),
         "message": message,
         "claim_seconds": settings.REVIEW_CLAIM_SECONDS,
@@ -246,7 +273,7 @@ def flag_decide(request, flag_id: int):
         return render(
             request, _flag_template(request), _flag_context(request, flag, message=str(exc)), status=409
         )
-    return _to_next_flag(request, after=result.decision.flag)
+    return _to_next_flag(request, after=result.decision.flag, message=_decision_message(result.decision))
 
 
 @require_POST
@@ -326,22 +353,33 @@ def _flag_template(request) -> str:
     return "catalog_review/flag.html#panel" if request.htmx else "catalog_review/flag.html"
 
 
-def _to_next_flag(request, *, after: Flag):
-    """After a decision: the next flag of the same queue, in place (htmx) or by redirect."""
+def _to_next_flag(request, *, after: Flag, message: str = ""):
+    """After a decision: the next flag of the same queue, in place (htmx) or by redirect, with the
+    decision's feedback line."""
     _form, filters = _queue_filters(request)
     query = _queue_query(request)
     flag = review.next_flag(user=request.user, queue=selectors.flag_queue(**filters), after=after)
     if flag is None:
         if request.htmx:
-            response = render(request, "catalog_review/queue_done.html#done", {"query": query})
+            response = render(
+                request,
+                "catalog_review/queue_done.html#done",
+                {"query": query, "message": message, "progress": _review_progress(request)},
+            )
             response["HX-Push-Url"] = f"{reverse('review_next')}?{query}"
             return response
+        if message:
+            messages.success(request, message)
         return redirect(f"{reverse('review_next')}?{query}")
     url = f"{reverse('flag', args=[flag.pk])}?{query}"
     if not request.htmx:
+        if message:
+            messages.success(request, message)
         return redirect(url)
     flag = _flag_or_404(flag.pk)
-    response = render(request, "catalog_review/flag.html#panel", _flag_context(request, flag))
+    response = render(
+        request, "catalog_review/flag.html#panel", _flag_context(request, flag, message=message)
+    )
     response["HX-Push-Url"] = url
     return response
 

@@ -89,6 +89,14 @@ def claim(*, flag: Flag, user) -> bool:
     return bool(updated)
 
 
+def decisions_today(*, user) -> int:
+    """The user's confirm / reject decisions since midnight (server time zone), undone ones included."""
+    midnight = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    return ReviewDecision.objects.filter(
+        reviewer=user, decision__in=[D.CONFIRM, D.REJECT], created_at__gte=midnight
+    ).count()
+
+
 def release(*, flag: Flag, user) -> None:
     Flag.objects.filter(pk=flag.pk, claimed_by=user).update(claimed_by=None, claim_expires_at=None)
 

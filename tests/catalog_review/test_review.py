@@ -71,11 +71,11 @@ def test_decision_endpoints_refuse_get(reviewer_client, flags):
 
 def test_queue_lists_open_flags_by_score_and_filters(reviewer_client, flags, django_assert_num_queries):
     # session, user, counts by kind (they hold the total too), page, the category and version choices,
-    # the active model version (asked by the top bar and the page: one query)
-    with django_assert_num_queries(7):
+    # the active model version (asked by the top bar and the page: one query), my decisions today
+    with django_assert_num_queries(8):
         response = reviewer_client.get(reverse("review_queue"))
     assert response.status_code == 200
-    assert b"3 open flags" in response.content
+    assert b"3 open flags \xc2\xb7 0 decided by you today" in response.content
     assert [f.pk for f in response.context["page"].object_list] == [
         flags["wrong_variant"].pk,
         flags["duplicate"].pk,
@@ -84,11 +84,16 @@ def test_queue_lists_open_flags_by_score_and_filters(reviewer_client, flags, dja
     assert b"Bar shelf &lt;b&gt;yellow&lt;/b&gt;" in response.content
     response = reviewer_client.get(reverse("review_queue"), {"kind": "duplicate"})
     assert [f.pk for f in response.context["page"].object_list] == [flags["duplicate"].pk]
-    assert b"1 open flag<" in response.content and b'<option value="duplicate" selected>' in response.content
+    assert (
+        b"1 open flag \xc2\xb7" in response.content
+        and b'<option value="duplicate" selected>' in response.content
+    )
     category = flags["duplicate"].product.category
     response = reviewer_client.get(reverse("review_queue"), {"category": category.pk, "kind": "duplicate"})
     assert f'<option value="{category.pk}" selected>'.encode() in response.content
-    assert b"1 open flag<" in response.content  # counted with the filters, not taken from the kind counts
+    assert (
+        b"1 open flag \xc2\xb7" in response.content
+    )  # counted with the filters, not taken from the kind counts
     response = reviewer_client.get(reverse("review_queue"), {"order": "uncertain"})
     assert response.context["page"].object_list[0].pk == flags["low"].pk
     response = reviewer_client.get(reverse("review_queue"), {"min_score": "0.6", "max_score": "0.8"})
@@ -118,7 +123,8 @@ def test_flag_page_shows_family_and_evidence_and_claims(reviewer_client, reviewe
     assert text.count("P(same family) with the flagged listing: <strong>0.10</strong>") == 3
     assert response.context["members"][0].sku == "W"
     flag.refresh_from_db()
-    assert flag.claimed_by == reviewer and flag.claim_expires_at > timezone.now()
+    assert flag.claimed_by is None, "looking at a flag does not claim it (the review flow does)"
+    assert "every 60s" not in text, "nor renews a claim that is not the reader's"
     assert 'data-evidence="lines"' not in text
 
     # the evidence channels in words, most decisive first, as the score job wrote them (escaped)
@@ -173,6 +179,19 @@ def test_confirm_writes_decision_pairs_and_serves_the_next_flag_in_place(reviewe
     assert (decision.reviewer, decision.decision, decision.note) == (reviewer, "confirm", "a shelf")
     pairs = LabelledPair.objects.filter(decision=decision)
     assert {(p.a.sku, p.b.sku, p.relation) for p in pairs} == {("W", f"M{i}", R.DIFFERENT) for i in range(3)}
+    # what happened, announced (role=status), with how to take it back and how far the reviewer is
+    text = " ".join(response.content.decode().split())
+    feedback = text[text.index('role="status"') :]
+    assert f"Flag #{flag.pk} confirmed as wrong variant. Undo (u)" in feedback
+    assert "2 open flags left in this queue · 1 decided by you today" in feedback
+    # the next flag was claimed by the review flow; its page renews that claim
+    assert Flag.objects.get(pk=flags["duplicate"].pk).claimed_by == reviewer and "every 60s" in text
+    # without htmx: the same line after the redirect
+    response = reviewer_client.post(
+        reverse("flag_decide", args=[flags["duplicate"].pk]), {"decision": "reject"}
+    )
+    page = reviewer_client.get(response.url).content.decode()
+    assert f"Flag #{flags['duplicate'].pk} marked not an error. Undo (u)" in page
 
 
 @pytest.mark.parametrize(
