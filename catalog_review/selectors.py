@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import F, Func, QuerySet, Value
 
 from catalog_review.models import Category, Flag, ModelVersion, Product, VariationFamily
@@ -201,7 +202,9 @@ def dashboard_stats(*, days: int = 14) -> dict:
 
 def search_by_meaning(*, text: str, limit: int = 48) -> list[Product]:
     """Listings whose title means what `text` says: the text in the active version's title space,
-    then pgvector kNN over the stored title vectors. Empty before anything was scored."""
+    then pgvector kNN over the stored title vectors, most similar first, each with its `similarity`
+    (cosine); none below MEANING_MIN_SIMILARITY (a query that means nothing here finds nothing).
+    Empty before anything was scored."""
     from pgvector.django import CosineDistance
 
     from catalog_review.models import ProductEmbedding
@@ -219,4 +222,11 @@ def search_by_meaning(*, text: str, limit: int = 48) -> list[Product]:
         .order_by("distance")
         .select_related("product", "product__family", "product__category")[:limit]
     )
-    return [e.product for e in nearest]
+    found = []
+    for e in nearest:
+        similarity = 1.0 - float(e.distance)
+        if similarity < settings.MEANING_MIN_SIMILARITY:
+            break
+        e.product.similarity = similarity
+        found.append(e.product)
+    return found

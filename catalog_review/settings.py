@@ -265,6 +265,9 @@ IMAGE_FETCH_ALLOWED_HOSTS = [
 ]
 TITLE_MAX_CHARS = env_int("TITLE_MAX_CHARS", 500, minimum=1)
 CATALOGUE_PAGE_SIZE = env_int("CATALOGUE_PAGE_SIZE", 48, minimum=1)
+# "Match meaning" search: hits less similar than this (cosine in the title space) are not shown.
+# Measured: queries that mean nothing ("xxxx", "asdf") reach 0.28-0.40, real ones 0.50-1.00
+MEANING_MIN_SIMILARITY = env_float("MEANING_MIN_SIMILARITY", 0.45, minimum=-1.0)
 REVIEW_PAGE_SIZE = env_int("REVIEW_PAGE_SIZE", 50, minimum=1)
 REVIEW_CLAIM_SECONDS = env_int("REVIEW_CLAIM_SECONDS", 300, minimum=10)  # a flag page renews it while open
 

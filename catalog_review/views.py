@@ -49,7 +49,17 @@ def catalogue(request):
     page = Paginator(products, settings.CATALOGUE_PAGE_SIZE).get_page(filters.get("page") or 1)
     query = request.GET.copy()
     query.pop("page", None)
-    context = {"form": form, "page": page, "query": query.urlencode()}
+    meaning = request.GET.copy()
+    meaning["match"] = "meaning"
+    meaning.pop("page", None)
+    context = {
+        "form": form,
+        "page": page,
+        "query": query.urlencode(),
+        "by_meaning": filters.get("match") == "meaning" and bool(filters.get("q")),
+        "meaning_query": meaning.urlencode(),
+        "catalogue_empty": not page.object_list and not Product.objects.exists(),
+    }
     template = "catalog_review/catalogue.html#results" if request.htmx else "catalog_review/catalogue.html"
     return render(request, template, context)
 

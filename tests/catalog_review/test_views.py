@@ -202,6 +202,18 @@ def test_search_by_meaning_uses_the_title_space_of_the_active_version(reviewer_c
     assert np.isclose(np.linalg.norm(title_query_vector(model, "anything")), 1.0, atol=1e-4)
     words = reviewer_client.get(reverse("catalogue"), {"q": "crimson gown"})
     assert words.context["page"].paginator.count == 0, "word match finds nothing: meaning does"
+    assert (
+        "Match meaning instead" in words.content.decode() and "import_catalogue" not in words.content.decode()
+    )
+    # each hit says how close it is, most similar first; a query that means nothing finds nothing
+    hits = response.context["page"].object_list
+    similarities = [p.similarity for p in hits]
+    assert similarities == sorted(similarities, reverse=True) and similarities[0] > 0.5
+    assert all(s >= 0.45 for s in similarities)
+    assert f'data-similarity="{similarities[0]:.2f}"' in response.content.decode()
+    nothing = reviewer_client.get(reverse("catalogue"), {"q": "xxxx", "match": "meaning"})
+    assert nothing.context["page"].paginator.count == 0
+    assert "Nothing in the catalogue means something close to “xxxx”" in nothing.content.decode()
 
 
 def test_the_active_model_version_is_shown_on_every_page(reviewer_client, client, catalogue):
