@@ -306,7 +306,7 @@ def jobs_score(request):
             isinstance(scope["skus"], list) and all(isinstance(s, str) for s in scope["skus"])
         ):
             raise ValueError("skus must be a list of strings")
-        job = score_start(scope=scope, requested_by=request.user)
+        job = score_start(scope=scope | {"reason": "api"}, requested_by=request.user)
     except (ValueError, ScopeError) as exc:
         return _error(400, str(exc))
     return JsonResponse(job_json(job, request), status=202)
@@ -335,6 +335,7 @@ def jobs_train(request):
             steps=steps,
             end_to_end=end_to_end,
             warm_start=warm_start,
+            reason="api",
         )
     except (ValueError, TrainingError) as exc:
         return _error(400, str(exc))

@@ -284,6 +284,44 @@ class Job(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
+    TRIGGERS = {
+        "review": "reviewer confirmation",
+        "import": "import",
+        "admin": "admin",
+        "api": "API",
+        "command": "command line",
+        "training": "training (re-score with the new version)",
+        "activation": "version activated",
+    }
+
+    @property
+    def trigger(self) -> str:
+        """What started the job, in words (job pages)."""
+        reason = (self.scope or {}).get("reason", "")
+        label = self.TRIGGERS.get(reason) or ("admin" if self.requested_by_id else "command line")
+        if self.requested_by_id and reason in ("admin", "api", "training", "activation", ""):
+            return f"{label} ({self.requested_by.get_username()})"
+        return label
+
+    def timing(self, now=None) -> dict:
+        """Elapsed time and, for a running job past 2% of its work, an estimate of the time left, as
+        words ("4 min 10 s")."""
+        now = now or timezone.now()
+        if self.started_at is None:
+            return {}
+        end = self.finished_at if self.is_finished and self.finished_at else now
+        elapsed = (end - self.started_at).total_seconds()
+        out = {"elapsed": _duration(elapsed)}
+        done = self.progress
+        if not self.is_finished and 0.02 <= done < 1:
+            out["left"] = _duration(elapsed * (1 - done) / done)
+        return out
+
+    @property
+    def facts(self) -> list[tuple[str, str]]:
+        """The job's counts as labelled numbers in plain words (job pages)."""
+        return [(_fact_label(key), _fact_value(value)) for key, value in (self.counts or {}).items()]
+
     @property
     def scope_label(self) -> str:
         """What the job covers, in words (job tables)."""
@@ -313,6 +351,53 @@ class Job(models.Model):
             )
             return steps + backbones + start + (", activate" if scope.get("activate") else "")
         return str(scope.get("file", ""))
+
+
+FACT_LABELS = {
+    "listings": "listings",
+    "open_flags": "open flags",
+    "stale": "flags that no longer hold (stale)",
+    "duplicate_created": "duplicate flags raised",
+    "duplicate_updated": "duplicate flags updated",
+    "wrong_variant_created": "wrong-variant flags raised",
+    "wrong_variant_updated": "wrong-variant flags updated",
+    "phase": "phase",
+    "end_to_end": "backbones fine-tuned end to end",
+    "version": "model version",
+    "activated": "activated",
+    "rescore_job": "re-score job",
+}
+
+
+def _fact_label(key: str) -> str:
+    return FACT_LABELS.get(key) or str(key).replace("_", " ")
+
+
+def _fact_value(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{_fact_label(k)} {_fact_value(v)}" for k, v in value.items()) or "—"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fact_value(v) for v in value) or "—"
+    return str(value).replace("_", " ")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
 
 class JobChunk(models.Model):

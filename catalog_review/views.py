@@ -92,9 +92,9 @@ def product_detail(request, sku: str):
 
 @require_GET
 def job_detail(request, job_id: int):
-    job = get_object_or_404(Job, pk=job_id)
+    job = get_object_or_404(Job.objects.select_related("requested_by"), pk=job_id)
     template = "catalog_review/job.html#progress" if request.htmx else "catalog_review/job.html"
-    return render(request, template, {"job": job})
+    return render(request, template, {"job": job, "timing": job.timing()})
 
 
 @require_GET
@@ -431,12 +431,12 @@ def manage_start_score(request):
     form = ScoreJobForm(request.POST)
     if form.is_valid():
         try:
-            job = score_start(scope=form.scope(), requested_by=request.user)
+            job = score_start(scope=form.scope() | {"reason": "admin"}, requested_by=request.user)
         except ScopeError as exc:
             form.add_error(None, str(exc))
         else:
             return redirect("job", job_id=job.pk)
-    jobs = Job.objects.order_by("-created_at")[:50]
+    jobs = Job.objects.select_related("requested_by").order_by("-created_at")[:50]
     context = {"jobs": jobs, "score_form": form, "train_form": TrainJobForm()}
     return render(request, "catalog_review/manage_jobs.html", context, status=400)
 
@@ -446,7 +446,7 @@ def manage_start_score(request):
 def manage_start_train(request):
     form = TrainJobForm(request.POST)
     if not form.is_valid():
-        jobs = Job.objects.order_by("-created_at")[:50]
+        jobs = Job.objects.select_related("requested_by").order_by("-created_at")[:50]
         context = {"jobs": jobs, "score_form": ScoreJobForm(), "train_form": form}
         return render(request, "catalog_review/manage_jobs.html", context, status=400)
     job = train_start(
@@ -456,6 +456,7 @@ def manage_start_train(request):
         steps=form.cleaned_data["steps"],
         end_to_end=form.end_to_end(),
         warm_start=form.warm_start(),
+        reason="admin",
     )
     return redirect("job", job_id=job.pk)
 
@@ -576,7 +577,7 @@ def manage_activate_model(request, version_id: int):
         activate_version(version)
         note = ""
         if settings.SCORE_AFTER_ACTIVATION:
-            job = score_start(version=version, requested_by=request.user)
+            job = score_start(version=version, requested_by=request.user, scope={"reason": "activation"})
             note = f" Re-scoring the catalogue as job #{job.pk}."
         messages.success(request, f"{version.name} is now the active model version.{note}")
     else:

@@ -86,6 +86,10 @@ class ScopeError(ValueError):
 # --- scope -----------------------------------------------------------------------------------------
 
 
+SCOPE_KEYS = ("family", "category", "skus", "product_ids", "family_ids")  # a part of the catalogue
+# (a scope's "reason" says what triggered the job: "import", "review", "admin", "api", "command", ...)
+
+
 def scope_family_ids(scope: dict) -> list[int]:
     """Families to score. Scopes: {} (everything), {"family": code}, {"category": path},
     {"skus": [...]}, {"product_ids": [...]}, {"family_ids": [...]}; a listing is always scored with
@@ -165,7 +169,9 @@ def score_start(*, scope: dict | None = None, requested_by=None, version: ModelV
             Job.objects.filter(pk=job.pk).update(
                 status=Job.Status.SUCCEEDED, finished_at=timezone.now(), counts={"listings": 0}
             )
-        elif scope and (reuse := VersionScorer.objects.filter(model_version=version).order_by("-id").first()):
+        elif any(key in scope for key in SCOPE_KEYS) and (
+            reuse := VersionScorer.objects.filter(model_version=version).order_by("-id").first()
+        ):
             # a part of the catalogue (a family a reviewer just decided, an import's changed families):
             # the version's latest scorer weighs it, so a re-score takes seconds; the next full score
             # job fits a new one (with the decisions made meanwhile)

@@ -60,8 +60,10 @@ def train_start(
     steps: int | None = None,
     end_to_end: bool | None = None,
     warm_start: bool | None = None,
+    reason: str = "",
 ) -> Job:
-    """Queue a train job. `end_to_end` None leaves it to TRAIN_END_TO_END on the worker that runs it
+    """Queue a train job (`reason`: what triggered it, shown on the job page: "admin", "api", "command").
+    `end_to_end` None leaves it to TRAIN_END_TO_END on the worker that runs it
     (auto: fine-tune the backbones when that worker has CUDA). `warm_start` True starts every member
     from the active version's (the job fails if that version cannot be a start: zero-shot, another
     configuration or fold count), False from scratch, None: TRAIN_WARM_START decides, warm when it can.
@@ -75,6 +77,8 @@ def train_start(
     if warm_start is not None and not isinstance(warm_start, bool):
         raise TrainingError("warm_start must be true, false or left out (TRAIN_WARM_START decides)")
     scope = {"activate": activate, "force": force, "folds": settings.TRAIN_FOLDS}
+    if reason:
+        scope["reason"] = reason
     if steps is not None:
         scope["steps"] = steps
     if end_to_end is not None:
@@ -252,7 +256,9 @@ def train_run(job_id: int, worker: str = "") -> str:
                 reason += " (activated anyway: forced)"
         rescore_job = None
         if activated and settings.SCORE_AFTER_ACTIVATION:  # the new version's flags replace the old ones
-            rescore_job = score_start(version=version, requested_by=job.requested_by).pk
+            rescore_job = score_start(
+                version=version, requested_by=job.requested_by, scope={"reason": "training"}
+            ).pk
         Job.objects.filter(pk=job.pk).update(
             status=Job.Status.SUCCEEDED,
             finished_at=timezone.now(),

@@ -119,6 +119,37 @@ def test_job_page_polls_until_the_job_ends(reviewer_client):
     assert "every 1s" not in html and 'aria-valuenow="100"' in html
 
 
+def test_job_page_says_in_plain_words_what_ran_who_started_it_and_how_long_it_takes(
+    reviewer_client, admin_user
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    started = timezone.now() - timedelta(seconds=120)
+    job = Job.objects.create(
+        kind=Job.Kind.SCORE,
+        total=100,
+        done=25,
+        status=Job.Status.RUNNING,
+        started_at=started,
+        requested_by=admin_user,
+        scope={"reason": "admin", "model_version": "zero-shot"},
+        counts={"open_flags": 1234, "duplicate_created": 3, "end_to_end": True, "wrong_variant_cap": 0.0279},
+    )
+    html = " ".join(reviewer_client.get(reverse("job", kwargs={"job_id": job.pk})).content.decode().split())
+    assert "Started by <span data-trigger>admin (admin)</span> · whole catalogue · zero-shot" in html
+    assert "running for 2 min 0 s" in html and "about 6 min 0 s left" in html
+    assert "<dt>open flags</dt><dd>1,234</dd>" in html and "<dt>duplicate flags raised</dt><dd>3</dd>" in html
+    assert "<dd>yes</dd>" in html and "<dt>wrong variant cap</dt><dd>0.028</dd>" in html
+    assert (
+        "True" not in html and "open_flags" not in html and "{" not in html.split("<dl")[1].split("</dl>")[0]
+    )
+    review = Job.objects.create(kind=Job.Kind.SCORE, scope={"reason": "review", "family_ids": [1]})
+    html = reviewer_client.get(reverse("job", kwargs={"job_id": review.pk})).content.decode()
+    assert "reviewer confirmation" in html
+
+
 def test_login_page_logs_in(client, reviewer):
     response = client.post(reverse("login"), {"username": "reviewer", "password": "pw-for-tests"})
     assert response.status_code == 302

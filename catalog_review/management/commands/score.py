@@ -44,7 +44,7 @@ class Command(BaseCommand):
             require_worker("gpu")
             require_worker("default")
         try:
-            job = score_start(scope=scope, version=found)
+            job = score_start(scope=(scope or {}) | {"reason": "command"}, version=found)
         except ScopeError as exc:
             raise CommandError(str(exc)) from None
         listings = job.total // 2

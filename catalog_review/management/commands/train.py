@@ -56,7 +56,12 @@ class Command(BaseCommand):
             require_worker("gpu")
         try:
             job = train_start(
-                activate=activate, force=force, steps=steps, end_to_end=end_to_end, warm_start=warm_start
+                activate=activate,
+                force=force,
+                steps=steps,
+                end_to_end=end_to_end,
+                warm_start=warm_start,
+                reason="command",
             )
         except TrainingError as exc:
             raise CommandError(str(exc)) from None
