@@ -132,3 +132,19 @@ class TrainJobForm(forms.Form):
 
     def warm_start(self) -> bool | None:
         return {"warm": True, "scratch": False}.get(self.cleaned_data.get("start") or "")
+
+
+class ApiTokenForm(forms.Form):
+    """An admin creates an API token for a user (shown once)."""
+
+    user = forms.ModelChoiceField(queryset=None, empty_label=None, label="For user")
+    name = forms.CharField(max_length=100, required=False, label="What it is for")
+    expires_days = forms.IntegerField(
+        min_value=1, max_value=3650, required=False, label="Expires after (days; empty: never)"
+    )
+
+    def __init__(self, *args, **kwargs):
+        from django.contrib.auth import get_user_model
+
+        super().__init__(*args, **kwargs)
+        self.fields["user"].queryset = get_user_model().objects.filter(is_active=True).order_by("username")

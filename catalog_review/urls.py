@@ -44,6 +44,8 @@ urlpatterns = [
     path("manage/jobs/train/", views.manage_start_train, name="manage_start_train"),
     path("manage/jobs/<int:job_id>/cancel/", views.manage_cancel_job, name="manage_cancel_job"),
     path("manage/models/", views.manage_models, name="manage_models"),
+    path("manage/tokens/", views.manage_tokens, name="manage_tokens"),
+    path("manage/tokens/<int:token_id>/revoke/", views.manage_revoke_token, name="manage_revoke_token"),
     path(
         "manage/models/<int:version_id>/activate/", views.manage_activate_model, name="manage_activate_model"
     ),

@@ -469,6 +469,60 @@ def manage_cancel_job(request, job_id: int):
     return redirect("job", job_id=job.pk)
 
 
+@staff_required
+def manage_tokens(request):
+    """API tokens: create one for a user (the token is shown once, on this response only), list them with
+    their state and last use, revoke."""
+    from datetime import timedelta
+
+    from catalog_review.api import create_token
+    from catalog_review.forms import ApiTokenForm
+    from catalog_review.models import ApiToken
+
+    if request.method not in ("GET", "POST"):
+        return HttpResponse(status=405)
+    form = ApiTokenForm(request.POST or None)
+    created, status = None, 200
+    if request.method == "POST":
+        if form.is_valid():
+            days = form.cleaned_data["expires_days"]
+            user = form.cleaned_data["user"]
+            created = {
+                "token": create_token(
+                    user,
+                    name=form.cleaned_data["name"],
+                    expires_at=timezone.now() + timedelta(days=days) if days else None,
+                ),
+                "user": user.get_username(),
+            }
+            form = ApiTokenForm()
+        else:
+            status = 400
+    tokens = ApiToken.objects.select_related("user").order_by("-created_at")[:200]
+    response = render(
+        request,
+        "catalog_review/manage_tokens.html",
+        {"form": form, "tokens": tokens, "created": created, "now": timezone.now()},
+        status=status,
+    )
+    response["Cache-Control"] = "no-store"  # the one response that shows a token
+    return response
+
+
+@require_POST
+@staff_required
+def manage_revoke_token(request, token_id: int):
+    from catalog_review.api import revoke_tokens
+    from catalog_review.models import ApiToken
+
+    tokens = ApiToken.objects.filter(pk=token_id)
+    if not tokens.exists():
+        raise Http404("no such token")
+    revoked = revoke_tokens(tokens)
+    messages.success(request, "Token revoked." if revoked else "That token was already revoked.")
+    return redirect("manage_tokens")
+
+
 @require_GET
 @staff_required
 def manage_models(request):

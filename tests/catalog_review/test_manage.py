@@ -16,8 +16,9 @@ def admin_client(client, admin_user):
     return client
 
 
-STAFF_GETS = ["manage_jobs", "manage_models"]
+STAFF_GETS = ["manage_jobs", "manage_models", "manage_tokens"]
 STAFF_POSTS = [
+    ("manage_revoke_token", {"token_id": 1}),
     ("manage_start_score", {}),
     ("manage_start_train", {}),
     ("manage_cancel_job", {"job_id": 1}),
@@ -65,7 +66,7 @@ def test_start_training_and_cancel_it(admin_client):
     response = admin_client.post(reverse("manage_start_train"), {"steps": "5", "activate": "on"})
     job = Job.objects.get(kind=Job.Kind.TRAIN)
     assert response.url == reverse("job", args=[job.pk])
-    assert job.scope == {"activate": True, "force": False, "steps": 5, "folds": 2}
+    assert job.scope == {"activate": True, "force": False, "steps": 5, "folds": 2, "reason": "admin"}
     assert b"Cancel job" in admin_client.get(reverse("job", args=[job.pk])).content
     admin_client.post(reverse("manage_cancel_job", args=[job.pk]))
     job.refresh_from_db()
@@ -262,3 +263,35 @@ def test_the_gate_does_not_refuse_a_version_for_the_validation_sets_own_noise(se
         "gate_with_review": {"sd": 0.006, "keys": ["review_same_family_ap", "review_same_product_ap"]}
     }
     assert promotion_decision(new | worse, active | labelled, both)[0]
+
+
+def test_admins_create_list_and_revoke_api_tokens_in_the_ui(admin_client, reviewer):
+    from django.test import Client
+
+    from catalog_review.models import ApiToken
+
+    as_reviewer = Client()
+    as_reviewer.force_login(reviewer)
+    assert as_reviewer.post(reverse("manage_tokens"), {"user": reviewer.pk}).status_code == 403
+
+    response = admin_client.post(
+        reverse("manage_tokens"), {"user": reviewer.pk, "name": "nightly export", "expires_days": "30"}
+    )
+    assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    html = response.content.decode()
+    token = html.split("data-token>")[0].rsplit('value="', 1)[1].split('"')[0]
+    assert token.startswith("cr_") and "cannot be shown again" in html
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert api.get("/api/flags").status_code == 200
+    listed = admin_client.get(reverse("manage_tokens")).content.decode()
+    assert token not in listed, "shown once"
+    assert token[:8] in listed and "nightly export" in listed and ">active<" in listed
+    stored = ApiToken.objects.get(prefix=token[:8])
+    assert stored.expires_at is not None and stored.user == reviewer
+    # bad input: a clear error, nothing created
+    bad = admin_client.post(reverse("manage_tokens"), {"user": reviewer.pk, "expires_days": "0"})
+    assert bad.status_code == 400 and ApiToken.objects.count() == 1
+    response = admin_client.post(reverse("manage_revoke_token", args=[stored.pk]), follow=True)
+    assert "Token revoked." in response.content.decode() and ">revoked<" in response.content.decode()
+    assert api.get("/api/flags").status_code == 401
+    assert admin_client.post(reverse("manage_revoke_token", args=[999999])).status_code == 404
