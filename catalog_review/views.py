@@ -212,6 +212,38 @@ def _decision_message(row) -> str:
     return f"Flag #{row.flag_id} {what}. Undo (u)"
 
 
+def _compare_rows(a, b) -> list[dict]:
+    """A duplicate flag's two listings field by field (title, sku, family, category, description, every
+    attribute of either), each row marked where they differ (text compared as a reviewer reads it:
+    case and spacing aside)."""
+
+    def norm(value) -> str:
+        return " ".join(str(value).split()).lower()
+
+    def category(p) -> str:
+        return p.category.path if p.category_id else ""
+
+    rows = [
+        ("title", a.title, b.title),
+        ("sku", a.sku, b.sku),
+        ("family", a.family.code, b.family.code),
+        ("category", category(a), category(b)),
+        ("description", a.description, b.description),
+    ]
+    keys = sorted(set(a.attributes or {}) | set(b.attributes or {}))
+    rows += [(key, (a.attributes or {}).get(key, ""), (b.attributes or {}).get(key, "")) for key in keys]
+    return [
+        {
+            "label": label,
+            "a": "" if x is None else x,
+            "b": "" if y is None else y,
+            "differs": label != "sku" and norm(x or "") != norm(y or ""),
+            "attribute": i >= 5,
+        }
+        for i, (label, x, y) in enumerate(rows)
+    ]
+
+
 def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
     """The flag page. Looking at a flag does not claim it: the review flow (Start reviewing, the next flag
     after a decision) claims the flags it serves, and the page renews only a claim that is the reader's."""
@@ -240,6 +272,15 @@ def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
         "query": _queue_query(request),
         "message": message,
         "claim_seconds": settings.REVIEW_CLAIM_SECONDS,
+        "compare": _compare_rows(flag.product, flag.counterpart)
+        if flag.kind == Flag.Kind.DUPLICATE and flag.counterpart_id
+        else [],
+        "compare_pair": [
+            (flag.product, flag.heatmap),
+            (flag.counterpart, evidence.get("counterpart_heatmap", "")),
+        ]
+        if flag.kind == Flag.Kind.DUPLICATE and flag.counterpart_id
+        else [],
         "related_duplicates": review.related_open_duplicates(flag).count()
         if flag.kind == Flag.Kind.DUPLICATE and flag.status == Flag.Status.OPEN
         else 0,
@@ -249,7 +290,14 @@ def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
 def _flag_or_404(flag_id: int) -> Flag:
     return get_object_or_404(
         Flag.objects.select_related(
-            "product", "product__family", "counterpart", "counterpart__family", "model_version", "claimed_by"
+            "product",
+            "product__family",
+            "product__category",
+            "counterpart",
+            "counterpart__family",
+            "counterpart__category",
+            "model_version",
+            "claimed_by",
         ).defer(*(f"model_version__{f}" for f in ("config", "metrics", "training_data"))),
         pk=flag_id,
     )

@@ -163,6 +163,28 @@ def test_flag_page_shows_family_and_evidence_and_claims(reviewer_client, reviewe
     assert "the image backbone responds most" in text, "the heatmap legend says what it shows"
 
 
+def test_a_duplicate_flag_compares_the_two_listings_field_by_field(reviewer_client, flags):
+    flag = flags["duplicate"]
+    a, b = flag.product, flag.counterpart
+    a.attributes, b.attributes = (
+        {"colour": "Red", "size": "M"},
+        {"colour": "red ", "size": "L", "fit": "slim"},
+    )
+    a.description, b.description = "A lamp.", "A lamp."
+    b.category = a.category
+    a.save()
+    b.save()
+    html = reviewer_client.get(reverse("flag", args=[flag.pk])).content.decode()
+    text = " ".join(html.split())
+    assert "data-compare" in html
+    rows = {r.split('data-field="')[1].split('"')[0]: r for r in text.split("<tr")[1:] if 'data-field="' in r}
+    assert list(rows)[:5] == ["title", "sku", "family", "category", "description"]
+    assert list(rows)[5:] == ["colour", "fit", "size"], "every attribute of either listing, aligned"
+    differs = {name for name, row in rows.items() if row.startswith(' class="differs')}
+    assert differs == {"title", "family", "fit", "size"}, "case and spacing aside: Red == red"
+    assert "Circle lamp copy" in rows["title"] and "slim" in rows["fit"] and "—" in rows["fit"]
+
+
 def test_confirm_writes_decision_pairs_and_serves_the_next_flag_in_place(reviewer_client, reviewer, flags):
     flag = flags["wrong_variant"]
     response = reviewer_client.post(
