@@ -211,10 +211,13 @@ def test_two_reviewers_on_one_flag_exactly_one_decision_wins(browser, live_serve
         context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=live_server.url)
         p = context.new_page()
         log_in(p, username=name)
-        p.goto(f"/flags/{flag.pk}/")
+        # the first reviewer starts reviewing (the review flow claims the flag); alice opens the flag's link
+        p.goto("/review/next/" if name == "reviewer" else f"/flags/{flag.pk}/")
         pages.append(p)
     first, second = pages
-    assert "reviewer is reviewing this flag right now" in second.locator("#flag-panel").inner_text()
+    assert first.locator("#flag-panel").get_attribute("data-flag") == str(flag.pk)
+    second.reload()
+    assert "reviewer is reviewing this flag (claimed until" in second.locator("#flag-panel").inner_text()
     shot(second, "review-claimed")
     first.keyboard.press("y")
     first.wait_for_selector(f"#flag-panel:not([data-flag='{flag.pk}'])")
