@@ -146,7 +146,11 @@ def main() -> None:
             scorer.wait(120)
             job_id = query("SELECT max(id) FROM catalog_review_job WHERE kind = 'score' AND id > %s", before)
             job_id = job_id[0][0]
-            _wait(lambda j=job_id, st=stage: _chunks_done(query, j, st) > 0, 300, f"a first {stage} chunk")
+            _wait(
+                lambda j=job_id, st=stage: _chunks_done(query, j, st) > 0,
+                JOB_TIMEOUT_S,
+                f"a first {stage} chunk",
+            )
             fault()
             back = time.monotonic()
             status = _wait(lambda j=job_id: _finished(query, j), JOB_TIMEOUT_S, f"job {job_id} to finish")
