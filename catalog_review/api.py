@@ -206,14 +206,30 @@ def flag_decision(request, flag_id: int):
     request_id = body.get("client_request_id") or request.headers.get("Idempotency-Key") or None
     if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 100):
         return _error(400, "client_request_id must be text of at most 100 characters")
+    suggested_family = body.get("suggested_family")
+    if suggested_family is not None and (
+        not isinstance(suggested_family, str) or len(suggested_family) > 200
+    ):
+        return _error(400, "suggested_family must be a family code (text of at most 200 characters)")
+    no_family = body.get("belongs_to_no_family", False)
+    if not isinstance(no_family, bool):
+        return _error(400, "belongs_to_no_family must be true or false")
     if not Flag.objects.filter(pk=flag_id).exists():
         return _error(404, f"no flag {flag_id}")
     try:
         result = review.decide(
-            flag_id=flag_id, user=request.user, decision=decision, note=note, client_request_id=request_id
+            flag_id=flag_id,
+            user=request.user,
+            decision=decision,
+            note=note,
+            client_request_id=request_id,
+            suggested_family=suggested_family,
+            no_family=no_family,
         )
     except review.ReviewConflict as exc:
         return _error(409, str(exc), flag_status=exc.flag.status)
+    except review.BadFix as exc:
+        return _error(400, str(exc))
     row = result.decision
     if row.flag_id != flag_id:
         return _error(409, "client_request_id was already used for another flag")
@@ -225,6 +241,8 @@ def flag_decision(request, flag_id: int):
         "reviewer": row.reviewer.get_username(),
         "created_at": row.created_at.isoformat(),
         "client_request_id": row.client_request_id,
+        "suggested_family": row.suggested_family.code if row.suggested_family_id else None,
+        "belongs_to_no_family": row.belongs_to_no_family,
         "labelled_pairs": row.labelled_pairs.count(),
     }
     return JsonResponse(payload, status=201 if result.created else 200)
@@ -257,6 +275,27 @@ def labels(request):
             "results": [label_json(p) for p in page],
             # resume from here (also when this page was not full: new labels arrive after it)
             "next_cursor": _encode_cursor([last.txid, last.pk]) if last else request.GET.get("since"),
+            "more": more,
+        }
+    )
+
+
+@api_view(("GET",))
+def corrections(request):
+    """The confirmed errors in force with their fixes, in decision order (the lines of
+    `export_corrections`); `cursor` resumes after the last one served."""
+    try:
+        limit = _limit(request, default=500)
+        cursor = _decode_cursor(request.GET.get("cursor"), 1)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    page = list(review.corrections_in_force(after_id=cursor[0] if cursor else None)[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return JsonResponse(
+        {
+            "results": [review.correction_line(row) for row in page],
+            "next_cursor": _encode_cursor([page[-1].pk]) if page else request.GET.get("cursor"),
             "more": more,
         }
     )
@@ -403,6 +442,11 @@ OPENAPI = {
                         "decision": {"enum": ["confirm", "reject", "skip"]},
                         "note": {"type": "string"},
                         "client_request_id": {"type": "string"},
+                        "suggested_family": {
+                            "type": "string",
+                            "description": "confirmed wrong variant: its family",
+                        },
+                        "belongs_to_no_family": {"type": "boolean"},
                     },
                 },
                 responses={
@@ -418,6 +462,14 @@ OPENAPI = {
             "get": _op(
                 "Labelled pairs, each exactly once, in a stable order",
                 params=[("since", "query", "string"), ("limit", "query", "integer")],
+                responses={200: "{results, next_cursor, more}", **_COMMON},
+            )
+        },
+        "/api/corrections": {
+            "get": _op(
+                "Confirmed errors in force with their fixes (sku, kind, duplicate_of, suggested_family, "
+                "reviewer, decided_at, note), in decision order",
+                params=[("cursor", "query", "string"), ("limit", "query", "integer")],
                 responses={200: "{results, next_cursor, more}", **_COMMON},
             )
         },

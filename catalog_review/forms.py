@@ -69,6 +69,9 @@ class DecisionForm(forms.Form):
     )
     note = forms.CharField(required=False, max_length=2000)
     client_request_id = forms.CharField(required=False, max_length=100)
+    # with a confirmed wrong variant: where it belongs (a family code) or "no family here"
+    suggested_family = forms.CharField(required=False, max_length=200)
+    no_family = forms.BooleanField(required=False)
 
 
 class ScoreJobForm(forms.Form):

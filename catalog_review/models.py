@@ -542,6 +542,11 @@ class ReviewDecision(models.Model):
     )
     client_request_id = models.CharField(max_length=100, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # the fix a reviewer gives with a confirmed wrong variant: the family it belongs to, or none here
+    suggested_family = models.ForeignKey(
+        VariationFamily, null=True, blank=True, on_delete=models.SET_NULL, related_name="suggested_by"
+    )
+    belongs_to_no_family = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["created_at", "id"]

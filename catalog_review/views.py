@@ -68,7 +68,30 @@ def catalogue(request):
 def family_detail(request, code: str):
     family = get_object_or_404(VariationFamily, code=code)
     members = list(selectors.family_members(family=family))
+    confirmed = review.confirmed_wrong_variants([m.pk for m in members])
+    for member in members:
+        member.confirmed_wrong = member.pk in confirmed
     return render(request, "catalog_review/family.html", {"family": family, "members": members})
+
+
+@require_POST
+def mark_duplicate(request, sku: str):
+    """From a product page's "More like this": this listing is a second page of that one."""
+    product = get_object_or_404(Product, sku=sku)
+    other = Product.objects.filter(sku=(request.POST.get("of") or "").strip()).first()
+    if other is None:
+        messages.error(request, "No such listing to mark this one a duplicate of.")
+        return redirect("product", sku=product.sku)
+    try:
+        result = review.mark_duplicate(product=product, of=other, user=request.user)
+    except (review.BadFix, review.ReviewConflict) as exc:
+        messages.error(request, str(exc))
+        return redirect("product", sku=product.sku)
+    messages.success(
+        request,
+        f"{product.sku} marked as a duplicate of {other.sku} (flag #{result.decision.flag_id}, confirmed).",
+    )
+    return redirect("product", sku=product.sku)
 
 
 @require_GET
@@ -212,6 +235,20 @@ def _decision_message(row) -> str:
     return f"Flag #{row.flag_id} {what}. Undo (u)"
 
 
+def _nearest_families(flag: Flag, limit: int = 6) -> list[tuple[str, str]]:
+    """Where a wrong variant may belong: the families of its nearest listings (pgvector kNN over the
+    active version's fused vectors), its own left out, nearest first: (code, a member's title)."""
+    seen, out = {flag.product.family.code}, []
+    for product in selectors.similar_products(product=flag.product, by="listing", limit=24):
+        code = product.family.code
+        if code not in seen:
+            seen.add(code)
+            out.append((code, product.title))
+        if len(out) == limit:
+            break
+    return out
+
+
 def _compare_rows(a, b) -> list[dict]:
     """A duplicate flag's two listings field by field (title, sku, family, category, description, every
     attribute of either), each row marked where they differ (text compared as a reviewer reads it:
@@ -272,6 +309,7 @@ def _flag_context(request, flag: Flag, *, message: str = "") -> dict:
         "query": _queue_query(request),
         "message": message,
         "claim_seconds": settings.REVIEW_CLAIM_SECONDS,
+        "nearest_families": _nearest_families(flag) if flag.kind == Flag.Kind.WRONG_VARIANT else [],
         "compare": _compare_rows(flag.product, flag.counterpart)
         if flag.kind == Flag.Kind.DUPLICATE and flag.counterpart_id
         else [],
@@ -323,9 +361,14 @@ def flag_decide(request, flag_id: int):
             decision=form.cleaned_data["decision"],
             note=form.cleaned_data["note"],
             client_request_id=form.cleaned_data["client_request_id"] or None,
+            suggested_family=form.cleaned_data["suggested_family"],
+            no_family=form.cleaned_data["no_family"],
         )
     except Flag.DoesNotExist:
         raise Http404("no such flag") from None
+    except review.BadFix as exc:
+        context = _flag_context(request, _flag_or_404(flag_id), message=str(exc))
+        return render(request, _flag_template(request), context, status=400)
     except review.ReviewConflict as exc:
         flag = _flag_or_404(flag_id)
         return render(
@@ -554,6 +597,27 @@ def manage_tokens(request):
         status=status,
     )
     response["Cache-Control"] = "no-store"  # the one response that shows a token
+    return response
+
+
+@require_GET
+@staff_required
+def manage_corrections(request):
+    """The corrections file for download (the lines of `export_corrections`): CSV or JSON lines."""
+    import io
+
+    from catalog_review.services.corrections import write_corrections
+
+    fmt = request.GET.get("format", "csv")
+    if fmt not in ("csv", "jsonl"):
+        return HttpResponse("format must be csv or jsonl", status=400, content_type="text/plain")
+    buffer = io.StringIO()
+    write_corrections(buffer, csv_format=fmt == "csv")
+    response = HttpResponse(
+        buffer.getvalue(), content_type="text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+    )
+    stamp = timezone.now().strftime("%Y%m%d-%H%M")
+    response["Content-Disposition"] = f'attachment; filename="corrections-{stamp}.{fmt}"'
     return response
 
 

@@ -16,7 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from catalog_review.models import Flag, LabelledPair, Product, ReviewDecision
+from catalog_review.models import Flag, LabelledPair, Product, ReviewDecision, VariationFamily
 
 D = ReviewDecision.Decision
 R = LabelledPair.Relation
@@ -121,11 +121,34 @@ class DecisionResult:
     created: bool  # False: an idempotent retry of the same client request
 
 
+class BadFix(ValueError):
+    """A fix that cannot go with this decision (the caller answers 400)."""
+
+
 def decide(
-    *, flag_id: int, user, decision: str, note: str = "", client_request_id: str | None = None
+    *,
+    flag_id: int,
+    user,
+    decision: str,
+    note: str = "",
+    client_request_id: str | None = None,
+    suggested_family: str | None = None,
+    no_family: bool = False,
 ) -> DecisionResult:
+    """Record a decision. With a confirmed wrong variant, the reviewer may give the fix: the family the
+    listing belongs to (`suggested_family`, a family code) or `no_family` (it belongs to none here)."""
     if decision not in (D.CONFIRM, D.REJECT, D.SKIP):
         raise ValueError(f"unknown decision {decision!r}: use confirm, reject or skip")
+    suggested_family = (suggested_family or "").strip() or None
+    if (suggested_family or no_family) and decision != D.CONFIRM:
+        raise BadFix("a fix (the family it belongs to) goes with a confirmation only")
+    if suggested_family and no_family:
+        raise BadFix("choose a family or 'belongs to no family here', not both")
+    family = None
+    if suggested_family:
+        family = VariationFamily.objects.filter(code=suggested_family).first()
+        if family is None:
+            raise BadFix(f"no family with code {suggested_family!r}")
     try:
         with transaction.atomic():
             flag = (
@@ -147,12 +170,18 @@ def decide(
             # claim makes no sense
             if decision == D.SKIP and _held_by_other(flag, user):
                 raise ReviewConflict(flag, f"{flag.claimed_by.get_username()} is reviewing this flag")
+            if (family or no_family) and flag.kind != Flag.Kind.WRONG_VARIANT:
+                raise BadFix("a family fix goes with a wrong-variant flag only")
+            if family is not None and family.pk == flag.product.family_id:
+                raise BadFix(f"{flag.product.sku} is in family {family.code} already: that is what is wrong")
             row = ReviewDecision.objects.create(
                 flag=flag,
                 reviewer=user,
                 decision=decision,
                 note=note.strip(),
                 client_request_id=client_request_id,
+                suggested_family=family,
+                belongs_to_no_family=no_family,
             )
             if decision == D.SKIP:
                 Flag.objects.filter(pk=flag.pk).update(claimed_by=None, claim_expires_at=None)
@@ -321,3 +350,72 @@ def confirmed_wrong_variants(product_ids=None) -> set[int]:
     if product_ids is not None:
         pairs = pairs.filter(decision__flag__product_id__in=list(product_ids))
     return set(pairs.values_list("decision__flag__product_id", flat=True))
+
+
+# --- corrections: the confirmed errors in force, with their fixes -----------------------------------
+
+
+def corrections_in_force(*, after_id: int | None = None) -> QuerySet[ReviewDecision]:
+    """The confirmations in force (not undone, the flag still confirmed), in decision order: one per
+    confirmed error. `after_id`: those after that decision (a cursor)."""
+    undone = ReviewDecision.objects.filter(decision=D.UNDO).values("undoes_id")
+    rows = (
+        ReviewDecision.objects.filter(decision=D.CONFIRM, flag__status=Flag.Status.CONFIRMED)
+        .exclude(pk__in=undone)
+        .select_related("flag__product", "flag__counterpart", "reviewer", "suggested_family")
+        .order_by("id")
+    )
+    return rows.filter(pk__gt=after_id) if after_id is not None else rows
+
+
+CORRECTION_FIELDS = ("sku", "kind", "duplicate_of", "suggested_family", "reviewer", "decided_at", "note")
+
+
+def correction_line(row: ReviewDecision) -> dict:
+    """One confirmed error as the catalogue system reads it (DESIGN 4): a duplicate names the listing it
+    copies; a wrong variant, the family it belongs to (a listing that belongs to no family here: its own
+    sku, the import format's family of its own), or null when the reviewer did not say."""
+    flag = row.flag
+    if row.belongs_to_no_family:
+        family = flag.product.sku
+    else:
+        family = row.suggested_family.code if row.suggested_family_id else None
+    return {
+        "sku": flag.product.sku,
+        "kind": flag.kind,
+        "duplicate_of": flag.counterpart.sku
+        if flag.kind == Flag.Kind.DUPLICATE and flag.counterpart_id
+        else None,
+        "suggested_family": family,
+        "reviewer": row.reviewer.get_username(),
+        "decided_at": row.created_at.isoformat(),
+        "note": row.note,
+    }
+
+
+def mark_duplicate(*, product: Product, of: Product, user, note: str = "") -> DecisionResult:
+    """A reviewer saw that `product` is a second page of `of` ("More like this"): a duplicate flag for
+    the pair (the open one if the model raised it, else a new one) confirmed by the reviewer."""
+    from catalog_review.services.model_versions import active_version
+
+    if product.pk == of.pk:
+        raise BadFix("a listing is not a duplicate of itself")
+    existing = (
+        Flag.objects.filter(kind=Flag.Kind.DUPLICATE)
+        .filter(Q(product=product, counterpart=of) | Q(product=of, counterpart=product))
+        .order_by("-id")
+        .first()
+    )
+    if existing is None:
+        existing = Flag.objects.create(
+            kind=Flag.Kind.DUPLICATE,
+            product=product,
+            counterpart=of,
+            score=1.0,
+            model_version=active_version(),
+            evidence={
+                "raised_by": user.get_username(),
+                "lines": [{"channel": "reviewer", "strength": 0, "text": "marked by a reviewer"}],
+            },
+        )
+    return decide(flag_id=existing.pk, user=user, decision=D.CONFIRM, note=note)

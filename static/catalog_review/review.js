@@ -55,6 +55,9 @@
       var map = { y: "[data-key=y]", n: "[data-key=n]", s: "[data-key=s]", u: "[data-key=u]", j: "[data-key=j]" };
       if (map[event.key]) {
         if (click("#flag-panel " + map[event.key])) event.preventDefault();
+      } else if (event.key === "f") {  // the family a wrong variant belongs to (Enter confirms with it)
+        var fix = document.querySelector("#flag-panel input[name=suggested_family]");
+        if (fix) { fix.focus(); event.preventDefault(); }
       } else if (event.key === "k") {
         history.back();
       } else if (event.key === "h") {

@@ -150,6 +150,7 @@ def test_schema_is_served_and_lists_every_endpoint(client):
         "/api/flags",
         "/api/flags/{id}/decision",
         "/api/labels",
+        "/api/corrections",
         "/api/jobs/score",
         "/api/jobs/train",
         "/api/jobs/{id}",

@@ -443,3 +443,115 @@ def test_training_takes_confirmed_wrong_listings_out_of_their_family(reviewer, f
     assert dict(zip([p.sku for p in products], families, strict=True))["W"] == "FAM-1"
     assert counts["review_pairs"] == 1 and counts["listings_moved_out_of_families"] == 0
     assert review_pairs_for(products).counts()["different_family"] == 0, "retracted labels are not used"
+
+
+# --- fixes, not only verdicts: corrections for the catalogue system ---------------------------------
+
+
+def test_a_confirmed_wrong_variant_carries_its_fix_into_the_corrections(
+    reviewer_client, reviewer, flags, tmp_path, capsys
+):
+    import csv
+    import json
+
+    from django.core.management import call_command
+
+    from catalog_review.api import create_token
+
+    home = FamilyFactory(code="SHELVES")
+    ProductFactory(sku="S1", family=home)
+    flag = flags["wrong_variant"]
+    # bad fixes: a clear 400, nothing recorded
+    for bad, reason in (
+        ({"decision": "confirm", "suggested_family": "NOPE"}, "no family with code"),
+        ({"decision": "reject", "suggested_family": "SHELVES"}, "goes with a confirmation only"),
+        ({"decision": "confirm", "suggested_family": "FAM-1"}, "is in family FAM-1 already"),
+        ({"decision": "confirm", "suggested_family": "SHELVES", "no_family": "on"}, "not both"),
+    ):
+        response = reviewer_client.post(reverse("flag_decide", args=[flag.pk]), bad)
+        assert response.status_code == 400 and reason in response.content.decode(), bad
+    assert not ReviewDecision.objects.exists()
+
+    reviewer_client.post(
+        reverse("flag_decide", args=[flag.pk]),
+        {"decision": "confirm", "suggested_family": "SHELVES", "note": "a shelf"},
+    )
+    review.decide(flag_id=flags["duplicate"].pk, user=reviewer, decision="confirm")
+    review.decide(flag_id=flags["low"].pk, user=reviewer, decision="confirm", no_family=True)
+    expected = [
+        {
+            "sku": "W",
+            "kind": "wrong_variant",
+            "duplicate_of": None,
+            "suggested_family": "SHELVES",
+            "note": "a shelf",
+        },
+        {"sku": "M0", "kind": "duplicate", "duplicate_of": "O", "suggested_family": None, "note": ""},
+        {"sku": "M1", "kind": "wrong_variant", "duplicate_of": None, "suggested_family": "M1", "note": ""},
+    ]  # (no family here: its own sku, the import format's family of its own)
+
+    def keep(line):
+        return {k: line[k] for k in ("sku", "kind", "duplicate_of", "suggested_family", "note")}
+
+    call_command("export_corrections", output=tmp_path / "c.jsonl")
+    lines = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert [keep(x) for x in lines] == expected
+    assert set(lines[0]) == {
+        "sku",
+        "kind",
+        "duplicate_of",
+        "suggested_family",
+        "reviewer",
+        "decided_at",
+        "note",
+    }
+    assert lines[0]["reviewer"] == "reviewer" and lines[0]["decided_at"]
+    call_command("export_corrections", output=tmp_path / "c.csv")
+    rows = list(csv.DictReader(open(tmp_path / "c.csv", encoding="utf-8")))
+    assert [r["sku"] for r in rows] == ["W", "M0", "M1"] and rows[1]["duplicate_of"] == "O"
+
+    # the same lines at GET /api/corrections, cursor-paginated
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {create_token(reviewer)}")
+    first = api.get("/api/corrections", {"limit": 2}).json()
+    assert [keep(x) for x in first["results"]] == expected[:2] and first["more"]
+    rest = api.get("/api/corrections", {"cursor": first["next_cursor"]}).json()
+    assert [keep(x) for x in rest["results"]] == expected[2:] and not rest["more"]
+    assert api.get("/api/corrections", {"cursor": "nonsense"}).status_code == 400
+
+    # an undone decision drops out; the family page marks a confirmed wrong variant
+    review.undo(flag_id=flags["low"].pk, user=reviewer)
+    assert [x["sku"] for x in api.get("/api/corrections").json()["results"]] == ["W", "M0"]
+    family_page = reviewer_client.get(reverse("family", args=["FAM-1"])).content.decode()
+    assert family_page.count("data-confirmed-wrong") == 1 and 'data-sku="W"' in family_page
+
+
+def test_mark_as_duplicate_of_this_from_a_product_page(reviewer_client, reviewer, flags):
+    from catalog_review.models import Product
+
+    m2, other = Product.objects.get(sku="M2"), Product.objects.get(sku="O")
+    response = reviewer_client.post(reverse("mark_duplicate", args=["M2"]), {"of": "O"}, follow=True)
+    assert "M2 marked as a duplicate of O" in response.content.decode()
+    flag = Flag.objects.get(kind=Flag.Kind.DUPLICATE, product=m2, counterpart=other)
+    assert flag.status == Flag.Status.CONFIRMED and flag.decisions.get().reviewer == reviewer
+    assert LabelledPair.objects.filter(a=m2, b=other, relation=R.SAME_PRODUCT).exists()
+    # the pair the model already flagged is decided, not raised twice; bad input says why
+    reviewer_client.post(reverse("mark_duplicate", args=["M0"]), {"of": "O"})
+    assert Flag.objects.filter(kind=Flag.Kind.DUPLICATE, product__sku="M0", counterpart__sku="O").count() == 1
+    assert flags["duplicate"].decisions.get().decision == "confirm"
+    response = reviewer_client.post(reverse("mark_duplicate", args=["M2"]), {"of": "M2"}, follow=True)
+    assert "not a duplicate of itself" in response.content.decode()
+    response = reviewer_client.post(reverse("mark_duplicate", args=["M2"]), {"of": "ghost"}, follow=True)
+    assert "No such listing" in response.content.decode()
+
+
+def test_admins_download_the_corrections(client, reviewer, flags, admin_user):
+    review.decide(flag_id=flags["duplicate"].pk, user=reviewer, decision="confirm")
+    client.force_login(reviewer)
+    assert client.get(reverse("manage_corrections")).status_code == 403
+    client.force_login(admin_user)
+    response = client.get(reverse("manage_corrections"), {"format": "csv"})
+    assert response.status_code == 200 and "attachment" in response["Content-Disposition"]
+    body = response.content.decode()
+    assert body.splitlines()[0] == "sku,kind,duplicate_of,suggested_family,reviewer,decided_at,note"
+    assert body.splitlines()[1].startswith("M0,duplicate,O,,reviewer,")
+    assert client.get(reverse("manage_corrections"), {"format": "xml"}).status_code == 400

@@ -101,7 +101,9 @@ def test_catalogue_query_count_does_not_grow_with_the_page(
 
 
 def test_family_page_shows_every_member(reviewer_client, catalogue, django_assert_num_queries):
-    with django_assert_num_queries(5):  # session, user, family, members, active version
+    with django_assert_num_queries(
+        6
+    ):  # session, user, family, members, confirmed wrong variants, active version
         response = reviewer_client.get(reverse("family", kwargs={"code": "F-dress"}))
     html = response.content.decode()
     assert "Red dress" in html and "Blue dress" in html and "colour" in html
