@@ -28,6 +28,13 @@ class CatalogueFilterForm(forms.Form):
         self.fields["category"].label_from_instance = lambda c: ("\u2003" * (c.depth - 1)) + c.name
 
 
+SCORE_ERRORS = {
+    "invalid": "enter a number from 0 to 1",
+    "min_value": "enter a number from 0 to 1",
+    "max_value": "enter a number from 0 to 1",
+}
+
+
 class QueueFilterForm(forms.Form):
     """GET filters of the review queue."""
 
@@ -36,8 +43,12 @@ class QueueFilterForm(forms.Form):
         queryset=Category.objects.all(), required=False, empty_label="All categories"
     )
     family = forms.CharField(required=False, max_length=200)
-    min_score = forms.FloatField(required=False, min_value=0, max_value=1, label="Min score")
-    max_score = forms.FloatField(required=False, min_value=0, max_value=1, label="Max score")
+    min_score = forms.FloatField(
+        required=False, min_value=0, max_value=1, label="Min score", error_messages=SCORE_ERRORS
+    )
+    max_score = forms.FloatField(
+        required=False, min_value=0, max_value=1, label="Max score", error_messages=SCORE_ERRORS
+    )
     model_version = forms.ModelChoiceField(
         queryset=ModelVersion.objects.only("id", "name"),
         required=False,

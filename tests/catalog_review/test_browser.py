@@ -200,6 +200,86 @@ def test_reviewer_works_through_the_queue_with_the_keyboard(page, media_root):
     ]
 
 
+def test_the_reviewer_s_day_feedback_fixes_comparison_search_and_claims(
+    browser, live_server, media_root, tmp_path
+):
+    """Issue 23 in the browser: the status line after each key, a fix with a confirmation that reaches
+    export_corrections (and leaves it on undo), a duplicate compared above the decision bar at 1440 x 900,
+    the meaning search's empty state, looking without claiming, and no token page for a reviewer."""
+    from django.core.management import call_command
+
+    from catalog_review.models import Flag
+
+    UserFactory(username="reviewer")
+    flags = _flags_on_the_sample(media_root)
+    duplicate = Flag.objects.create(
+        kind=Flag.Kind.DUPLICATE,
+        product=Product.objects.get(sku="GS-041"),
+        counterpart=Product.objects.get(sku="GS-042"),
+        score=0.7,
+        model_version=flags[0].model_version,
+        evidence={
+            "lines": [{"channel": "title_words", "strength": 1.0, "text": "titles share most words (0.80)"}]
+        },
+    )
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, base_url=live_server.url)
+    page = context.new_page()
+    log_in(page)
+
+    # looking at a flag from a link does not claim it
+    page.goto(f"/flags/{flags[1].pk}/")
+    assert Flag.objects.get(pk=flags[1].pk).claimed_by is None
+
+    # the review flow: confirm the first flag with the family it belongs to (f, type, Enter)
+    page.goto("/review/next/")
+    page.wait_for_selector(f"#flag-panel[data-flag='{flags[0].pk}']")
+    page.keyboard.press("f")
+    page.keyboard.type("pear")
+    page.keyboard.press("Enter")
+    status = page.locator("#flag-panel [role=status]")
+    status.get_by_text(f"Flag #{flags[0].pk} confirmed as wrong variant. Undo (u)").wait_for()
+    assert "open flags left in this queue · 1 decided by you today" in status.inner_text()
+    shot(page, "review-feedback")
+    call_command("export_corrections", output=tmp_path / "c.jsonl")
+    lines = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert [(x["sku"], x["suggested_family"]) for x in lines] == [("GS-021", "pear")]
+    page.keyboard.press("u")  # undo: the correction leaves the export
+    page.wait_for_selector(f"#flag-panel[data-flag='{flags[0].pk}'][data-status='open']")
+    call_command("export_corrections", output=tmp_path / "c.jsonl")
+    assert (tmp_path / "c.jsonl").read_text() == ""
+
+    # a duplicate: both listings and every field above the sticky decision bar, without scrolling
+    page.goto(f"/flags/{duplicate.pk}/")
+    page.wait_for_selector("table.compare")
+    bar_top = page.locator(".decide-bar").bounding_box()["y"]
+    table = page.locator("table.compare").bounding_box()
+    assert table["y"] + table["height"] <= bar_top + 1, (table, bar_top)
+    assert page.locator("table.compare tr.differs[data-field=title]").count() == 1
+    shot(page, "review-duplicate-compare")
+
+    # meaning search: a query that means nothing finds nothing, and says so
+    page.goto("/?q=xxxx&match=meaning")
+    assert "Nothing in the catalogue means something close to “xxxx”" in page.locator("#results").inner_text()
+    shot(page, "catalogue-meaning-none")
+
+    # a 2,000-character note without spaces wraps; a decided flag offers no note field
+    from django.contrib.auth import get_user_model
+
+    from catalog_review.services import review
+
+    reviewer = get_user_model().objects.get(username="reviewer")
+    review.decide(flag_id=flags[2].pk, user=reviewer, decision="reject", note="x" * 2000)
+    page.goto(f"/flags/{flags[2].pk}/")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1440
+    assert page.locator("input[name=note]").count() == 0
+
+    # a reviewer cannot reach the token page
+    response = page.goto("/manage/tokens/")
+    assert response.status == 403 and "Not allowed" in page.content()
+    shot(page, "error-403")
+    context.close()
+
+
 def test_two_reviewers_on_one_flag_exactly_one_decision_wins(browser, live_server, media_root):
     from catalog_review.models import Flag, ReviewDecision
 

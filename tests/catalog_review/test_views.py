@@ -307,3 +307,19 @@ def test_a_refused_request_is_one_log_line_without_a_traceback(reviewer_client):
     assert response.status_code == 403
     assert "Forbidden (Permission denied): /manage/models/" in log.getvalue()
     assert "Traceback" not in log.getvalue(), log.getvalue()
+
+
+def test_error_pages_keep_the_navigation_and_say_what_to_do(reviewer_client, settings):
+    html = reviewer_client.get(reverse("manage_models")).content.decode()
+    assert 'data-status="403"' in html and "Admin pages are for staff users" in html
+    assert 'class="topbar"' in html, "the navigation stays"
+    response = reviewer_client.get("/flags/999999/")
+    assert response.status_code == 404 and 'data-status="404"' in response.content.decode()
+    assert "Search the catalogue" in response.content.decode()
+
+
+def test_filter_errors_name_their_field(reviewer_client):
+    html = reviewer_client.get(
+        reverse("review_queue"), {"min_score": "abc", "max_score": "7"}
+    ).content.decode()
+    assert "min score: enter a number from 0 to 1" in html and "max score: enter a number from 0 to 1" in html
