@@ -394,6 +394,19 @@ def job_detail(request, job_id: int):
 
 @login_not_required
 def schema(request):
+    """The OpenAPI schema, like every other call for a bearer token or a logged-in session (a browser
+    reading it from the app)."""
+    if not request.user.is_authenticated:
+        header = request.headers.get("Authorization", "")
+        digest = hashlib.sha256(header.removeprefix("Bearer ").strip().encode()).hexdigest()
+        token = ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
+        if (
+            not header.startswith("Bearer ")
+            or token is None
+            or token.state() != "active"
+            or not token.user.is_active
+        ):
+            return _error(401, "authentication required: send 'Authorization: Bearer <token>' or log in")
     return JsonResponse(OPENAPI)
 
 

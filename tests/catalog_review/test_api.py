@@ -143,8 +143,9 @@ def test_decision_201_then_409_and_idempotent_retries(reviewer, world):
     assert client.get(url).status_code == 405
 
 
-def test_schema_is_served_and_lists_every_endpoint(client):
-    schema = client.get("/api/schema").json()
+def test_schema_is_served_and_lists_every_endpoint(client, reviewer):
+    assert client.get("/api/schema").status_code == 401, "like every other call"
+    schema = api(reviewer).get("/api/schema").json()
     assert schema["openapi"].startswith("3.")
     assert set(schema["paths"]) == {
         "/api/flags",

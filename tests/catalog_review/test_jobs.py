@@ -48,3 +48,36 @@ def test_every_task_has_a_soft_and_a_hard_time_limit(settings):
         settings.TRAIN_SOFT_TIME_LIMIT_S,
         settings.TRAIN_SOFT_TIME_LIMIT_S + 60,
     )
+
+
+def test_a_transient_database_error_in_a_chunk_releases_it_for_a_retry_and_fails_nothing():
+    """The database (or the broker) gone for a moment: the chunk is released and retried (Celery
+    `retry`, 2-30 s apart), the job is not failed."""
+    from django.db import OperationalError
+
+    from catalog_review.models import JobChunk
+    from catalog_review.tasks import _run_chunk, flag_chunk
+
+    job = job_create(kind=Job.Kind.SCORE, status=Job.Status.RUNNING)
+    chunk = JobChunk.objects.create(
+        job=job, stage=JobChunk.Stage.FLAG, index=0, claimed_by="", claimed_at=None
+    )
+
+    def run(chunk_id, worker=""):
+        JobChunk.objects.filter(pk=chunk_id).update(claimed_by=worker, claimed_at=timezone.now())
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with pytest.raises(OperationalError):  # (outside a worker Celery re-raises instead of re-queueing)
+        _run_chunk(flag_chunk, run, chunk.pk)
+    chunk.refresh_from_db()
+    job.refresh_from_db()
+    assert chunk.claimed_by == "" and chunk.claimed_at is None, "released for the retry"
+    assert job.status == Job.Status.RUNNING and job.error == ""
+
+    def broken(chunk_id, worker=""):
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError):
+        _run_chunk(flag_chunk, broken, chunk.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "ValueError: a bug" in job.error
