@@ -105,7 +105,7 @@ def test_bad_queue_filters_are_reported(reviewer_client, flags):
     assert response.status_code == 200
     assert b"the minimum score is above the maximum" in response.content
     response = reviewer_client.get(reverse("review_queue"), {"min_score": "lots"})
-    assert response.status_code == 200 and b"Enter a number" in response.content
+    assert response.status_code == 200 and b"min score: enter a number from 0 to 1" in response.content
 
 
 def test_flag_page_shows_family_and_evidence_and_claims(reviewer_client, reviewer, flags):
