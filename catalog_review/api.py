@@ -54,6 +54,20 @@ def _error(status: int, message: str, **extra) -> JsonResponse:
     return JsonResponse({"error": message, **extra}, status=status)
 
 
+def _bearer_token(request) -> tuple[ApiToken | None, str]:
+    """The request's active bearer token, or why there is none."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return None, "authentication required: send 'Authorization: Bearer <token>'"
+    digest = hashlib.sha256(header.removeprefix("Bearer ").strip().encode()).hexdigest()
+    token = ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
+    if token is None or not token.user.is_active:
+        return None, "invalid token"
+    if token.state() != "active":
+        return None, f"this token was {token.state()}: ask an admin for a new one"
+    return token, ""
+
+
 def api_view(methods: tuple[str, ...], *, staff: bool = False):
     """Token auth (Authorization: Bearer <token>), allowed methods, JSON errors."""
 
@@ -62,15 +76,9 @@ def api_view(methods: tuple[str, ...], *, staff: bool = False):
         @csrf_exempt  # token auth, no cookies: CSRF does not apply
         @wraps(view)
         def wrapper(request, *args, **kwargs):
-            header = request.headers.get("Authorization", "")
-            if not header.startswith("Bearer "):
-                return _error(401, "authentication required: send 'Authorization: Bearer <token>'")
-            digest = hashlib.sha256(header.removeprefix("Bearer ").strip().encode()).hexdigest()
-            token = ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
-            if token is None or not token.user.is_active:
-                return _error(401, "invalid token")
-            if token.state() != "active":
-                return _error(401, f"this token was {token.state()}: ask an admin for a new one")
+            token, refusal = _bearer_token(request)
+            if refusal:
+                return _error(401, refusal)
             if request.method not in methods:
                 return _error(405, f"method {request.method} not allowed; use {', '.join(methods)}")
             if staff and not token.user.is_staff:
@@ -397,16 +405,9 @@ def schema(request):
     """The OpenAPI schema, like every other call for a bearer token or a logged-in session (a browser
     reading it from the app)."""
     if not request.user.is_authenticated:
-        header = request.headers.get("Authorization", "")
-        digest = hashlib.sha256(header.removeprefix("Bearer ").strip().encode()).hexdigest()
-        token = ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
-        if (
-            not header.startswith("Bearer ")
-            or token is None
-            or token.state() != "active"
-            or not token.user.is_active
-        ):
-            return _error(401, "authentication required: send 'Authorization: Bearer <token>' or log in")
+        _token, refusal = _bearer_token(request)
+        if refusal:
+            return _error(401, f"{refusal} (or log in)")
     return JsonResponse(OPENAPI)
 
 
