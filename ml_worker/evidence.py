@@ -80,6 +80,8 @@ DUPLICATE_CHANNELS = (
     "same_family",
     "both_images",
     "p_same_product",  # the version's own P(same product) (descriptor formula for the zero-shot one)
+    "twin_looks_closer",  # how much closer another family member worded as the first listing looks to the
+    # second (image cosine): the words cannot say which of them a page copies, the photo can
 )
 WRONG_VARIANT_PRIOR = 0.03  # expected share of wrong listings among multi-member families' listings
 DUPLICATE_PRIOR = 0.02  # expected share of listings whose best match is a duplicate
@@ -119,6 +121,24 @@ class CatalogueView:
         cache = self.__dict__.setdefault(f"_words_{field_name}", {})
         if i not in cache:
             cache[i] = frozenset(_WORDS.findall(getattr(self, field_name)[i].lower()))
+        return cache[i]
+
+    def wording(self, i: int) -> tuple:
+        """What listing i's page says: its title words, description and normalised attribute values."""
+        cache = self.__dict__.setdefault("_wording", {})
+        if i not in cache:
+            attributes = tuple(sorted((k, normalise_value(v)) for k, v in self.attributes[i].items()))
+            cache[i] = (self.word_sets(i, "titles"), self.descriptions[i].strip().lower(), attributes)
+        return cache[i]
+
+    def twins(self, i: int) -> frozenset[int]:
+        """The other members of listing i's family worded as it is."""
+        cache = self.__dict__.setdefault("_twins", {})
+        if i not in cache:
+            mine = self.wording(i)
+            cache[i] = frozenset(
+                m for m in self.members[self.families[i]] if m != i and self.wording(m) == mine
+            )
         return cache[i]
 
 
@@ -609,6 +629,21 @@ class Combiner:
             dict(d.get("summary", {})),
         )
 
+    def over(self, channels: tuple[str, ...]) -> Combiner:
+        """This combiner reading `channels`, a later channel list that holds its own: a channel it was not
+        fitted with weighs nothing (a scorer stored before the channel existed)."""
+        if tuple(channels) == self.channels:
+            return self
+        missing = set(self.channels) - set(channels)
+        if missing:
+            raise ValueError(f"the combiner reads channels no longer computed: {sorted(missing)}")
+        at = {c: k for k, c in enumerate(self.channels)}
+        mean, scale, coef = np.zeros(len(channels)), np.ones(len(channels)), np.zeros(len(channels))
+        for k, c in enumerate(channels):
+            if c in at:
+                mean[k], scale[k], coef[k] = self.mean[at[c]], self.scale[at[c]], self.coef[at[c]]
+        return Combiner(tuple(channels), mean, scale, coef, self.intercept, self.prior, self.summary)
+
 
 @dataclass
 class KindCombiner:
@@ -644,8 +679,9 @@ class KindCombiner:
         return {"kinds": {k: c.to_dict() for k, c in self.kinds.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> KindCombiner:
-        return cls({k: Combiner.from_dict(c) for k, c in d["kinds"].items()})
+    def from_dict(cls, d: dict, channels: tuple[str, ...] | None = None) -> KindCombiner:
+        kinds = {k: Combiner.from_dict(c) for k, c in d["kinds"].items()}
+        return cls({k: c.over(channels) if channels else c for k, c in kinds.items()})
 
 
 def _cross_validated_summary(x, y, w, groups, channels, prior, c) -> dict:
@@ -801,9 +837,11 @@ def duplicate_channels(
     text_cosine: np.ndarray | None = None,
     titles_j: list[str] | None = None,
     same_family: np.ndarray | None = None,
+    twin_closer: np.ndarray | None = None,
 ) -> np.ndarray:
     """Channel matrix of listing pairs (rows ii[k], jj[k]). The keyword arrays override what the pair's
-    second listing shows (a planted re-listing: its re-encoded image, re-typed title, new family)."""
+    second listing shows (a planted re-listing: its re-encoded image, re-typed title, new family, and how
+    its image compares with the first listing's twins)."""
     ii, jj = np.asarray(ii), np.asarray(jj)
     if image_cosine is None:
         image_cosine = (view.image[ii] * view.image[jj]).sum(1)
@@ -846,8 +884,18 @@ def duplicate_channels(
             float(view.families[i] == view.families[j]) if same_family is None else float(same_family[k]),
             float(view.has_image[i] and view.has_image[j]),
             p_same_product[k],
+            _twin_closer(view, i, j, image_cosine[k]) if twin_closer is None else twin_closer[k],
         ]
     return out
+
+
+def _twin_closer(view: CatalogueView, i: int, j: int, cosine: float) -> float:
+    """max(0, the best image cosine of j with one of i's twins (j aside) - i's own): > 0 when j's photo is
+    another twin's rather than i's."""
+    twins = [m for m in view.twins(i) if m != j and view.has_image[m]]
+    if not twins or not (view.has_image[i] and view.has_image[j]):
+        return 0.0
+    return max(0.0, float((view.image[twins] @ view.image[j]).max()) - float(cosine))
 
 
 TITLE_EDITS = (
@@ -879,6 +927,9 @@ class Relisting:
     image_cosine: float
     text_cosine: float
     p_same_product: float
+    # the copy against some of the original's siblings: (sibling row, image cosine, text cosine,
+    # P(same product)). A second page copies one listing, not its family: these pairs are not duplicates.
+    siblings: list[tuple[int, float, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -902,10 +953,12 @@ class Scorer:
     def from_payload(cls, arrays: dict, meta: dict, fold_of) -> Scorer:
         return cls(
             OwnEvidenceHeads.from_arrays(arrays, meta["heads"], fold_of),
-            KindCombiner.from_dict(meta["wrong_variant"]) if meta.get("wrong_variant") else None,
-            KindCombiner.from_dict(meta["duplicate"])
+            KindCombiner.from_dict(meta["wrong_variant"], WRONG_VARIANT_CHANNELS)
+            if meta.get("wrong_variant")
+            else None,
+            KindCombiner.from_dict(meta["duplicate"], DUPLICATE_CHANNELS)
             if "kinds" in meta["duplicate"]
-            else KindCombiner({"same_photo": Combiner.from_dict(meta["duplicate"])}),
+            else KindCombiner({"same_photo": Combiner.from_dict(meta["duplicate"]).over(DUPLICATE_CHANNELS)}),
             dict(meta.get("summary", {})),
         )
 
@@ -973,18 +1026,32 @@ def fit_scorer(
 IMAGE_DUPLICATE_CHANNELS = ("image_cosine", "image_closeness", "both_images", "p_same_product")
 
 
+def _copy_twin_closer(view: CatalogueView, relisting: Relisting, i: int, cosine: float) -> float:
+    """`_twin_closer` of listing i (the original or one of its siblings) and a planted copy, over the
+    siblings the copy was compared with (the original among i's twins for a sibling)."""
+    if not (view.has_image[i] and view.has_image[relisting.row]):
+        return 0.0
+    twins = view.twins(i)
+    seen = [(m, c) for m, c, _, _ in relisting.siblings] + [(relisting.row, relisting.image_cosine)]
+    closer = [c for m, c in seen if m != i and m in twins and view.has_image[m]]
+    return max(0.0, max(closer) - cosine) if closer else 0.0
+
+
 def _fit_duplicates(view, candidate_pairs, relistings, idf, seed) -> KindCombiner:
     """The duplicate combiners: planted re-listings (70% in the same family, as a second page usually is)
-    against each listing's nearest candidates as they are. Two kinds: a second page with the same photo
-    (every channel) and one with a photo of its own (a shop-floor shot, another angle: the words only,
-    the image channels left out of the fit). One combiner cannot learn both: fitted on re-photographed
-    plants as well, it leans on the words everywhere and ranks the identical-looking sibling pairs of a
-    clothing catalogue above the copies (BENCHMARKS.md). Where words are shared by whole families (every
-    colour of a garment has one description), the words-only combiner learns that they prove little and
-    stays low; where they are not (a grocery catalogue), the same description and title are a copy."""
+    against each listing's nearest candidates as they are, and against the original's siblings (a copy of
+    one listing is no duplicate of the family's other members, though it shares their words). Two kinds:
+    a second page with the same photo (every channel) and one with a photo of its own (a shop-floor shot,
+    another angle: the words only, the image channels left out of the fit). One combiner cannot learn
+    both: fitted on re-photographed plants as well, it leans on the words everywhere and ranks the
+    identical-looking sibling pairs of a clothing catalogue above the copies (BENCHMARKS.md). Where words
+    are shared by whole families (every colour of a garment has one description), the words-only combiner
+    learns that they cannot say which member was copied and stays low; where they are not (a grocery
+    catalogue), the same description and title are a copy."""
     rng = random.Random(seed)
     ii, jj, p = candidate_pairs
     planted_ii = np.array([r.row for r in relistings], dtype=int)
+    same_family = np.array([rng.random() < 0.7 for _ in relistings])
     x_clean = duplicate_channels(view, ii, jj, p, idf)
     x_plant = duplicate_channels(
         view,
@@ -995,14 +1062,35 @@ def _fit_duplicates(view, candidate_pairs, relistings, idf, seed) -> KindCombine
         image_cosine=np.array([r.image_cosine if view.has_image[r.row] else 0.0 for r in relistings]),
         text_cosine=np.array([r.text_cosine for r in relistings]),
         titles_j=[r.title for r in relistings],
-        same_family=np.array([rng.random() < 0.7 for _ in relistings]),
+        same_family=same_family,
+        twin_closer=np.array([_copy_twin_closer(view, r, r.row, r.image_cosine) for r in relistings]),
     )
-    xd = np.vstack([x_plant, x_clean])
-    yd = np.r_[np.ones(len(x_plant)), np.zeros(len(x_clean))]
-    dup_groups = [view.families[i] for i in planted_ii] + [view.families[i] for i in ii]
+    copied = [(k, s) for k, r in enumerate(relistings) for s in r.siblings]
+    x_sibling = duplicate_channels(
+        view,
+        np.array([s[0] for _, s in copied], dtype=int),
+        np.array([relistings[k].row for k, _ in copied], dtype=int),
+        np.array([s[3] for _, s in copied]),
+        idf,
+        image_cosine=np.array(
+            [s[1] if view.has_image[s[0]] and view.has_image[relistings[k].row] else 0.0 for k, s in copied]
+        ),
+        text_cosine=np.array([s[2] for _, s in copied]),
+        titles_j=[relistings[k].title for k, _ in copied],
+        same_family=same_family[[k for k, _ in copied]] if copied else np.zeros(0, dtype=bool),
+        twin_closer=np.array([_copy_twin_closer(view, relistings[k], s[0], s[1]) for k, s in copied]),
+    ).reshape(-1, len(DUPLICATE_CHANNELS))
+    xd = np.vstack([x_plant, x_sibling, x_clean])
+    yd = np.r_[np.ones(len(x_plant)), np.zeros(len(x_sibling) + len(x_clean))]
+    dup_groups = (
+        [view.families[i] for i in planted_ii]
+        + [view.families[relistings[k].row] for k, _ in copied]
+        + [view.families[i] for i in ii]
+    )
     # a listing's candidate pairs are many: the presumed-clean pairs that may be real duplicates are the
     # prior's share of the listings, not of the pairs
     share = DUPLICATE_PRIOR * len(set(np.asarray(ii).tolist())) / max(len(ii), 1)
+    suspect = np.r_[np.zeros(len(x_plant) + len(x_sibling), dtype=bool), np.ones(len(x_clean), dtype=bool)]
     words = xd.copy()
     words[:, [DUPLICATE_CHANNELS.index(c) for c in IMAGE_DUPLICATE_CHANNELS]] = 0.0  # constant: weight 0
     kinds = {}
@@ -1015,6 +1103,7 @@ def _fit_duplicates(view, candidate_pairs, relistings, idf, seed) -> KindCombine
             groups=dup_groups,
             c=0.1,
             suspect_share=share,
+            unlabelled=suspect,
         )
     return KindCombiner(kinds)
 
@@ -1102,6 +1191,13 @@ def describe_duplicate(channels: np.ndarray, combiner: KindCombiner) -> list[dic
         )
     if not named["same_category"]:
         lines.append(("same_category", "listed under different categories"))
+    if named.get("twin_looks_closer", 0.0) > 0:
+        lines.append(
+            (
+                "twin_looks_closer",
+                f"a family member worded alike looks closer (+{named['twin_looks_closer']:.2f})",
+            )
+        )
     ordered = sorted(lines, key=lambda t: -abs(contributions.get(t[0], 0.0)))
     described = [
         {"channel": c, "strength": round(contributions.get(c, 0.0), 2), "text": t} for c, t in ordered

@@ -300,7 +300,7 @@ def pair_same_product(model, outputs: MapsOutput, ii, jj, titles=None, prices=No
 
 @torch.no_grad()
 def plant_relistings(
-    final, outputs: MapsOutput, listings, rows, *, device: str = "cpu", seed: int = 0
+    final, outputs: MapsOutput, listings, rows, *, device: str = "cpu", seed: int = 0, siblings: int = 6
 ) -> list[Relisting]:
     """Second detail pages of `rows` as `ml_worker.evidence` plants them, read by the version's final model
     and compared with the original's `outputs`: a re-typed title (`retyped_title`) and a re-listing view of
@@ -343,10 +343,31 @@ def plant_relistings(
     image_cos = (outputs.raw_image[idx] * relisted.raw_image).sum(1)
     text_cos = (outputs.raw_title[idx] * relisted.raw_title).sum(1)
     p = duplicate_probability(final, outputs, relisted, idx, torch.arange(len(rows)))
+    # the copy against the original's siblings (at most `siblings` of them): pairs that share the words but
+    # are not the page that was copied
+    members = defaultdict(list)
+    for i, x in enumerate(listings):
+        members[x.family].append(i)
+    sib_k, sib_row = [], []
+    for k, r in enumerate(rows):
+        others = [j for j in members[listings[r].family] if j != r]
+        for j in rng.sample(others, min(siblings, len(others))):
+            sib_k.append(k)
+            sib_row.append(j)
+    compared = defaultdict(list)
+    if sib_k:
+        at_k, at_row = torch.as_tensor(sib_k), torch.as_tensor(sib_row)
+        sib_image = (outputs.raw_image[at_row] * relisted.raw_image[at_k]).sum(1)
+        sib_text = (outputs.raw_title[at_row] * relisted.raw_title[at_k]).sum(1)
+        sib_p = duplicate_probability(final, outputs, relisted, at_row, at_k)
+        for k, j, ic, tc, pp in zip(
+            sib_k, sib_row, sib_image.tolist(), sib_text.tolist(), sib_p.tolist(), strict=True
+        ):
+            compared[k].append((j, float(ic), float(tc), float(pp)))
     return [
-        Relisting(int(r), t, float(ic), float(tc), float(pp))
-        for r, t, ic, tc, pp in zip(
-            rows, titles, image_cos.tolist(), text_cos.tolist(), p.tolist(), strict=True
+        Relisting(int(r), t, float(ic), float(tc), float(pp), compared[k])
+        for k, (r, t, ic, tc, pp) in enumerate(
+            zip(rows, titles, image_cos.tolist(), text_cos.tolist(), p.tolist(), strict=True)
         )
     ]
 

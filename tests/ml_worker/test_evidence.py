@@ -174,6 +174,22 @@ def test_combiners_output_probabilities_and_are_refitted_per_catalogue(catalogue
     assert back.heads.evidence(view, [1])["attribute"] == pytest.approx(
         scorer.heads.evidence(view, [1])["attribute"]
     )
+    # a scorer stored before the duplicate channel "twin_looks_closer" existed reads today's channels
+    old = scorer.duplicate.kinds["same_photo"].to_dict()
+    at = DUPLICATE_CHANNELS.index("twin_looks_closer")
+    for key in ("channels", "mean", "scale", "coef"):
+        old[key] = [v for k, v in enumerate(old[key]) if k != at]
+    stored = Scorer.from_payload(
+        load(save(arrays)), {**meta, "duplicate": old}, lambda code: family_fold(code, 2)
+    )
+    pairs = duplicate_channels(view, [0, 2], [1, 3], np.array([0.9, 0.2]), TitleIdf(view.titles))
+    pairs[:, at] = 0.7
+    np.testing.assert_allclose(
+        stored.duplicate.probability(pairs), Combiner.from_dict(old).probability(np.delete(pairs, at, axis=1))
+    )
+    old["channels"][0] = "a channel no longer computed"
+    with pytest.raises(ValueError, match="no longer computed"):
+        Scorer.from_payload(load(save(arrays)), {**meta, "duplicate": old}, lambda code: family_fold(code, 2))
 
 
 def test_presumed_clean_rows_that_look_like_errors_are_left_out_of_the_final_fit():
@@ -256,3 +272,79 @@ def test_variant_attributes_are_those_that_differ_within_the_family():
     assert listings[2].text == "Mug", "a one-listing family has nothing to tell apart"
     with_variant_attributes(listings, keys=["fabric"])
     assert listings[0].text == "Tee | fabric: cotton"
+
+
+def test_a_copy_is_the_duplicate_of_the_page_it_copies_not_of_that_pages_identically_worded_siblings():
+    """Most families tell their members apart by colour; some only by the photo (one title, description
+    and attributes for every print of a tee). A second page copying one print, in a family of its own,
+    matches all of that family's members word for word; the photo says which one it copies."""
+    rng = np.random.default_rng(3)
+    d = 48
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    rows = []
+    for f in range(32):
+        kind = TYPES[f % len(TYPES)]
+        base = rng.normal(size=d)
+        prints = f % 4 == 0  # every fourth family: three prints worded alike
+        for m, colour in enumerate(["white"] * 3 if prints else COLOURS[:3]):
+            rows.append((f"{kind}-{f}-{m}", f"F{f}", kind, colour, unit(base + 0.9 * rng.normal(size=d))))
+    text = {f"F{f}": unit(rng.normal(size=24)) for f in range(32)}
+
+    def view_of(rows):
+        return CatalogueView(
+            skus=[r[0] for r in rows],
+            families=[r[1] for r in rows],
+            categories=[("Clothes", r[2]) for r in rows],
+            attributes=[{"colour": r[3]} for r in rows],
+            titles=[f"{r[2].title()} tee {r[1].removeprefix('copy-')}" for r in rows],
+            descriptions=[f"A {r[2]} in soft cotton." for r in rows],
+            image=np.stack([r[4] for r in rows]),
+            text=np.stack([text[r[1].removeprefix("copy-")] for r in rows]),
+        )
+
+    view = view_of(rows)
+    n = len(view)
+    sims = view.image @ view.image.T + view.text @ view.text.T
+    np.fill_diagonal(sims, -9)
+    nearest = np.argsort(-sims, axis=1)[:, :5]
+    ii, jj = np.repeat(np.arange(n), 5), nearest.ravel()
+    p = 1 / (1 + np.exp(-10 * (sims[ii, jj] / 2 - 0.9)))
+    relistings = []
+    for r in rng.choice(n, size=60, replace=False).tolist():
+        copy = unit(view.image[r] + 0.05 * rng.normal(size=d))
+        siblings = [
+            (j, float(view.image[j] @ copy), 1.0, 0.9) for j in view.members[view.families[r]] if j != r
+        ]
+        relistings.append(
+            Relisting(r, view.titles[r].upper(), float(view.image[r] @ copy), 1.0, 0.9, siblings)
+        )
+    scorer = fit_scorer(
+        view,
+        fold_of=lambda code: family_fold(code, 2),
+        folds=2,
+        family_agreement=cosine_agreement(view),
+        candidate_pairs=(ii, jj, p),
+        relistings=relistings,
+        idf=TitleIdf(view.titles),
+        seed=0,
+        plants=200,
+    )
+    # a new page copying the first print of family F0, as a family of its own
+    original, twin = view.members["F0"][:2]
+    copy = (
+        "copy",
+        "copy-F0",
+        rows[original][2],
+        "white",
+        unit(view.image[original] + 0.05 * rng.normal(size=d)),
+    )
+    pages = view_of([rows[original], rows[twin], copy])
+    pages.titles[2] = pages.titles[0].upper()
+    x = duplicate_channels(pages, [0, 1], [2, 2], np.array([0.9, 0.9]), TitleIdf(view.titles))
+    p_original, p_twin = scorer.duplicate.probability(x)
+    assert p_original > 0.5 > p_twin, (p_original, p_twin)
+    closer = x[:, DUPLICATE_CHANNELS.index("twin_looks_closer")]
+    assert closer[0] == 0 < closer[1], "the original's twin sees a page that looks like the original"
