@@ -272,8 +272,30 @@ REVIEW_PAGE_SIZE = env_int("REVIEW_PAGE_SIZE", 50, minimum=1)
 REVIEW_CLAIM_SECONDS = env_int("REVIEW_CLAIM_SECONDS", 300, minimum=10)  # a flag page renews it while open
 
 # --- Model, scoring, flags -----------------------------------------------------------------------
-# model versions (checkpoints) and cached backbone features; with several machines, shared storage
+# Model versions are written to the model store (Django storage "models": files under MODEL_STORE_DIR,
+# or an S3-compatible bucket when MODEL_STORE_S3_BUCKET is set) and each worker keeps a verified copy in
+# its own MODEL_DIR; FEATURE_CACHE_DIR caches backbone features per worker (an optimisation, never
+# required). Workers on several machines share the store and the database, no disk.
 MODEL_DIR = Path(env_str("MODEL_DIR", str(runtime.VAR_DIR / "models")))
+MODEL_STORE_DIR = Path(env_str("MODEL_STORE_DIR", str(runtime.VAR_DIR / "model-store")))
+MODEL_STORE_S3_BUCKET = env_str("MODEL_STORE_S3_BUCKET", "")
+if MODEL_STORE_S3_BUCKET:
+    STORAGES["models"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": MODEL_STORE_S3_BUCKET,
+            "endpoint_url": env_str("MODEL_STORE_S3_ENDPOINT_URL", "") or None,  # MinIO, Ceph...: its URL
+            "region_name": env_str("MODEL_STORE_S3_REGION", "") or None,
+            "location": env_str("MODEL_STORE_S3_PREFIX", "models"),
+            "file_overwrite": True,
+            "querystring_auth": False,
+        },  # credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, as boto3 reads them
+    }
+else:
+    STORAGES["models"] = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(MODEL_STORE_DIR), "allow_overwrite": True},
+    }
 FEATURE_CACHE_DIR = Path(env_str("FEATURE_CACHE_DIR", str(runtime.VAR_DIR / "feature-cache")))
 ML_DEVICE = env_str("ML_DEVICE", "auto")  # auto = cuda when available, else cpu
 SCORE_CHUNK_LISTINGS = env_int("SCORE_CHUNK_LISTINGS", 256, minimum=1)  # listings per embedding task

@@ -29,6 +29,8 @@ def media_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("media")
     settings.MEDIA_ROOT = root
     settings.MODEL_DIR = root.parent / "models"
+    settings.MODEL_STORE_DIR = root.parent / "model-store"
+    settings.STORAGES["models"]["OPTIONS"]["location"] = str(settings.MODEL_STORE_DIR)  # before first use
     settings.FEATURE_CACHE_DIR = root.parent / "feature-cache"
     # a confirmed wrong variant publishes a re-score task: only tests with a worker (and its broker)
     # switch it on, so no test without one leaves tasks behind
@@ -90,6 +92,7 @@ def worker_env(django_db_setup, django_db_blocker, broker_url, media_root) -> di
         "DATABASE_NAME": database,
         "MEDIA_ROOT": str(media_root),
         "MODEL_DIR": str(settings.MODEL_DIR),
+        "MODEL_STORE_DIR": str(settings.MODEL_STORE_DIR),
         "FEATURE_CACHE_DIR": str(settings.FEATURE_CACHE_DIR),
         "CELERY_BROKER_URL": broker_url,
         "IMAGE_FETCH_TIMEOUT_S": "3",

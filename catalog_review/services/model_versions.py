@@ -1,8 +1,10 @@
-"""Model versions: the zero-shot default, loading (sha256-verified, once per worker process),
-activation and the promotion gate."""
+"""Model versions: the zero-shot default, storing and loading (through the model store, sha256-verified,
+once per worker process), activation and the promotion gate."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -11,8 +13,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from catalog_review.models import ModelVersion
+from catalog_review.services import model_store
 from ml_worker.config import MapsConfig
-from ml_worker.ensemble import CrossFitModel, load_cross_fit
+from ml_worker.ensemble import CrossFitModel, load_cross_fit, save_cross_fit
 
 ZERO_SHOT = "zero-shot"
 
@@ -68,10 +71,27 @@ def load_model(version: ModelVersion) -> CrossFitModel:
         if version.config.get("kind") == ZERO_SHOT:
             model = CrossFitModel.zero_shot(MapsConfig.from_dict(version.config["model"]))
         else:
-            model = load_cross_fit(Path(version.checkpoint_path), expected_sha256=version.checkpoint_sha256)
+            directory = model_store.local_copy(version.checkpoint_path, version.checkpoint_sha256)
+            model = load_cross_fit(directory, expected_sha256=version.checkpoint_sha256)
         _loaded.clear()  # one version in memory per worker process
         _loaded[key] = model
     return _loaded[key]
+
+
+def store_version(model: CrossFitModel, name: str, *, metadata: dict | None = None) -> str:
+    """Save a trained version into the model store under `name` (and keep this worker's copy in
+    MODEL_DIR); return its manifest's sha256, what the version row records."""
+    settings.MODEL_DIR.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=settings.MODEL_DIR, prefix=f".build-{name}-"))
+    try:
+        digest = save_cross_fit(model, building, metadata=metadata)
+        model_store.publish(building, name)
+        target = settings.MODEL_DIR / name
+        if not target.exists():
+            building.rename(target)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return digest
 
 
 REVIEW_GATE_KEYS = ("review_same_family_ap", "review_same_product_ap")

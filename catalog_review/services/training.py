@@ -33,6 +33,7 @@ from catalog_review.services.model_versions import (
     load_model,
     ml_device,
     promotion_decision,
+    store_version,
 )
 from catalog_review.services.review import (
     confirmed_wrong_variants,
@@ -41,7 +42,7 @@ from catalog_review.services.review import (
 from catalog_review.services.scoring import product_listings, score_start
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
-from ml_worker.ensemble import save_cross_fit, train_cross_fit, warm_start_reason
+from ml_worker.ensemble import train_cross_fit, warm_start_reason
 from ml_worker.features import extract_features, features_for
 from ml_worker.train import ReviewPairs
 
@@ -220,14 +221,13 @@ def train_run(job_id: int, worker: str = "") -> str:
         features_of=lambda m: features_for(m, listings, device=device, training=True),
     )
     name = f"maps-{timezone.now():%Y%m%d-%H%M%S}-j{job.pk}"
-    directory = settings.MODEL_DIR / name
-    digest = save_cross_fit(model, directory, metadata={"train": train_config.to_dict(), "job": job.pk})
+    digest = store_version(model, name, metadata={"train": train_config.to_dict(), "job": job.pk})
     validation = info.pop("validation")
     baseline = info.pop("baseline_validation", None)
     with transaction.atomic():
         version = ModelVersion.objects.create(
             name=name,
-            checkpoint_path=str(directory),
+            checkpoint_path=name,
             checkpoint_sha256=digest,
             config={"kind": "maps-cross-fit", "model": config.to_dict(), "train": train_config.to_dict()},
             metrics={

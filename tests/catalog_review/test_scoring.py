@@ -513,6 +513,49 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
     assert ProductEmbedding.objects.filter(model_version=trained).count() == Product.objects.count()
 
 
+def test_a_second_worker_with_its_own_empty_model_dir_scores_with_a_version_the_first_trained(
+    celery_worker, worker_env, catalogue, settings, media_root, tmp_path
+):
+    """Workers on two machines share the database, the broker and the model store, no disk: a version
+    trained by one is fetched from the store (and verified) by the other, into its own MODEL_DIR."""
+    import os
+
+    from catalog_review.celery import app as celery_app
+    from catalog_review.services.model_store import model_store
+    from tests.conftest import start_worker
+
+    job = finished(train_start(steps=1, activate=True, force=True).pk, timeout=300)
+    version = ModelVersion.objects.get(name=job.counts["model_version"])
+    assert version.checkpoint_path == version.name, "a key in the model store, not a path on one machine"
+    assert model_store().exists(f"{version.name}/manifest.json")
+    assert (settings.MODEL_DIR / version.name / "manifest.json").exists(), "the trainer keeps its copy"
+
+    other_models = tmp_path / "other-machine" / "models"
+    env = worker_env | {
+        "MODEL_DIR": str(other_models),
+        "FEATURE_CACHE_DIR": str(tmp_path / "other-machine" / "feature-cache"),
+    }
+    queues = ("gpu", "default")
+    for queue in queues:  # the first worker steps aside: the second one does the whole job
+        celery_app.control.cancel_consumer(queue, destination=[celery_worker.node], reply=True)
+    second, _node = start_worker(env, f"second-{os.getpid()}", media_root.parent / "second.log")
+    try:
+        scored = finished(score_start(version=version).pk, timeout=300)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(30)
+        for queue in queues:
+            celery_app.control.add_consumer(queue, destination=[celery_worker.node], reply=True)
+    assert ProductEmbedding.objects.filter(model_version=version).count() == Product.objects.count()
+    log = (media_root.parent / "second.log").read_text()
+    assert "embed_chunk" in log and "succeeded" in log, "the second worker did the embedding"
+    fetched = other_models / version.name
+    assert (fetched / "manifest.json").read_bytes() == (
+        settings.MODEL_DIR / version.name / "manifest.json"
+    ).read_bytes()
+    assert scored.scope["model_version_id"] == version.pk
+
+
 def test_a_version_trained_end_to_end_scores_through_its_own_backbones(celery_worker, catalogue):
     """An end-to-end train job on a CPU worker (the GPU path; 3 steps, past OneCycleLR's warm-up):
     every member fine-tunes its own backbones, and the score job embeds the catalogue through the
