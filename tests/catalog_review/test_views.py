@@ -323,3 +323,15 @@ def test_filter_errors_name_their_field(reviewer_client):
         reverse("review_queue"), {"min_score": "abc", "max_score": "7"}
     ).content.decode()
     assert "min score: enter a number from 0 to 1" in html and "max score: enter a number from 0 to 1" in html
+
+
+def test_every_response_says_its_server_time_and_database_share(reviewer_client, catalogue):
+    import re
+
+    timing = reviewer_client.get(reverse("catalogue"))["Server-Timing"]
+    m = re.fullmatch(r'app;dur=([\d.]+), db;dur=([\d.]+);desc="(\d+) queries"', timing)
+    assert m, timing
+    app_ms, db_ms, queries = float(m[1]), float(m[2]), int(m[3])
+    assert 0 < db_ms <= app_ms and queries >= 1
+    refused = Client().get(reverse("catalogue"))  # a redirect to the login page is timed too
+    assert refused.status_code == 302 and refused["Server-Timing"].startswith("app;dur=")
