@@ -10,8 +10,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.db import models
-from django.db.models import Q
-from django.db.models.functions import Upper
+from django.db.models import F, Q, Value
+from django.db.models.functions import Abs, Upper
 from django.utils import timezone
 from pgvector.django import HalfVectorField, HnswIndex, VectorField
 
@@ -47,6 +47,7 @@ class VariationFamily(models.Model):
     class Meta:
         verbose_name_plural = "variation families"
         ordering = ["code"]
+        indexes = [models.Index(Upper("code"), name="family_code_upper")]  # search: code__iexact
 
     def __str__(self) -> str:
         return self.code
@@ -68,11 +69,17 @@ class ProductQuerySet(models.QuerySet):
         text = text.strip()
         if not text:
             return self
-        return self.filter(Q(sku__iexact=text) | Q(title__icontains=text) | Q(family__code__iexact=text))
+        # the family looked up first: an OR across a join reads every listing; on the listing's own columns
+        # each term has its index (upper(sku), trigram upper(title), family_id) and PostgreSQL ORs them
+        families = list(VariationFamily.objects.filter(code__iexact=text).values_list("pk", flat=True)[:1])
+        return self.filter(Q(sku__iexact=text) | Q(title__icontains=text) | Q(family_id__in=families))
 
     def in_category(self, category: Category) -> ProductQuerySet:
-        """Products in the category or any of its descendants."""
-        return self.filter(Q(category=category) | Q(category__path__startswith=category.path + " > "))
+        """Products in the category or any of its descendants (the category ids looked up first: the tree is
+        small, the listings many)."""
+        tree = Category.objects.filter(Q(pk=category.pk) | Q(path__startswith=category.path + " > "))
+        ids = list(tree.values_list("pk", flat=True))
+        return self.filter(category_id__in=ids)
 
 
 class Product(models.Model):
@@ -104,6 +111,7 @@ class Product(models.Model):
         ordering = ["sku"]
         indexes = [
             GinIndex(OpClass(Upper("title"), name="gin_trgm_ops"), name="product_title_trgm"),
+            models.Index(Upper("sku"), name="product_sku_upper"),  # search: sku__iexact
         ]
 
     def __str__(self) -> str:
@@ -473,6 +481,10 @@ class Flag(models.Model):
             models.Index(fields=["status", "kind", "-score"], name="flag_queue"),
             models.Index(fields=["status", "-score", "id"], name="flag_queue_all_kinds"),
             models.Index(fields=["product", "kind"], name="flag_product_kind"),
+            # the queue's "most uncertain first" (selectors.flag_queue: nearest the 0.5 boundary, then id)
+            models.Index(
+                Abs(F("score") - Value(0.5)), "id", condition=Q(status="open"), name="flag_open_uncertainty"
+            ),
         ]
         constraints = [
             # at most one open flag of a kind per listing (and counterpart)

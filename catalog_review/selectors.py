@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import F, Func, QuerySet, Value
+from django.db.models import F, QuerySet, Value
+from django.db.models.functions import Abs
 
 from catalog_review.models import Category, Flag, ModelVersion, Product, VariationFamily
 
@@ -74,8 +75,8 @@ def flag_queue(
     if model_version is not None:
         flags = flags.filter(model_version=model_version)
     if order == "uncertain":
-        distance = Func(F("score") - Value(0.5), function="ABS")
-        return flags.annotate(uncertainty=distance).order_by("uncertainty", "id")
+        # the expression of the index flag_open_uncertainty, so that the page reads it in order
+        return flags.annotate(uncertainty=Abs(F("score") - Value(0.5))).order_by("uncertainty", "id")
     return flags.order_by("-score", "id")
 
 

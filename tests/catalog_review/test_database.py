@@ -77,3 +77,32 @@ def test_a_half_written_pid_file_reads_as_starting_not_a_crash(tmp_path):
     assert runtime._postmaster(tmp_path)[1] in ("starting", "absent")
     info, state = runtime._postmaster(runtime.PGDATA)  # the test session's own server
     assert state == "ready" and info.port
+
+
+def _plan(queryset, *off: str) -> str:
+    sql, params = queryset.query.sql_with_params()
+    with connection.cursor() as cursor:
+        for scan in ("seqscan", *off):  # a tiny table: make the planner show the index it can use
+            cursor.execute(f"SET LOCAL enable_{scan} = off")
+        cursor.execute("EXPLAIN " + sql, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def test_the_queue_and_search_queries_match_their_indexes():
+    """The pages' expressions and the indexes' must stay one and the same (benchmarks/scale_bench.py: at
+    200k listings the uncertain ordering 36 -> 4 ms, a search's count 135 -> 26 ms)."""
+    from catalog_review.models import Category, Flag, Product
+    from catalog_review.selectors import flag_queue
+
+    version = ModelVersion.objects.create(name="v")
+    for k in range(20):
+        Flag.objects.create(
+            kind="wrong_variant", product=ProductFactory(), score=k / 20, model_version=version
+        )
+    assert "flag_open_uncertainty" in _plan(flag_queue(order="uncertain")[:50])
+    search = _plan(Product.objects.search("Relaxed shirt"), "indexscan")  # (as at scale: a BitmapOr)
+    assert "product_sku_upper" in search and "product_title_trgm" in search
+    shop = Category.objects.create(name="Shop", path="Shop", depth=1)
+    Category.objects.create(name="Tops", path="Shop > Tops", depth=2, parent=shop)
+    sql = str(Product.objects.in_category(shop).query)
+    assert 'category_id" IN (' in sql and "path" not in sql, "the tree's ids, no join per listing"
