@@ -502,7 +502,7 @@ def run_clients(base, setup, clients: int, seconds: float, think: bool) -> Recor
         client = Client(base, f"rev{n}")
         admin = Client(base, "admin")
         api = Client(base, token=setup["token"])
-        k = n
+        k = 4 * n  # each client starts its rotations elsewhere: every page is sampled early
         if think:
             time.sleep(rng.uniform(0, 3.0))  # the reviewers do not start in step
         while time.monotonic() < stop:
