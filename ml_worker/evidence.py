@@ -1203,7 +1203,8 @@ def describe_duplicate(channels: np.ndarray, combiner: KindCombiner) -> list[dic
         {"channel": c, "strength": round(contributions.get(c, 0.0), 2), "text": t} for c, t in ordered
     ]
     if kind == "own_photo" and named["both_images"]:
-        strength = round(float(combiner.logit(channels)), 2)
+        # the words' push as a whole (the logit less the prior's intercept): the lines below are its parts
+        strength = round(float(combiner.logit(channels)) - combiner.intercept, 2)
         described.insert(
             0, {"channel": kind, "strength": strength, "text": "the words match, the photos differ"}
         )

@@ -253,6 +253,8 @@ def test_a_second_page_with_a_photo_of_its_own_is_found_by_its_words(catalogue):
     assert scorer.duplicate.kinds["same_photo"].probability(x[:1])[0] < 0.1, "the photos alone say no"
     lines = describe_duplicate(x[0], scorer.duplicate)
     assert lines[0]["text"] == "the words match, the photos differ"
+    # its bar is the words' push as a whole: no shorter than the parts listed under it
+    assert lines[0]["strength"] >= max(line["strength"] for line in lines[1:])
 
 
 def test_attribute_values_compare_normalised():
