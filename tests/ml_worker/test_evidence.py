@@ -91,20 +91,13 @@ def cosine_agreement(view: CatalogueView):
     return agreement
 
 
-def fitted(view: CatalogueView, seed: int = 0) -> Scorer:
-    idf = TitleIdf(view.titles)
+def fit_on_nearest(view: CatalogueView, relistings: list[Relisting], *, seed: int, plants: int) -> Scorer:
+    """fit_scorer with each listing's 5 nearest (image + text cosine) as duplicate candidates."""
     n = len(view)
     sims = view.image @ view.image.T + view.text @ view.text.T
     np.fill_diagonal(sims, -9)
-    nearest = np.argsort(-sims, axis=1)[:, :5]
-    ii = np.repeat(np.arange(n), 5)
-    jj = nearest.ravel()
+    ii, jj = np.repeat(np.arange(n), 5), np.argsort(-sims, axis=1)[:, :5].ravel()
     p = 1 / (1 + np.exp(-10 * (sims[ii, jj] / 2 - 0.9)))
-    rng = np.random.default_rng(seed)
-    relistings = [
-        Relisting(int(r), view.titles[r].upper(), 0.97 + 0.02 * rng.random(), 0.99, 0.9)
-        for r in rng.choice(n, size=60, replace=False)
-    ]
     return fit_scorer(
         view,
         fold_of=lambda code: family_fold(code, 2),
@@ -112,10 +105,19 @@ def fitted(view: CatalogueView, seed: int = 0) -> Scorer:
         family_agreement=cosine_agreement(view),
         candidate_pairs=(ii, jj, p),
         relistings=relistings,
-        idf=idf,
+        idf=TitleIdf(view.titles),
         seed=seed,
-        plants=400,
+        plants=plants,
     )
+
+
+def fitted(view: CatalogueView, seed: int = 0) -> Scorer:
+    rng = np.random.default_rng(seed)
+    relistings = [
+        Relisting(int(r), view.titles[r].upper(), 0.97 + 0.02 * rng.random(), 0.99, 0.9)
+        for r in rng.choice(len(view), size=60, replace=False)
+    ]
+    return fit_on_nearest(view, relistings, seed=seed, plants=400)
 
 
 def wrong_variant_scores(view: CatalogueView, scorer: Scorer) -> dict[int, float]:
@@ -308,14 +310,8 @@ def test_a_copy_is_the_duplicate_of_the_page_it_copies_not_of_that_pages_identic
         )
 
     view = view_of(rows)
-    n = len(view)
-    sims = view.image @ view.image.T + view.text @ view.text.T
-    np.fill_diagonal(sims, -9)
-    nearest = np.argsort(-sims, axis=1)[:, :5]
-    ii, jj = np.repeat(np.arange(n), 5), nearest.ravel()
-    p = 1 / (1 + np.exp(-10 * (sims[ii, jj] / 2 - 0.9)))
     relistings = []
-    for r in rng.choice(n, size=60, replace=False).tolist():
+    for r in rng.choice(len(view), size=60, replace=False).tolist():
         copy = unit(view.image[r] + 0.05 * rng.normal(size=d))
         siblings = [
             (j, float(view.image[j] @ copy), 1.0, 0.9) for j in view.members[view.families[r]] if j != r
@@ -323,17 +319,7 @@ def test_a_copy_is_the_duplicate_of_the_page_it_copies_not_of_that_pages_identic
         relistings.append(
             Relisting(r, view.titles[r].upper(), float(view.image[r] @ copy), 1.0, 0.9, siblings)
         )
-    scorer = fit_scorer(
-        view,
-        fold_of=lambda code: family_fold(code, 2),
-        folds=2,
-        family_agreement=cosine_agreement(view),
-        candidate_pairs=(ii, jj, p),
-        relistings=relistings,
-        idf=TitleIdf(view.titles),
-        seed=0,
-        plants=200,
-    )
+    scorer = fit_on_nearest(view, relistings, seed=0, plants=200)
     # a new page copying the first print of family F0, as a family of its own
     original, twin = view.members["F0"][:2]
     copy = (
