@@ -1,7 +1,10 @@
-"""The HTTP API (DESIGN 7): JSON, bearer-token auth, cursor pagination, OpenAPI schema at /api/schema.
+"""The HTTP API (DESIGN 7) on django-ninja: bearer tokens, typed request and response bodies, keyset
+cursors, and an OpenAPI schema generated from this module (/api/schema, rendered at /api/docs).
 
-Plain Django views (no framework): each parses its input, calls the same services as the pages, and
-answers JSON. Errors are JSON too: {"error": "..."} with 400 / 401 / 403 / 404 / 405 / 409.
+Each operation validates its input through the request models of `catalog_review.schemas` (the same the
+admin pages and the management commands use), calls the same services as the pages, and answers JSON.
+Every error is JSON too, {"error": "..."}, with 400 (bad input: the error names the field), 401, 403,
+404, 405 or 409.
 """
 
 from __future__ import annotations
@@ -10,18 +13,23 @@ import base64
 import hashlib
 import json
 import secrets
-from functools import wraps
+from typing import Annotated, Any, Literal
 
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.db.models import F, Q, Value
-from django.db.models.functions import Abs
-from django.http import JsonResponse
-from django.urls import reverse
+from django.db.models import Q
+from django.http import HttpResponseNotAllowed, JsonResponse
+from django.shortcuts import redirect
+from django.urls import URLPattern, reverse
 from django.utils import timezone
-from django.views.decorators.csrf import csrf_exempt
+from ninja import NinjaAPI, Schema, Status
+from ninja.errors import AuthenticationError, AuthorizationError, HttpError
+from ninja.errors import ValidationError as RequestValidationError
+from ninja.security import HttpBearer
+from pydantic import BeforeValidator, Field
 
-from catalog_review.models import ApiToken, Flag, Job, LabelledPair
+from catalog_review.models import ApiToken, Flag, Job, LabelledPair, flag_uncertainty
+from catalog_review.schemas import DecisionRequest, ScoreRequest, TrainRequest, explain
 from catalog_review.services import review
 from catalog_review.services.scoring import ScopeError, score_start
 from catalog_review.services.training import TrainingError, train_start
@@ -50,65 +58,109 @@ def revoke_tokens(tokens) -> int:
     return tokens.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
-def _error(status: int, message: str, **extra) -> JsonResponse:
-    return JsonResponse({"error": message, **extra}, status=status)
+class Unauthenticated(AuthenticationError):
+    def __init__(self, message: str):
+        super().__init__(401, message)
 
 
-def _bearer_token(request) -> tuple[ApiToken | None, str]:
-    """The request's active bearer token, or why there is none."""
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        return None, "authentication required: send 'Authorization: Bearer <token>'"
-    digest = hashlib.sha256(header.removeprefix("Bearer ").strip().encode()).hexdigest()
-    token = ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
+def token_owner(key: str):
+    """The active user a token key belongs to (its last use recorded), or Unauthenticated saying why not."""
+    token = ApiToken.objects.select_related("user").filter(
+        key_sha256=hashlib.sha256(key.encode()).hexdigest()
+    )
+    token = token.first()
     if token is None or not token.user.is_active:
-        return None, "invalid token"
+        raise Unauthenticated("invalid token")
     if token.state() != "active":
-        return None, f"this token was {token.state()}: ask an admin for a new one"
-    return token, ""
+        raise Unauthenticated(f"this token was {token.state()}: ask an admin for a new one")
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token.user
 
 
-def api_view(methods: tuple[str, ...], *, staff: bool = False):
-    """Token auth (Authorization: Bearer <token>), allowed methods, JSON errors."""
+class Bearer(HttpBearer):
+    """Authorization: Bearer <token>. The user it names acts as request.user, as on the pages;
+    `admins=True`: only for staff users (403 for the others)."""
 
-    def decorate(view):
-        @login_not_required
-        @csrf_exempt  # token auth, no cookies: CSRF does not apply
-        @wraps(view)
-        def wrapper(request, *args, **kwargs):
-            token, refusal = _bearer_token(request)
-            if refusal:
-                return _error(401, refusal)
-            if request.method not in methods:
-                return _error(405, f"method {request.method} not allowed; use {', '.join(methods)}")
-            if staff and not token.user.is_staff:
-                return _error(403, "admins only")
-            ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-            request.user = token.user
-            return view(request, *args, **kwargs)
+    def __init__(self, *, admins: bool = False):
+        super().__init__()
+        self.admins = admins
 
-        return wrapper
-
-    return decorate
+    def authenticate(self, request, token: str):
+        request.user = token_owner(token.strip())
+        if self.admins and not request.user.is_staff:
+            raise AuthorizationError(403, "admins only")
+        return request.user
 
 
-def _json_body(request) -> dict:
-    if not request.body:
-        return {}
-    try:
-        body = json.loads(request.body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    return body
+def _docs_auth(view):
+    """The schema and its docs page, like every call, for a bearer token or a logged-in session (a
+    browser reading them from the app); the docs page sends a browser to log in."""
+
+    @login_not_required
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            if request.path.endswith("/docs"):
+                return redirect(f"{reverse('login')}?next={request.path}")
+            header = request.headers.get("Authorization", "")
+            if not header.startswith("Bearer "):
+                return JsonResponse({"error": "authentication required: send 'Authorization: Bearer "
+                                     "<token>' (or log in)"}, status=401)  # fmt: skip
+            try:
+                token_owner(header.removeprefix("Bearer ").strip())
+            except Unauthenticated as exc:
+                return JsonResponse({"error": f"{exc.message} (or log in)"}, status=401)
+        return view(request, *args, **kwargs)
+
+    return wrapper
 
 
-def _limit(request, default: int = 100) -> int:
-    raw = request.GET.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    return int(raw)
+api = NinjaAPI(
+    title="Catalog Review API",
+    version="1",
+    description="Flags, decisions, labelled pairs, corrections and jobs. Every call needs "
+    "`Authorization: Bearer <token>` (an admin creates tokens: Manage > API tokens, or "
+    '`manage.py create_api_token`). Errors are `{"error": "..."}`.',
+    auth=Bearer(),
+    openapi_url="/schema",
+    docs_url="/docs",
+    docs_decorator=_docs_auth,
+    urls_namespace="api",
+)
+
+
+def _error(request, status: int, message: str, **extra):
+    return api.create_response(request, {"error": message, **extra}, status=status)
+
+
+@api.exception_handler(RequestValidationError)
+def _invalid(request, exc: RequestValidationError):
+    return _error(request, 400, explain(exc.errors))
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc: HttpError):
+    cause = exc.__cause__
+    if isinstance(cause, json.JSONDecodeError | UnicodeDecodeError):
+        return _error(request, 400, f"body is not valid JSON: {cause}")
+    if isinstance(exc, AuthenticationError) and not isinstance(exc, Unauthenticated):
+        return _error(request, 401, "authentication required: send 'Authorization: Bearer <token>'")
+    return _error(request, exc.status_code, exc.message)
+
+
+@api.exception_handler(ValueError)
+def _bad_value(request, exc: ValueError):
+    return _error(request, 400, str(exc))
+
+
+class Error(Schema):
+    error: str
+
+
+class Conflict(Error):
+    flag_status: str | None = Field(None, description="the flag's status now (who decided it: see error)")
+
+
+# --- cursors --------------------------------------------------------------------------------------
 
 
 def _encode_cursor(values: list) -> str:
@@ -127,6 +179,8 @@ def _decode_cursor(raw: str | None, length: int) -> list | None:
     return values
 
 
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"rows per page, 1-{MAX_LIMIT}")]
+
 # --- flags ----------------------------------------------------------------------------------------
 
 # "uncertain": nearest the 0.5 decision boundary first, the flags whose labels teach the model most
@@ -136,6 +190,25 @@ FLAG_ORDERINGS = {
     "uncertain": ("uncertainty", "id"),
     "id": ("id",),
 }
+
+
+class FlagOut(Schema):
+    id: int
+    kind: Literal["wrong_variant", "duplicate"]
+    status: Literal["open", "confirmed", "rejected", "skipped", "stale"]
+    sku: str
+    counterpart_sku: str | None = Field(description="duplicate: the page it duplicates")
+    family: str
+    score: float
+    model_version: str
+    heatmap_url: str | None
+    url: str = Field(description="the flag's page in the app")
+    evidence: dict[str, Any] = Field(description="what the model saw: the reasons shown on the flag page")
+
+
+class FlagPage(Schema):
+    results: list[FlagOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last")
 
 
 def flag_json(flag: Flag, request) -> dict:
@@ -156,38 +229,34 @@ def flag_json(flag: Flag, request) -> dict:
     }
 
 
-@api_view(("GET",))
-def flags(request):
-    try:
-        limit = _limit(request)
-        ordering = request.GET.get("ordering", "-score")
-        if ordering not in FLAG_ORDERINGS:
-            raise ValueError(f"ordering must be one of {', '.join(FLAG_ORDERINGS)}")
-        fields = FLAG_ORDERINGS[ordering]
-        cursor = _decode_cursor(request.GET.get("cursor"), len(fields))
-        status = request.GET.get("status", "open")
-        if status not in Flag.Status.values:
-            raise ValueError(f"status must be one of {', '.join(Flag.Status.values)}")
-        kind = request.GET.get("kind", "")
-        if kind and kind not in Flag.Kind.values:
-            raise ValueError(f"kind must be one of {', '.join(Flag.Kind.values)}")
-    except ValueError as exc:
-        return _error(400, str(exc))
+@api.get("/flags", response={200: FlagPage, frozenset({400, 401}): Error}, summary="Flags, cursor-paginated")
+def flags(
+    request,
+    status: Literal["open", "confirmed", "rejected", "skipped", "stale"] = "open",
+    kind: Annotated[
+        Literal["wrong_variant", "duplicate"] | None, BeforeValidator(lambda v: v or None)
+    ] = None,
+    ordering: Literal["-score", "score", "uncertain", "id"] = "-score",
+    limit: Limit = 100,
+    cursor: str | None = None,
+):
+    fields = FLAG_ORDERINGS[ordering]
+    after = _decode_cursor(cursor, len(fields))
     rows = Flag.objects.filter(status=status).select_related(
         "product", "product__family", "counterpart", "model_version"
     )
     if kind:
         rows = rows.filter(kind=kind)
-    rows = rows.annotate(uncertainty=Abs(F("score") - Value(0.5)))
-    if cursor is not None:  # keyset: strictly after the last row of the previous page
+    rows = rows.annotate(uncertainty=flag_uncertainty())
+    if after is not None:  # keyset: strictly after the last row of the previous page
         if ordering == "-score":
-            rows = rows.filter(Q(score__lt=cursor[0]) | Q(score=cursor[0], id__gt=cursor[1]))
+            rows = rows.filter(Q(score__lt=after[0]) | Q(score=after[0], id__gt=after[1]))
         elif ordering == "score":
-            rows = rows.filter(Q(score__gt=cursor[0]) | Q(score=cursor[0], id__gt=cursor[1]))
+            rows = rows.filter(Q(score__gt=after[0]) | Q(score=after[0], id__gt=after[1]))
         elif ordering == "uncertain":
-            rows = rows.filter(Q(uncertainty__gt=cursor[0]) | Q(uncertainty=cursor[0], id__gt=cursor[1]))
+            rows = rows.filter(Q(uncertainty__gt=after[0]) | Q(uncertainty=after[0], id__gt=after[1]))
         else:
-            rows = rows.filter(id__gt=cursor[0])
+            rows = rows.filter(id__gt=after[0])
     page = list(rows.order_by(*fields)[: limit + 1])
     more = len(page) > limit
     page = page[:limit]
@@ -196,52 +265,51 @@ def flags(request):
         last = page[-1]
         key = {"-score": [last.score, last.pk], "score": [last.score, last.pk], "id": [last.pk]}
         next_cursor = _encode_cursor(key.get(ordering, [last.uncertainty, last.pk]))
-    return JsonResponse({"results": [flag_json(f, request) for f in page], "next_cursor": next_cursor})
+    return {"results": [flag_json(f, request) for f in page], "next_cursor": next_cursor}
 
 
-@api_view(("POST",))
-def flag_decision(request, flag_id: int):
-    try:
-        body = _json_body(request)
-    except ValueError as exc:
-        return _error(400, str(exc))
-    decision = body.get("decision")
-    if decision not in ("confirm", "reject", "skip"):
-        return _error(400, "decision must be 'confirm', 'reject' or 'skip'")
-    note = body.get("note", "")
-    if not isinstance(note, str) or len(note) > 2000:
-        return _error(400, "note must be text of at most 2000 characters")
-    request_id = body.get("client_request_id") or request.headers.get("Idempotency-Key") or None
-    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 100):
-        return _error(400, "client_request_id must be text of at most 100 characters")
-    suggested_family = body.get("suggested_family")
-    if suggested_family is not None and (
-        not isinstance(suggested_family, str) or len(suggested_family) > 200
-    ):
-        return _error(400, "suggested_family must be a family code (text of at most 200 characters)")
-    no_family = body.get("belongs_to_no_family", False)
-    if not isinstance(no_family, bool):
-        return _error(400, "belongs_to_no_family must be true or false")
-    if not Flag.objects.filter(pk=flag_id).exists():
-        return _error(404, f"no flag {flag_id}")
+class DecisionOut(Schema):
+    id: int
+    flag: int
+    decision: Literal["confirm", "reject", "skip"]
+    note: str
+    reviewer: str
+    created_at: str = Field(description="ISO 8601")
+    client_request_id: str | None
+    suggested_family: str | None
+    belongs_to_no_family: bool
+    labelled_pairs: int = Field(description="training pairs this decision wrote")
+
+
+@api.post(
+    "/flags/{id}/decision",
+    response={201: DecisionOut, 200: DecisionOut, 404: Error, 409: Conflict, frozenset({400, 401}): Error},
+    summary="Decide a flag; idempotent per client_request_id (or Idempotency-Key header)",
+    description="201: decided. 200: a retry of an earlier request (same client_request_id): its "
+    "decision. 409: already decided (the error says by whom), or the client_request_id was used for "
+    "another flag. A fix (suggested_family / belongs_to_no_family) goes with confirming a wrong variant.",
+)
+def flag_decision(request, id: int, payload: DecisionRequest):
+    if not Flag.objects.filter(pk=id).exists():
+        return Status(404, {"error": f"no flag {id}"})
     try:
         result = review.decide(
-            flag_id=flag_id,
+            flag_id=id,
             user=request.user,
-            decision=decision,
-            note=note,
-            client_request_id=request_id,
-            suggested_family=suggested_family,
-            no_family=no_family,
+            decision=payload.decision,
+            note=payload.note,
+            client_request_id=payload.client_request_id or request.headers.get("Idempotency-Key") or None,
+            suggested_family=payload.suggested_family,
+            no_family=payload.belongs_to_no_family,
         )
     except review.ReviewConflict as exc:
-        return _error(409, str(exc), flag_status=exc.flag.status)
+        return Status(409, {"error": str(exc), "flag_status": exc.flag.status})
     except review.BadFix as exc:
-        return _error(400, str(exc))
+        return Status(400, {"error": str(exc)})
     row = result.decision
-    if row.flag_id != flag_id:
-        return _error(409, "client_request_id was already used for another flag")
-    payload = {
+    if row.flag_id != id:
+        return Status(409, {"error": "client_request_id was already used for another flag"})
+    body = {
         "id": row.pk,
         "flag": row.flag_id,
         "decision": row.decision,
@@ -253,60 +321,28 @@ def flag_decision(request, flag_id: int):
         "belongs_to_no_family": row.belongs_to_no_family,
         "labelled_pairs": row.labelled_pairs.count(),
     }
-    return JsonResponse(payload, status=201 if result.created else 200)
+    return Status(201 if result.created else 200, body)
 
 
 # --- labels ---------------------------------------------------------------------------------------
 
 
-@api_view(("GET",))
-def labels(request):
-    """Labelled pairs in a stable order, each exactly once: only rows of transactions that finished
-    before this snapshot (txid below the snapshot's xmin), ordered by (txid, id)."""
-    try:
-        limit = _limit(request, default=500)
-        since = _decode_cursor(request.GET.get("since"), 2)
-    except ValueError as exc:
-        return _error(400, str(exc))
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        horizon = cursor.fetchone()[0]
-    rows = LabelledPair.objects.filter(txid__lt=horizon).select_related("a", "b", "decision__reviewer")
-    if since is not None:
-        rows = rows.filter(Q(txid__gt=since[0]) | Q(txid=since[0], id__gt=since[1]))
-    page = list(rows.order_by("txid", "id")[: limit + 1])
-    more = len(page) > limit
-    page = page[:limit]
-    last = page[-1] if page else None
-    return JsonResponse(
-        {
-            "results": [label_json(p) for p in page],
-            # resume from here (also when this page was not full: new labels arrive after it)
-            "next_cursor": _encode_cursor([last.txid, last.pk]) if last else request.GET.get("since"),
-            "more": more,
-        }
-    )
+class LabelOut(Schema):
+    id: int
+    a: str = Field(description="sku")
+    b: str = Field(description="sku")
+    relation: str = Field(description="same_product, same_family, different_product, different_family...")
+    source: str
+    retracts: int | None = Field(description="the label this one takes back (an undone decision)")
+    decision: int | None
+    reviewer: str | None
+    created_at: str = Field(description="ISO 8601")
 
 
-@api_view(("GET",))
-def corrections(request):
-    """The confirmed errors in force with their fixes, in decision order (the lines of
-    `export_corrections`); `cursor` resumes after the last one served."""
-    try:
-        limit = _limit(request, default=500)
-        cursor = _decode_cursor(request.GET.get("cursor"), 1)
-    except ValueError as exc:
-        return _error(400, str(exc))
-    page = list(review.corrections_in_force(after_id=cursor[0] if cursor else None)[: limit + 1])
-    more = len(page) > limit
-    page = page[:limit]
-    return JsonResponse(
-        {
-            "results": [review.correction_line(row) for row in page],
-            "next_cursor": _encode_cursor([page[-1].pk]) if page else request.GET.get("cursor"),
-            "more": more,
-        }
-    )
+class LabelPage(Schema):
+    results: list[LabelOut]
+    next_cursor: str | None = Field(description="pass as `since` to resume (also after a short page)")
+    more: bool
 
 
 def label_json(pair: LabelledPair) -> dict:
@@ -323,7 +359,85 @@ def label_json(pair: LabelledPair) -> dict:
     }
 
 
+@api.get(
+    "/labels",
+    response={200: LabelPage, frozenset({400, 401}): Error},
+    summary="Labelled pairs, each exactly once, in a stable order",
+)
+def labels(request, since: str | None = None, limit: Limit = 500):
+    """Only rows of transactions that finished before this snapshot (txid below the snapshot's xmin),
+    ordered by (txid, id): a label committed later sorts after the cursor, never behind it."""
+    after = _decode_cursor(since, 2)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        horizon = cursor.fetchone()[0]
+    rows = LabelledPair.objects.filter(txid__lt=horizon).select_related("a", "b", "decision__reviewer")
+    if after is not None:
+        rows = rows.filter(Q(txid__gt=after[0]) | Q(txid=after[0], id__gt=after[1]))
+    page = list(rows.order_by("txid", "id")[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    last = page[-1] if page else None
+    return {
+        "results": [label_json(p) for p in page],
+        # resume from here (also when this page was not full: new labels arrive after it)
+        "next_cursor": _encode_cursor([last.txid, last.pk]) if last else since,
+        "more": more,
+    }
+
+
+class CorrectionOut(Schema):
+    sku: str
+    kind: str
+    duplicate_of: str | None = None
+    suggested_family: str | None = None
+    reviewer: str | None = None
+    decided_at: str | None = None
+    note: str | None = None
+
+    model_config = {"extra": "allow"}
+
+
+class CorrectionPage(Schema):
+    results: list[CorrectionOut]
+    next_cursor: str | None
+    more: bool
+
+
+@api.get(
+    "/corrections",
+    response={200: CorrectionPage, frozenset({400, 401}): Error},
+    summary="Confirmed errors in force with their fixes, in decision order (the lines of export_corrections)",
+)
+def corrections(request, cursor: str | None = None, limit: Limit = 500):
+    after = _decode_cursor(cursor, 1)
+    page = list(review.corrections_in_force(after_id=after[0] if after else None)[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return {
+        "results": [review.correction_line(row) for row in page],
+        "next_cursor": _encode_cursor([page[-1].pk]) if page else cursor,
+        "more": more,
+    }
+
+
 # --- jobs -----------------------------------------------------------------------------------------
+
+
+class JobOut(Schema):
+    id: int
+    kind: str
+    status: str
+    scope: dict[str, Any]
+    progress: float = Field(description="0-1")
+    done: int
+    failed: int
+    total: int
+    counts: dict[str, Any] = Field(description="what the job found or trained (a train job: validation)")
+    error: str | None
+    created_at: str = Field(description="ISO 8601")
+    finished_at: str | None
+    url: str
 
 
 def job_json(job: Job, request) -> dict:
@@ -340,202 +454,67 @@ def job_json(job: Job, request) -> dict:
         "error": job.error or None,
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "url": request.build_absolute_uri(reverse("api_job", args=[job.pk])),
+        "url": request.build_absolute_uri(reverse("api:api_job", args=[job.pk])),
     }
 
 
-@api_view(("POST",), staff=True)
-def jobs_score(request):
+_ADMIN = {202: JobOut, frozenset({400, 401, 403}): Error}
+
+
+@api.post("/jobs/score", auth=Bearer(admins=True), response=_ADMIN, summary="Start a score job (admins only)")
+def jobs_score(request, payload: ScoreRequest | None = None):
+    """The whole catalogue, or `family`, `category` (a path) or `skus`."""
+    scope = payload.scope() if payload else {}
     try:
-        body = _json_body(request)
-        scope = {k: body[k] for k in ("family", "category", "skus") if body.get(k)}
-        if "skus" in scope and not (
-            isinstance(scope["skus"], list) and all(isinstance(s, str) for s in scope["skus"])
-        ):
-            raise ValueError("skus must be a list of strings")
         job = score_start(scope=scope | {"reason": "api"}, requested_by=request.user)
-    except (ValueError, ScopeError) as exc:
-        return _error(400, str(exc))
-    return JsonResponse(job_json(job, request), status=202)
+    except ScopeError as exc:
+        return Status(400, {"error": str(exc)})
+    return Status(202, job_json(job, request))
 
 
-@api_view(("POST",), staff=True)
-def jobs_train(request):
+@api.post("/jobs/train", auth=Bearer(admins=True), response=_ADMIN, summary="Start a train job (admins only)")
+def jobs_train(request, payload: TrainRequest | None = None):
     try:
-        body = _json_body(request)
-        steps = body.get("steps")
-        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-            raise ValueError("steps must be a positive whole number")
-        activate, force = body.get("activate", False), body.get("force", False)
-        if not isinstance(activate, bool) or not isinstance(force, bool):
-            raise ValueError("activate and force must be true or false")
-        end_to_end = body.get("end_to_end")
-        if end_to_end is not None and not isinstance(end_to_end, bool):
-            raise ValueError("end_to_end must be true, false or null (TRAIN_END_TO_END decides)")
-        warm_start = body.get("warm_start")
-        if warm_start is not None and not isinstance(warm_start, bool):
-            raise ValueError("warm_start must be true, false or null (TRAIN_WARM_START decides)")
-        job = train_start(
-            requested_by=request.user,
-            activate=activate,
-            force=force,
-            steps=steps,
-            end_to_end=end_to_end,
-            warm_start=warm_start,
-            reason="api",
-        )
-    except (ValueError, TrainingError) as exc:
-        return _error(400, str(exc))
-    return JsonResponse(job_json(job, request), status=202)
+        job = train_start(payload or TrainRequest(), requested_by=request.user, reason="api")
+    except TrainingError as exc:
+        return Status(400, {"error": str(exc)})
+    return Status(202, job_json(job, request))
 
 
-@api_view(("GET",))
-def job_detail(request, job_id: int):
-    job = Job.objects.filter(pk=job_id).first()
+@api.get("/jobs/{id}", response={200: JobOut, 404: Error, 401: Error}, url_name="api_job",
+         summary="A job's status and progress")  # fmt: skip
+def job_detail(request, id: int):
+    job = Job.objects.filter(pk=id).first()
     if job is None:
-        return _error(404, f"no job {job_id}")
-    return JsonResponse(job_json(job, request))
+        return Status(404, {"error": f"no job {id}"})
+    return job_json(job, request)
 
 
-# --- schema ---------------------------------------------------------------------------------------
+# --- URLs -----------------------------------------------------------------------------------------
 
 
-@login_not_required
-def schema(request):
-    """The OpenAPI schema, like every other call for a bearer token or a logged-in session (a browser
-    reading it from the app)."""
-    if not request.user.is_authenticated:
-        _token, refusal = _bearer_token(request)
-        if refusal:
-            return _error(401, f"{refusal} (or log in)")
-    return JsonResponse(OPENAPI)
+def _json_405(view):
+    """Login-free (token auth), and a wrong method answered in JSON like every other error."""
+
+    @login_not_required
+    def wrapper(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        if isinstance(response, HttpResponseNotAllowed):
+            allowed = response["Allow"]
+            return JsonResponse({"error": f"method {request.method} not allowed; use {allowed}"}, status=405,
+                                headers={"Allow": allowed})  # fmt: skip
+        return response
+
+    wrapper.csrf_exempt = True  # token auth, no cookies: CSRF does not apply
+    return wrapper
 
 
-def _op(summary: str, *, params=(), body=None, responses: dict, admin: bool = False) -> dict:
-    op = {
-        "summary": summary + (" (admins only)" if admin else ""),
-        "security": [{"bearer": []}],
-        "parameters": [
-            {"name": n, "in": where, "required": where == "path", "schema": {"type": t}}
-            for n, where, t in params
-        ],
-        "responses": {str(code): {"description": text} for code, text in responses.items()},
-    }
-    if body:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    return op
+def urls():
+    patterns, app_name, namespace = api.urls
+    for pattern in patterns:
+        if isinstance(pattern, URLPattern):
+            pattern.callback = _json_405(pattern.callback)
+    return patterns, app_name, namespace
 
 
-_COMMON = {401: "no or invalid token", 400: "bad input (the error says which)"}
-OPENAPI = {
-    "openapi": "3.1.0",
-    "info": {"title": "Catalog Review API", "version": "1"},
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    "paths": {
-        "/api/flags": {
-            "get": _op(
-                "Flags, cursor-paginated",
-                params=[
-                    ("status", "query", "string"),
-                    ("kind", "query", "string"),
-                    ("ordering", "query", "string"),
-                    ("limit", "query", "integer"),
-                    ("cursor", "query", "string"),
-                ],
-                responses={200: "{results, next_cursor}", **_COMMON},
-            )
-        },
-        "/api/flags/{id}/decision": {
-            "post": _op(
-                "Decide a flag; idempotent per client_request_id (or Idempotency-Key header)",
-                params=[("id", "path", "integer")],
-                body={
-                    "type": "object",
-                    "required": ["decision"],
-                    "properties": {
-                        "decision": {"enum": ["confirm", "reject", "skip"]},
-                        "note": {"type": "string"},
-                        "client_request_id": {"type": "string"},
-                        "suggested_family": {
-                            "type": "string",
-                            "description": "confirmed wrong variant: its family",
-                        },
-                        "belongs_to_no_family": {"type": "boolean"},
-                    },
-                },
-                responses={
-                    201: "decided",
-                    200: "a retry of an earlier request: its decision",
-                    404: "no such flag",
-                    409: "already decided (the error says by whom)",
-                    **_COMMON,
-                },
-            )
-        },
-        "/api/labels": {
-            "get": _op(
-                "Labelled pairs, each exactly once, in a stable order",
-                params=[("since", "query", "string"), ("limit", "query", "integer")],
-                responses={200: "{results, next_cursor, more}", **_COMMON},
-            )
-        },
-        "/api/corrections": {
-            "get": _op(
-                "Confirmed errors in force with their fixes (sku, kind, duplicate_of, suggested_family, "
-                "reviewer, decided_at, note), in decision order",
-                params=[("cursor", "query", "string"), ("limit", "query", "integer")],
-                responses={200: "{results, next_cursor, more}", **_COMMON},
-            )
-        },
-        "/api/jobs/score": {
-            "post": _op(
-                "Start a score job (whole catalogue, or family / category / skus)",
-                body={
-                    "type": "object",
-                    "properties": {
-                        "family": {"type": "string"},
-                        "category": {"type": "string"},
-                        "skus": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                responses={202: "the job", 403: "not an admin", **_COMMON},
-                admin=True,
-            )
-        },
-        "/api/jobs/train": {
-            "post": _op(
-                "Start a train job",
-                body={
-                    "type": "object",
-                    "properties": {
-                        "steps": {
-                            "type": "integer",
-                            "description": "per model (default TRAIN_WARM_STEPS warm, TRAIN_STEPS cold)",
-                            "minimum": 1,
-                        },
-                        "activate": {"type": "boolean"},
-                        "force": {"type": "boolean"},
-                        "end_to_end": {
-                            "type": ["boolean", "null"],
-                            "description": "fine-tune both backbones (GPU); null: TRAIN_END_TO_END decides",
-                        },
-                        "warm_start": {
-                            "type": ["boolean", "null"],
-                            "description": "start from the active version's weights (true: fail if it "
-                            "cannot be one), false: from scratch; null: TRAIN_WARM_START decides",
-                        },
-                    },
-                },
-                responses={202: "the job", 403: "not an admin", **_COMMON},
-                admin=True,
-            )
-        },
-        "/api/jobs/{id}": {
-            "get": _op(
-                "A job's status and progress",
-                params=[("id", "path", "integer")],
-                responses={200: "the job", 404: "no such job", **_COMMON},
-            )
-        },
-    },
-}
+__all__ = ["api", "create_token", "explain", "label_json", "revoke_tokens", "urls"]

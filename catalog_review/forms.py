@@ -2,6 +2,7 @@ from django import forms
 from django.conf import settings
 
 from catalog_review.models import Category, Flag, ImageStatus, ModelVersion, ReviewDecision
+from catalog_review.schemas import MAX_TRAIN_STEPS, TrainRequest, ValidationError, explain
 
 
 class CatalogueFilterForm(forms.Form):
@@ -107,7 +108,11 @@ class ScoreJobForm(forms.Form):
 
 
 class TrainJobForm(forms.Form):
-    steps = forms.IntegerField(required=False, min_value=1, max_value=100_000, help_text="per model")
+    steps = forms.IntegerField(
+        required=False,
+        help_text="per model",
+        widget=forms.NumberInput(attrs={"min": 1, "max": MAX_TRAIN_STEPS}),
+    )
     activate = forms.BooleanField(required=False, initial=True, label="activate if not worse")
     force = forms.BooleanField(required=False, label="activate even if worse")
     backbones = forms.ChoiceField(
@@ -141,11 +146,23 @@ class TrainJobForm(forms.Form):
         ],
     )
 
-    def end_to_end(self) -> bool | None:
-        return {"end_to_end": True, "frozen": False}.get(self.cleaned_data.get("backbones") or "")
-
-    def warm_start(self) -> bool | None:
-        return {"warm": True, "scratch": False}.get(self.cleaned_data.get("start") or "")
+    def clean(self):
+        """The train request the API and `manage.py train` validate too (schemas.TrainRequest)."""
+        data = super().clean()
+        try:
+            self.train_request = TrainRequest(
+                steps=data.get("steps"),
+                activate=bool(data.get("activate")),
+                force=bool(data.get("force")),
+                end_to_end={"end_to_end": True, "frozen": False}.get(data.get("backbones") or ""),
+                warm_start={"warm": True, "scratch": False}.get(data.get("start") or ""),
+            )
+        except ValidationError as exc:
+            for error in exc.errors():
+                name = error["loc"][0] if error["loc"] else None
+                field = {"end_to_end": "backbones", "warm_start": "start"}.get(name, name)
+                self.add_error(field if field in self.fields else None, explain([error | {"loc": ()}]))
+        return data
 
 
 class ApiTokenForm(forms.Form):

@@ -438,6 +438,12 @@ class JobChunk(models.Model):
         return f"{self.stage} chunk {self.index} of job {self.job_id}"
 
 
+def flag_uncertainty():
+    """How far a flag's score is from the 0.5 boundary: the "most uncertain first" ordering of the queue
+    and the API, and the expression of the index that serves it (flag_open_uncertainty)."""
+    return Abs(F("score") - Value(0.5))
+
+
 class Flag(models.Model):
     class Kind(models.TextChoices):
         WRONG_VARIANT = "wrong_variant", "wrong variant"
@@ -483,7 +489,7 @@ class Flag(models.Model):
             models.Index(fields=["product", "kind"], name="flag_product_kind"),
             # the queue's "most uncertain first" (selectors.flag_queue: nearest the 0.5 boundary, then id)
             models.Index(
-                Abs(F("score") - Value(0.5)), "id", condition=Q(status="open"), name="flag_open_uncertainty"
+                flag_uncertainty(), "id", condition=Q(status="open"), name="flag_open_uncertainty"
             ),
         ]
         constraints = [

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import F, QuerySet, Value
-from django.db.models.functions import Abs
+from django.db.models import QuerySet
 
-from catalog_review.models import Category, Flag, ModelVersion, Product, VariationFamily
+from catalog_review.models import Category, Flag, ModelVersion, Product, VariationFamily, flag_uncertainty
 
 
 def product_list(
@@ -76,7 +75,7 @@ def flag_queue(
         flags = flags.filter(model_version=model_version)
     if order == "uncertain":
         # the expression of the index flag_open_uncertainty, so that the page reads it in order
-        return flags.annotate(uncertainty=Abs(F("score") - Value(0.5))).order_by("uncertainty", "id")
+        return flags.annotate(uncertainty=flag_uncertainty()).order_by("uncertainty", "id")
     return flags.order_by("-score", "id")
 
 

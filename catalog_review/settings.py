@@ -114,6 +114,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "django_htmx",
     "template_partials",
+    "ninja",  # /api/docs: Swagger UI from its own static files (no CDN)
     "catalog_review",
 ]
 

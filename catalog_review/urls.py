@@ -51,13 +51,6 @@ urlpatterns = [
     path(
         "manage/models/<int:version_id>/activate/", views.manage_activate_model, name="manage_activate_model"
     ),
-    path("api/schema", api.schema, name="api_schema"),
-    path("api/flags", api.flags, name="api_flags"),
-    path("api/flags/<int:flag_id>/decision", api.flag_decision, name="api_flag_decision"),
-    path("api/labels", api.labels, name="api_labels"),
-    path("api/corrections", api.corrections, name="api_corrections"),
-    path("api/jobs/score", api.jobs_score, name="api_jobs_score"),
-    path("api/jobs/train", api.jobs_train, name="api_jobs_train"),
-    path("api/jobs/<int:job_id>", api.job_detail, name="api_job"),
+    path("api/", api.urls()),
     path("admin/", admin.site.urls),
 ]

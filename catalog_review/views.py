@@ -540,15 +540,7 @@ def manage_start_train(request):
         jobs = Job.objects.select_related("requested_by").order_by("-created_at")[:50]
         context = {"jobs": jobs, "score_form": ScoreJobForm(), "train_form": form}
         return render(request, "catalog_review/manage_jobs.html", context, status=400)
-    job = train_start(
-        requested_by=request.user,
-        activate=form.cleaned_data["activate"],
-        force=form.cleaned_data["force"],
-        steps=form.cleaned_data["steps"],
-        end_to_end=form.end_to_end(),
-        warm_start=form.warm_start(),
-        reason="admin",
-    )
+    job = train_start(form.train_request, requested_by=request.user, reason="admin")
     return redirect("job", job_id=job.pk)
 
 

@@ -21,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog_review.models import Job, ModelVersion, Product
+from catalog_review.schemas import TrainRequest
 from catalog_review.services.jobs import (
     job_claim_run,
     job_create,
@@ -53,30 +54,13 @@ class TrainingError(Exception):
     pass
 
 
-def train_start(
-    *,
-    requested_by=None,
-    activate: bool = False,
-    force: bool = False,
-    steps: int | None = None,
-    end_to_end: bool | None = None,
-    warm_start: bool | None = None,
-    reason: str = "",
-) -> Job:
-    """Queue a train job (`reason`: what triggered it, shown on the job page: "admin", "api", "command").
-    `end_to_end` None leaves it to TRAIN_END_TO_END on the worker that runs it
-    (auto: fine-tune the backbones when that worker has CUDA). `warm_start` True starts every member
-    from the active version's (the job fails if that version cannot be a start: zero-shot, another
-    configuration or fold count), False from scratch, None: TRAIN_WARM_START decides, warm when it can.
-    `steps` None: TRAIN_WARM_STEPS for a warm start, TRAIN_STEPS from scratch (decided on the worker)."""
+def train_start(request: TrainRequest, *, requested_by=None, reason: str = "") -> Job:
+    """Queue a train job (`reason`: what triggered it, shown on the job page: "admin", "api", "command");
+    `request` says what to train (schemas.TrainRequest: validated by whoever built it)."""
     from catalog_review.gpu_tasks import train_version
 
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise TrainingError("steps must be at least 1")
-    if end_to_end is not None and not isinstance(end_to_end, bool):
-        raise TrainingError("end_to_end must be true, false or left out (TRAIN_END_TO_END decides)")
-    if warm_start is not None and not isinstance(warm_start, bool):
-        raise TrainingError("warm_start must be true, false or left out (TRAIN_WARM_START decides)")
+    activate, force, steps = request.activate, request.force, request.steps
+    end_to_end, warm_start = request.end_to_end, request.warm_start
     scope = {"activate": activate, "force": force, "folds": settings.TRAIN_FOLDS}
     if reason:
         scope["reason"] = reason

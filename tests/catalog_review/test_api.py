@@ -158,6 +158,63 @@ def test_schema_is_served_and_lists_every_endpoint(client, reviewer):
     }
 
 
+def test_schema_describes_every_request_and_response_body_and_docs_render_it(client, reviewer, admin_user):
+    schema = api(reviewer).get("/api/schema").json()
+    bodies = schema["components"]["schemas"]
+    for path, operations in schema["paths"].items():
+        for method, op in operations.items():
+            assert op["security"] == [{"Bearer": []}], (method, path)
+            for code, response in op["responses"].items():
+                ref = response["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+                assert bodies[ref]["properties"], (method, path, code)
+                assert code != "400" or ref == "Error"
+            if method == "post":
+                assert "requestBody" in op, path
+    assert set(bodies["DecisionRequest"]["properties"]) == {
+        "decision", "note", "client_request_id", "suggested_family", "belongs_to_no_family"
+    }  # fmt: skip
+    assert set(bodies["TrainRequest"]["properties"]) == {
+        "steps",
+        "activate",
+        "force",
+        "end_to_end",
+        "warm_start",
+    }
+    assert set(bodies["FlagOut"]["properties"]) >= {"id", "kind", "sku", "score", "evidence", "heatmap_url"}
+    assert set(schema["components"]["securitySchemes"]) == {"Bearer"}
+
+    assert client.get("/api/docs").status_code == 302, "a browser is sent to log in"
+    client.force_login(admin_user)
+    page = client.get("/api/docs")
+    assert page.status_code == 200 and b"swagger-ui" in page.content and b"/api/schema" in page.content
+    assert b"cdn" not in page.content.lower(), "served from the app's static files (no internet needed)"
+    assert client.get("/api/schema").json()["paths"] == schema["paths"], "a logged-in browser reads it too"
+
+
+def test_bad_input_is_a_json_400_naming_the_field_and_types_are_strict(reviewer, admin_user, world):
+    as_admin, as_reviewer = api(admin_user), api(reviewer)
+    for body, field in [
+        ({"steps": "3"}, "steps"),  # a string is not a step count
+        ({"steps": 100_001}, "steps"),
+        ({"activate": "yes"}, "activate"),
+        ({"force": True}, "force only makes sense with activate"),
+    ]:
+        response = post_json(as_admin, "/api/jobs/train", body)
+        assert response.status_code == 400 and field in response.json()["error"], body
+    response = post_json(as_admin, "/api/jobs/score", {"skus": "P1"})
+    assert response.status_code == 400 and "skus" in response.json()["error"]
+    url = f"/api/flags/{world['flags'][0].pk}/decision"
+    response = post_json(as_reviewer, url, {"decision": "maybe", "note": 3})
+    error = response.json()["error"]
+    assert response.status_code == 400 and "decision" in error and "note" in error
+    assert not review.ReviewDecision.objects.exists(), "nothing was decided"
+    response = as_reviewer.get("/api/flags", {"limit": "many"})
+    assert response.status_code == 400 and "limit" in response.json()["error"]
+    response = as_reviewer.delete(url)
+    assert response.status_code == 405 and response.json()["error"] == "method DELETE not allowed; use POST"
+    assert as_reviewer.get("/api/flags", {"kind": ""}).status_code == 200, "an empty kind is every kind"
+
+
 def test_create_api_token_command(reviewer, capsys):
     call_command("create_api_token", "reviewer")
     token = capsys.readouterr().out.strip()

@@ -18,10 +18,11 @@ from django.urls import reverse
 from PIL import Image, ImageDraw
 
 from catalog_review.models import Flag, Job, JobChunk, ModelVersion, Product, ProductEmbedding, VersionScorer
+from catalog_review.schemas import TrainRequest, ValidationError
 from catalog_review.services.catalogue_import import catalogue_import
 from catalog_review.services.model_versions import active_version, load_model, promotion_decision
 from catalog_review.services.scoring import score_start
-from catalog_review.services.training import TrainingError, train_start
+from catalog_review.services.training import train_start
 from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import MapsConfig
 from ml_worker.ensemble import CrossFitModel, save_cross_fit
@@ -474,7 +475,7 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
         model_version=zero_shot,
     )
     review.decide(flag_id=planted.pk, user=reviewer, decision="confirm")  # a reviewer label for training
-    job = finished(train_start(steps=2, activate=True).pk, timeout=300)
+    job = finished(train_start(TrainRequest(steps=2, activate=True)).pk, timeout=300)
     version = ModelVersion.objects.get(name=job.counts["model_version"])
     assert version.parent == zero_shot
     assert job.scope["warm_start_from"] is None  # nothing trained to start from: from scratch
@@ -494,7 +495,7 @@ def test_train_registers_gates_and_scores_with_a_new_version(celery_worker, cata
     version.refresh_from_db()
     assert version.is_active == ok
 
-    forced = finished(train_start(activate=True, force=True).pk, timeout=300)
+    forced = finished(train_start(TrainRequest(activate=True, force=True)).pk, timeout=300)
     assert forced.counts["activated"] is True
     parent = ModelVersion.objects.get(name=forced.counts["model_version"]).parent
     if parent == version:  # a trained version was active: the next starts from it, for fewer steps
@@ -524,7 +525,7 @@ def test_a_second_worker_with_its_own_empty_model_dir_scores_with_a_version_the_
     from catalog_review.services.model_store import model_store
     from tests.conftest import start_worker
 
-    job = finished(train_start(steps=1, activate=True, force=True).pk, timeout=300)
+    job = finished(train_start(TrainRequest(steps=1, activate=True, force=True)).pk, timeout=300)
     version = ModelVersion.objects.get(name=job.counts["model_version"])
     assert version.checkpoint_path == version.name, "a key in the model store, not a path on one machine"
     assert model_store().exists(f"{version.name}/manifest.json")
@@ -564,7 +565,9 @@ def test_a_version_trained_end_to_end_scores_through_its_own_backbones(celery_wo
     from ml_worker.features import extract_features
     from ml_worker.scoring import encode_all
 
-    job = finished(train_start(steps=3, activate=True, force=True, end_to_end=True).pk, timeout=600)
+    job = finished(
+        train_start(TrainRequest(steps=3, activate=True, force=True, end_to_end=True)).pk, timeout=600
+    )
     assert job.counts["end_to_end"] is True and "end to end" in job.scope_label
     version = ModelVersion.objects.get(name=job.counts["model_version"], is_active=True)
     assert version.config["model"]["end_to_end"] is True
@@ -588,15 +591,15 @@ def test_a_version_trained_end_to_end_scores_through_its_own_backbones(celery_wo
     ]
     assert all(stored[p.pk].wrong_variant_score is not None for p in in_families)
 
-    with pytest.raises(TrainingError, match="end_to_end must be"):
-        train_start(end_to_end="yes")
+    with pytest.raises(ValidationError, match="end_to_end"):
+        TrainRequest(end_to_end="yes")
 
 
 def test_train_command_waits_and_reports_the_version(celery_worker, catalogue):
     with pytest.raises(CommandError, match="cannot warm-start from the active version zero-shot: it is the"):
         call_command("train", "--wait", "--warm-start", "--steps", "1", "--no-progress", stdout=io.StringIO())
-    with pytest.raises(TrainingError, match="warm_start must be"):
-        train_start(warm_start="yes")
+    with pytest.raises(ValidationError, match="warm_start"):
+        TrainRequest(warm_start="yes")
     out = io.StringIO()
     call_command("train", "--wait", "--frozen", "--steps", "1", "--no-progress", stdout=out)
     text = out.getvalue()
@@ -651,7 +654,7 @@ def test_commands_refuse_bad_requests(catalogue, tmp_path):
         call_command("score", sku=["circle-red", "ghost"])
     with pytest.raises(CommandError, match="no model version named 'v9'"):
         call_command("score", model_version="v9")
-    with pytest.raises(CommandError, match="--force only makes sense with --activate"):
+    with pytest.raises(CommandError, match="force only makes sense with activate"):
         call_command("train", force=True)
     with pytest.raises(CommandError, match="not allowed with argument"):
         call_command("train", "--end-to-end", "--frozen")

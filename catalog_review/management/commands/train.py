@@ -8,6 +8,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from catalog_review.management.jobwait import require_worker, wait_for_job
+from catalog_review.schemas import TrainRequest, ValidationError, explain
 from catalog_review.services.training import TrainingError, train_start
 
 
@@ -48,21 +49,16 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, wait, activate, force, steps, end_to_end, warm_start, no_progress, **options):
-        if force and not activate:
-            raise CommandError("--force only makes sense with --activate")
-        if steps is not None and steps < 1:
-            raise CommandError("--steps must be at least 1")
+        try:
+            request = TrainRequest(
+                steps=steps, activate=activate, force=force, end_to_end=end_to_end, warm_start=warm_start
+            )
+        except ValidationError as exc:
+            raise CommandError(explain(exc.errors())) from None
         if wait:
             require_worker("gpu")
         try:
-            job = train_start(
-                activate=activate,
-                force=force,
-                steps=steps,
-                end_to_end=end_to_end,
-                warm_start=warm_start,
-                reason="command",
-            )
+            job = train_start(request, reason="command")
         except TrainingError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"Train job #{job.pk} queued.")
