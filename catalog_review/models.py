@@ -488,9 +488,7 @@ class Flag(models.Model):
             models.Index(fields=["status", "-score", "id"], name="flag_queue_all_kinds"),
             models.Index(fields=["product", "kind"], name="flag_product_kind"),
             # the queue's "most uncertain first" (selectors.flag_queue: nearest the 0.5 boundary, then id)
-            models.Index(
-                flag_uncertainty(), "id", condition=Q(status="open"), name="flag_open_uncertainty"
-            ),
+            models.Index(flag_uncertainty(), "id", condition=Q(status="open"), name="flag_open_uncertainty"),
         ]
         constraints = [
             # at most one open flag of a kind per listing (and counterpart)

@@ -59,7 +59,7 @@ SkuList = Annotated[
 
 
 class ScoreRequest(BaseModel):
-    """A score job: the whole catalogue, or one family, one category (a path such as 'Ladies/Dresses',
+    """A score job: the whole catalogue, or one family, one category (a path such as 'Food > Fruit',
     its subcategories included) or a list of SKUs (their families are scored)."""
 
     model_config = ConfigDict(strict=True)

@@ -28,7 +28,8 @@ from catalog_review.forms import (
 from catalog_review.models import Flag, Job, ModelVersion, Product, VariationFamily, VersionScorer
 from catalog_review.services import review
 from catalog_review.services.jobs import job_cancel
-from catalog_review.services.model_versions import NOISE_Z, activate_version, promotion_decision
+from catalog_review.services.model_versions import NOISE_Z
+from catalog_review.services.promotion import promote
 from catalog_review.services.scoring import ScopeError, score_start
 from catalog_review.services.training import train_start
 
@@ -723,23 +724,13 @@ def _pr_charts(metrics: dict) -> list[dict]:
 def manage_activate_model(request, version_id: int):
     version = get_object_or_404(ModelVersion, pk=version_id)
     force = request.POST.get("force") == "1"
-    active = ModelVersion.objects.filter(is_active=True).first()
-    beside_active = active is not None and version.parent_id == active.pk  # validated on the same data
-    paired = version.metrics.get("parent_on_same_data") if beside_active else None
-    ok, reason = promotion_decision(
-        version.metrics.get("validation") or {},
-        paired or (active.metrics.get("validation") if active and active.metrics else None),
-        version.metrics.get("gate_noise") if paired else None,
-    )
-    if version.name == "zero-shot" or ok or force:
-        activate_version(version)
-        note = ""
-        if settings.SCORE_AFTER_ACTIVATION:
-            job = score_start(version=version, requested_by=request.user, scope={"reason": "activation"})
-            note = f" Re-scoring the catalogue as job #{job.pk}."
+    promotion = promote(version, force=force, requested_by=request.user, reason="activation")
+    if promotion.activated:
+        job = promotion.rescore_job
+        note = f" Re-scoring the catalogue as job #{job.pk}." if job else ""
         messages.success(request, f"{version.name} is now the active model version.{note}")
     else:
-        messages.error(request, f"Not activated: {reason}. Use “activate anyway” to override.")
+        messages.error(request, f"Not activated: {promotion.gate}. Use “activate anyway” to override.")
     return redirect("manage_models")
 
 

@@ -29,18 +29,17 @@ from catalog_review.services.jobs import (
     job_set_progress,
 )
 from catalog_review.services.model_versions import (
-    activate_version,
     active_version,
     load_model,
     ml_device,
-    promotion_decision,
     store_version,
 )
+from catalog_review.services.promotion import Promotion, promote, promotion_gate
 from catalog_review.services.review import (
     confirmed_wrong_variants,
     review_labels_in_force,
 )
-from catalog_review.services.scoring import product_listings, score_start
+from catalog_review.services.scoring import product_listings
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.ensemble import train_cross_fit, warm_start_reason
@@ -231,18 +230,11 @@ def train_run(job_id: int, worker: str = "") -> str:
             parent=parent,
             created_by=job.requested_by,
         )
-        ok, reason = promotion_decision(validation, baseline, info.get("gate_noise"))
-        activated = False
-        if scope.get("activate") and (ok or scope.get("force")):
-            activate_version(version)
-            activated = True
-            if not ok:
-                reason += " (activated anyway: forced)"
-        rescore_job = None
-        if activated and settings.SCORE_AFTER_ACTIVATION:  # the new version's flags replace the old ones
-            rescore_job = score_start(
-                version=version, requested_by=job.requested_by, scope={"reason": "training"}
-            ).pk
+        if scope.get("activate"):
+            promotion = promote(version, force=bool(scope.get("force")), requested_by=job.requested_by,
+                                reason="training")  # fmt: skip
+        else:
+            promotion = Promotion(activated=False, gate=promotion_gate(version)[1])
         Job.objects.filter(pk=job.pk).update(
             status=Job.Status.SUCCEEDED,
             finished_at=timezone.now(),
@@ -250,11 +242,11 @@ def train_run(job_id: int, worker: str = "") -> str:
             counts={
                 "model_version": name,
                 "end_to_end": end_to_end,
-                "activated": activated,
-                "gate": reason,
+                "activated": promotion.activated,
+                "gate": promotion.gate,
                 "validation": validation,
                 "parent_on_same_data": baseline,
-                "rescore_job": rescore_job,
+                "rescore_job": promotion.rescore_job.pk if promotion.rescore_job else None,
             },
         )
     return f"trained {name}"

@@ -98,6 +98,14 @@ def test_activation_goes_through_the_promotion_gate(admin_client):
     assert ModelVersion.objects.get(is_active=True) == active
     admin_client.post(reverse("manage_activate_model", args=[worse.pk]), {"force": "1"})
     assert ModelVersion.objects.get(is_active=True) == worse
+    # back to the better one: its own validation against the active's, no force needed
+    admin_client.post(reverse("manage_activate_model", args=[active.pk]))
+    assert ModelVersion.objects.get(is_active=True) == active
+    # the packaged backbones can always come back, whatever their (absent) figures
+    zero_shot = ModelVersion.objects.create(name="zero-shot")
+    response = admin_client.post(reverse("manage_activate_model", args=[zero_shot.pk]), follow=True)
+    assert b"zero-shot is now the active model version" in response.content
+    assert ModelVersion.objects.get(is_active=True) == zero_shot
 
 
 def test_models_page_draws_the_pr_curves_of_new_and_compared_versions(admin_client):

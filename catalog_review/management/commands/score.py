@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from catalog_review.management.jobwait import require_worker, wait_for_job
 from catalog_review.models import ModelVersion
+from catalog_review.schemas import ScoreRequest, ValidationError, explain
 from catalog_review.services.model_versions import active_version
 from catalog_review.services.scoring import ScopeError, score_start
 
@@ -26,13 +27,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, wait, family, category, sku, model_version, no_progress, **options):
         version = model_version
-        scope = {}
-        if family:
-            scope["family"] = family
-        if category:
-            scope["category"] = category
-        if sku:
-            scope["skus"] = sku
+        try:
+            scope = ScoreRequest(family=family, category=category, skus=sku or None).scope()
+        except ValidationError as exc:
+            raise CommandError(explain(exc.errors())) from None
         if version:
             found = ModelVersion.objects.filter(name=version).first()
             if found is None:
@@ -44,7 +42,7 @@ class Command(BaseCommand):
             require_worker("gpu")
             require_worker("default")
         try:
-            job = score_start(scope=(scope or {}) | {"reason": "command"}, version=found)
+            job = score_start(scope=scope | {"reason": "command"}, version=found)
         except ScopeError as exc:
             raise CommandError(str(exc)) from None
         listings = job.total // 2
