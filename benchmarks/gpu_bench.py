@@ -22,20 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from ml_worker.catalogue import load_catalogue
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.features import extract_features, load_backbones
 from ml_worker.scoring import encode_all, score_listings
-from ml_worker.train import Labels, train_model
+from ml_worker.train import TrainingSet, train_model
 
 
 def timed(fn, device: str, repeats: int = 3) -> float:
@@ -108,12 +105,10 @@ def main() -> None:
 
     # 3. training steps on the cached features
     families = [x.family for x in listings]
-    labels = Labels.build(families, [x.category for x in listings])
+    data = TrainingSet(features, families, [x.category for x in listings])
     rows = np.arange(len(listings))
     t = time.perf_counter()
-    model, _ = train_model(
-        features, labels, rows, config, TrainConfig(steps=args.steps), device=device, progress=False
-    )
+    model, _ = train_model(data, rows, config, TrainConfig(steps=args.steps), device=device, progress=False)
     if cuda:
         torch.cuda.synchronize()
     result["train_steps"] = args.steps
@@ -121,9 +116,7 @@ def main() -> None:
     result["train_steps_per_s"] = round(args.steps / result["train_s"], 2)
     tuned_config = MapsConfig(tune_backbone_top=True)
     t = time.perf_counter()
-    train_model(
-        features, labels, rows, tuned_config, TrainConfig(steps=args.steps), device=device, progress=False
-    )
+    train_model(data, rows, tuned_config, TrainConfig(steps=args.steps), device=device, progress=False)
     if cuda:
         torch.cuda.synchronize()
     result["train_tuned_backbone_top_s"] = round(time.perf_counter() - t, 2)
@@ -158,16 +151,15 @@ def version_end_to_end(listings, frozen, steps: int, device: str) -> dict:
     out["version_decode_s"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
-    version, info = train_cross_fit(
+    data = TrainingSet(
         frozen,
         [x.family for x in listings],
         [x.category for x in listings],
-        config,
-        TrainConfig(steps=steps, folds=2),
-        device=device,
-        progress=False,
         raw=raw,
         features_of=lambda m: features_for(m, listings, device=device, training=True),
+    )
+    version, info = train_cross_fit(
+        data, config, TrainConfig(steps=steps, folds=2), device=device, progress=False
     )
     out["version_train_and_validate_s"] = round(time.perf_counter() - t, 1)
     out["version_validation"] = {k: v for k, v in info["validation"].items() if isinstance(v, float)}

@@ -11,38 +11,21 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.harness import ROOT, fresh_database, manage
+
 HM_DEV = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data" / "hm-dev"
 DB = "catalog_review_bench"
 
 
-def manage(*args, env):
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
-    )
-
-
 def main() -> None:
     media = Path(tempfile.mkdtemp(prefix="bench-media-"))
-    env = os.environ | {"DATABASE_NAME": DB, "MEDIA_ROOT": str(media)}
-    sys.path.insert(0, str(ROOT))
-    from catalog_review import runtime
-
-    params = runtime.ensure_postgres()
-    import psycopg
-
-    with psycopg.connect(
-        host=params.socket_dir, port=params.port, user=params.user, dbname="postgres", autocommit=True
-    ) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB}")
-        conn.execute(f"CREATE DATABASE {DB}")
-    manage("migrate", env=env)
+    env = {"DATABASE_NAME": DB, "MEDIA_ROOT": str(media)}
+    fresh_database(DB, env=env)
 
     scaled = HM_DEV / "catalogue.jsonl"
     rows = [json.loads(line) for line in open(scaled)]

@@ -15,12 +15,11 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import connect, drop_database, fresh_database, percentiles
+
 DB = "catalog_review_bench_knn"
 DIM, K = 256, 10
 
@@ -35,21 +34,11 @@ def vectors(n: int, seed: int = 0) -> np.ndarray:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     queries = int(sys.argv[2]) if len(sys.argv) > 2 else 300
-    from catalog_review import runtime
-
-    params = runtime.ensure_postgres()
-    import psycopg
     from pgvector.psycopg import register_vector
 
-    with psycopg.connect(
-        host=params.socket_dir, port=params.port, user=params.user, dbname="postgres", autocommit=True
-    ) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB}")
-        conn.execute(f"CREATE DATABASE {DB}")
+    fresh_database(DB, migrate=False)
     data = vectors(n)
-    with psycopg.connect(
-        host=params.socket_dir, port=params.port, user=params.user, dbname=DB, autocommit=True
-    ) as conn:
+    with connect(DB, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION vector")
         register_vector(conn)
         conn.execute(f"CREATE TABLE items (id int PRIMARY KEY, version int NOT NULL, v vector({DIM}))")
@@ -108,17 +97,13 @@ def main() -> None:
                         "ef_search": ef,
                         "k": K,
                         "queries": queries,
-                        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-                        "p95_ms": round(float(np.percentile(latencies, 95)), 2),
+                        **percentiles(latencies, digits=2),
                         "recall_at_10": round(float(np.mean(recalls)), 4),
                         "uses_index": any("items_hnsw" in r[0] for r in plan),
                     }
                 )
             )
-    with psycopg.connect(
-        host=params.socket_dir, port=params.port, user=params.user, dbname="postgres", autocommit=True
-    ) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB}")
+    drop_database(DB)
 
 
 if __name__ == "__main__":

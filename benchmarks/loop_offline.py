@@ -37,25 +37,53 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.held_out import FIGURES, METRICS, Catalogue, load_metrics
+from benchmarks.review_simulator import metrics_on_unreviewed
+from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.end_to_end import load_raw_inputs
+from ml_worker.ensemble import load_cross_fit, train_cross_fit, warm_start_reason
+from ml_worker.features import extract_features, features_for
+from ml_worker.scoring import ListingScore, protocol_scores
+from ml_worker.train import ReviewPairs, TrainingSet
 
-from benchmarks.held_out import FIGURES, METRICS, Catalogue, load_metrics  # noqa: E402
-from benchmarks.label_value import reviewer_pairs, truth_answers  # noqa: E402
-from benchmarks.review_simulator import metrics_on_unreviewed  # noqa: E402
-from ml_worker.config import MapsConfig, TrainConfig  # noqa: E402
-from ml_worker.end_to_end import load_raw_inputs  # noqa: E402
-from ml_worker.ensemble import load_cross_fit, train_cross_fit, warm_start_reason  # noqa: E402
-from ml_worker.features import extract_features, features_for  # noqa: E402
-from ml_worker.scoring import ListingScore, protocol_scores  # noqa: E402
-from ml_worker.train import ReviewPairs  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def truth_answers(truth: dict) -> tuple[set[str], dict[str, set[str]]]:
+    """What a perfect reviewer knows: the planted wrong variants, and each listing's duplicates."""
+    wrong = {t["sku"] for t in truth.get("wrong_variant", [])}
+    partners = collections.defaultdict(set)
+    for t in truth.get("duplicate", []):
+        partners[t["sku"]].add(t["of"])
+        partners[t["of"]].add(t["sku"])
+    return wrong, partners
+
+
+def reviewer_pairs(families: list[str], decisions) -> ReviewPairs:
+    """Decisions (kind, row, other row or None, confirmed) as the reviewer pairs the app writes
+    (DESIGN 7): a wrong-variant decision pairs the listing with each member of its family as listed
+    ("different family" when confirmed, "same family" when rejected); a duplicate decision pairs it
+    with its candidate ("same product" / "different product")."""
+    members = collections.defaultdict(list)
+    for i, f in enumerate(families):
+        members[f].append(i)
+    a, b, head, target = [], [], [], []
+    for kind, i, other, confirmed in decisions:
+        if kind == "wrong_variant":
+            for j in members[families[i]]:
+                if j != i:
+                    a.append(i), b.append(j), head.append(0), target.append(not confirmed)
+        else:
+            a.append(i), b.append(other), head.append(1), target.append(confirmed)
+    return ReviewPairs(
+        np.array(a, dtype=np.int64), np.array(b, dtype=np.int64), np.array(head), np.array(target)
+    )
 
 
 class Reviewer:
@@ -213,18 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         if r == 0 and args.start:
             info = {"warm_start": False, "validation": {}}
         else:
-            version, info = train_cross_fit(
+            data = TrainingSet(
                 features,
                 families,
                 [x.category for x in listings],
-                config,
-                train_config,
-                device=device,
-                progress=False,
                 review_pairs=pairs,
                 raw=raw,
                 features_of=lambda m: features_for(m, listings, device=device, training=True),
-                warm_start=version,
+            )
+            version, info = train_cross_fit(
+                data, config, train_config, device=device, progress=False, warm_start=version
             )
         train_s = time.perf_counter() - t
         t = time.perf_counter()

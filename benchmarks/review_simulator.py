@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 import urllib.error
@@ -40,10 +39,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.held_out import METRICS, Catalogue, load_metrics
 
-from benchmarks.held_out import METRICS, Catalogue, load_metrics  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Api:

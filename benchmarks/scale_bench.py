@@ -34,14 +34,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import http.cookiejar
 import json
 import os
 import platform
 import random
-import re
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -51,7 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.harness import ROOT, Client, csrf, drop_database, fresh_database, manage, percentiles, served
+
 DB = "catalog_review_bench_scale"
 DIM = 256
 PASSWORD = "bench-pw"
@@ -314,7 +311,7 @@ def build(args) -> dict:
         # the graph built in memory, by this backend and one helper (two cores): pgvector writes it
         # to disk tuple by tuple, many times slower, once it outgrows maintenance_work_mem (~1.3 GB
         # an index at 1M listings); an operator rebuilding these indexes sets the same
-        cursor.execute("SET maintenance_work_mem = '%dMB'" % args.index_memory_mb)
+        cursor.execute(f"SET maintenance_work_mem = '{int(args.index_memory_mb)}MB'")
         cursor.execute("SET max_parallel_maintenance_workers = 1")
     with conn.schema_editor() as editor:
         for ix in hnsw:
@@ -338,53 +335,6 @@ def build(args) -> dict:
 
 
 # --- the load ---------------------------------------------------------------------------------------
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-class Client:
-    """One reviewer's browser session (cookies, CSRF), or an API caller with a bearer token."""
-
-    def __init__(self, base: str, username: str | None = None, token: str | None = None):
-        self.base, self.token = base, token
-        self.jar = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect())
-        if username:
-            _status, page, _ = self.request("/login/")
-            self.request(
-                "/login/", {"username": username, "password": PASSWORD, "csrfmiddlewaretoken": csrf(page)}
-            )
-
-    def request(
-        self, path: str, data: dict | None = None, htmx: bool = False
-    ) -> tuple[int, str, float | None]:
-        """(status, body, server-side ms from Server-Timing); a redirect is answered, not followed."""
-        headers = {"Referer": self.base + path}
-        if htmx:
-            headers |= {"HX-Request": "true", "HX-Target": "flag-panel"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        body = urllib.parse.urlencode(data).encode() if data is not None else None
-        request = urllib.request.Request(self.base + path, data=body, headers=headers)
-        try:
-            with self.opener.open(request, timeout=60) as r:
-                self.location = r.headers.get("Location")
-                return r.status, r.read().decode(), server_ms(r.headers)
-        except urllib.error.HTTPError as e:  # (a redirect too: not followed)
-            self.location = e.headers.get("Location")
-            return e.code, e.read().decode(errors="replace"), server_ms(e.headers)
-
-
-def server_ms(headers) -> float | None:
-    m = re.search(r"app;dur=([\d.]+)", headers.get("Server-Timing") or "")
-    return float(m[1]) if m else None
-
-
-def csrf(html: str) -> str:
-    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
 
 
 class Recorder:
@@ -420,9 +370,8 @@ class Recorder:
             server, client = np.array(self.server[name]), np.array(self.client[name])
             out[name] = {
                 "n": len(client),
-                "p50_ms": round(float(np.percentile(server, 50)), 1) if len(server) else None,
-                "p95_ms": round(float(np.percentile(server, 95)), 1) if len(server) else None,
-                "client_p95_ms": round(float(np.percentile(client, 95)), 1) if len(client) else None,
+                **percentiles(server),
+                "client_p95_ms": percentiles(client)["p95_ms"],
                 "errors": len(self.errors[name]),
                 "error_samples": sorted({str(e) for e in self.errors[name]})[:3],
             }
@@ -505,8 +454,8 @@ def run_clients(base, setup, clients: int, seconds: float, think: bool) -> Recor
 
     def worker(n: int) -> None:
         rng = random.Random(n)
-        client = Client(base, f"rev{n}")
-        admin = Client(base, "admin")
+        client = Client(base, f"rev{n}", PASSWORD)
+        admin = Client(base, "admin", PASSWORD)
         api = Client(base, token=setup["token"])
         k = 4 * n  # each client starts its rotations elsewhere: every page is sampled early
         if think:
@@ -585,8 +534,7 @@ def knn_report(args, version_id: int) -> dict:
                 times.append((time.perf_counter() - started) * 1000)
                 hits += len({p.pk for p in found} & exact[pid])
         out[str(ef)] = {
-            "p50_ms": round(float(np.percentile(times, 50)), 1),
-            "p95_ms": round(float(np.percentile(times, 95)), 1),
+            **percentiles(times),
             "recall_at_10": round(hits / (10 * len(ids)), 4),
         }
     return out
@@ -633,19 +581,10 @@ def main() -> None:
     ap.add_argument("--keep-db", action="store_true", help="leave the database (for EXPLAIN, or --reuse-db)")
     ap.add_argument("--reuse-db", action="store_true", help="measure the database a --keep-db run left")
     ap.add_argument("--build-only", action="store_true", help="build the database, keep it, measure nothing")
-    ap.add_argument("--index-memory-mb", type=int, default=4096, help="maintenance_work_mem for the HNSW builds")
+    ap.add_argument(
+        "--index-memory-mb", type=int, default=4096, help="maintenance_work_mem for the HNSW builds"
+    )
     args = ap.parse_args()
-
-    from catalog_review import runtime
-
-    params = runtime.ensure_postgres()
-    import psycopg
-
-    def admin_sql(sql: str) -> None:
-        with psycopg.connect(
-            host=params.socket_dir, port=params.port, user=params.user, dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(sql)
 
     env = {
         "DATABASE_NAME": DB,
@@ -657,10 +596,10 @@ def main() -> None:
     os.environ.update(env)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "catalog_review.settings")
     started = time.perf_counter()
-    if not args.reuse_db:
-        admin_sql(f"DROP DATABASE IF EXISTS {DB}")
-        admin_sql(f"CREATE DATABASE {DB}")
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
+    if args.reuse_db:
+        manage("migrate", "-v0")  # the code may have moved on since the database was built
+    else:
+        fresh_database(DB)
     import django
 
     django.setup()
@@ -685,14 +624,6 @@ def main() -> None:
         "family": Product.objects.get(pk=args.listings // 2).family.code,
         "category_id": Product.objects.get(pk=args.listings // 3).category.parent_id,
     }
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "catalog_review.wsgi", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(args.workers), "--preload", "--log-level", "warning"],
-        cwd=ROOT,
-        env=os.environ | env,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     report = {
         "bench": "scale",
         "listings": args.listings,
@@ -705,19 +636,13 @@ def main() -> None:
         "machine": f"{platform.machine()} cores={os.cpu_count()}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/login/", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.3)
+    with served(env, workers=args.workers) as (base, server):
         api = Client(base, token=setup["token"])
         setup["flags_cursor"] = walk(api, "/api/flags?limit=500", "next_cursor", "cursor", args.flags // 1000)
         setup["labels_cursor"] = walk(
             api, "/api/labels?limit=500", "next_cursor", "since", args.flags // 1000
         )
-        warm = Client(base, "admin")
+        warm = Client(base, "admin", PASSWORD)
         for _ in range(4 * args.workers):  # each gunicorn worker loads the title encoder on its first one
             warm.request("/?q=coat&match=meaning")
 
@@ -745,9 +670,6 @@ def main() -> None:
             },
             "pages_p95_ms": {k: v["p95_ms"] for k, v in closed.table().items()},
         }
-    finally:
-        server.terminate()
-        server.wait(30)
     report["knn"] = knn_report(args, version.pk)
     report["flag_stage"] = flag_stage_report(args, version.pk)
     print_table(report)
@@ -757,15 +679,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        admin_sql(f"DROP DATABASE IF EXISTS {DB}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        drop_database(DB)
 
 
 def print_table(report: dict) -> None:

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import ROOT, catalogue_slice, connect, drop_database, fresh_database, manage
+
 DB = "catalog_review_bench_score"
 
 
@@ -31,24 +31,11 @@ def main() -> None:
     hm_dev = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT.parent / "shared" / "data" / "hm-dev"
     from catalog_review import runtime
 
-    params = runtime.ensure_postgres()
     runtime.ensure_redis()
-    import psycopg
-
-    with psycopg.connect(
-        host=params.socket_dir, port=params.port, user=params.user, dbname="postgres", autocommit=True
-    ) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB}")
-        conn.execute(f"CREATE DATABASE {DB}")
+    fresh_database(DB, migrate=False)
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
-    rows = [json.loads(line) for line in open(hm_dev / "catalogue.jsonl")][:n]
-    catalogue = work / "catalogue.jsonl"
-    with open(catalogue, "w") as fh:
-        for row in rows:
-            fh.write(
-                json.dumps(row | {"image": str(hm_dev / row["image"]) if row.get("image") else None}) + "\n"
-            )
-    env = os.environ | {
+    catalogue = catalogue_slice(hm_dev, n, work)
+    env = {
         "DATABASE_NAME": DB,
         "MEDIA_ROOT": str(work / "media"),
         "MODEL_DIR": str(work / "models"),
@@ -56,18 +43,8 @@ def main() -> None:
         "SCORE_ON_IMPORT": "false",
     }
 
-    def manage(*args):
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-
-    manage("migrate")
-    manage("import_catalogue", str(catalogue), "--images-root", "/", "--no-progress")
+    manage("migrate", env=env)
+    manage("import_catalogue", str(catalogue), "--images-root", "/", "--no-progress", env=env)
 
     # 1. bare forward pass, in this process (same core count as the gpu worker)
     import torch
@@ -95,7 +72,7 @@ def main() -> None:
         subprocess.Popen(
             worker_command(concurrency=c, queues=q, hostname=f"bench-{q}@%h"),
             cwd=ROOT,
-            env=env,
+            env=os.environ | env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -104,14 +81,14 @@ def main() -> None:
     try:
         time.sleep(8)
         t = time.perf_counter()
-        manage("score", "--wait", "--no-progress")
+        manage("score", "--wait", "--no-progress", env=env)
         pipeline_s = time.perf_counter() - t
     finally:
         for w in workers:
             w.terminate()
         for w in workers:
             w.wait(30)
-    with psycopg.connect(host=params.socket_dir, port=params.port, user=params.user, dbname=DB) as conn:
+    with connect(DB) as conn:
         job_start, embed_end, flag_end = conn.execute(
             """SELECT j.started_at, max(c.done_at) FILTER (WHERE c.stage = 'embed'),
                       max(c.done_at) FILTER (WHERE c.stage = 'flag')
@@ -138,10 +115,7 @@ def main() -> None:
             }
         )
     )
-    with psycopg.connect(
-        host=params.socket_dir, port=params.port, user=params.user, dbname="postgres", autocommit=True
-    ) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB}")
+    drop_database(DB)
 
 
 if __name__ == "__main__":

@@ -434,6 +434,7 @@ class JobOut(Schema):
     failed: int
     total: int
     counts: dict[str, Any] = Field(description="what the job found or trained (a train job: validation)")
+    phase: str = Field(description="what a running job is doing now (a train job: features, training)")
     error: str | None
     created_at: str = Field(description="ISO 8601")
     finished_at: str | None
@@ -451,6 +452,7 @@ def job_json(job: Job, request) -> dict:
         "failed": job.failed,
         "total": job.total,
         "counts": job.counts,
+        "phase": job.phase,
         "error": job.error or None,
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,

@@ -240,8 +240,6 @@ class Job(models.Model):
         FETCH_IMAGES = "fetch_images", "download images"
         SCORE = "score", "score"
         TRAIN = "train", "train"
-        EXPORT = "export", "export"
-        SELF_TEST = "self_test", "worker self-test"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "queued"
@@ -258,7 +256,8 @@ class Job(models.Model):
     total = models.PositiveIntegerField(default=0)
     done = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
-    counts = models.JSONField(default=dict, blank=True)
+    counts = models.JSONField(default=dict, blank=True)  # what the job found or made (its result)
+    phase = models.CharField(max_length=40, blank=True, default="")  # what a running job is doing now
     error = models.TextField(blank=True, default="")
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
@@ -369,7 +368,6 @@ FACT_LABELS = {
     "duplicate_updated": "duplicate flags updated",
     "wrong_variant_created": "wrong-variant flags raised",
     "wrong_variant_updated": "wrong-variant flags updated",
-    "phase": "phase",
     "end_to_end": "backbones fine-tuned end to end",
     "version": "model version",
     "activated": "activated",

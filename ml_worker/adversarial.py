@@ -1,4 +1,4 @@
-"""Adversarial negative titles (seed 3): rewrite a title's distinguishing words (colour, product
+"""Adversarial negative titles (paper 3): rewrite a title's distinguishing words (colour, product
 type, style words) with words taken from titles of *other* families in the same category, so that
 the result reads like a real listing of a neighbouring product but no longer describes this image."""
 

@@ -72,7 +72,6 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     folds: int = 2  # k-fold cross-fitting by family: each family is scored by a model that never saw it
-    val_fraction: float = 0.15  # of families, for validation metrics of the final model
     # loss weights
     w_pair: float = 1.0
     w_product: float = 1.0
@@ -81,7 +80,7 @@ class TrainConfig:
     w_review: float = 2.0  # reviewer-labelled pairs weigh more than the (noisy) family pairs
     review_pairs_per_step: int = 16
     backbone_lr_scale: float = 0.1  # fine-tuned backbone layers (tune_backbone_top, end_to_end) learn slower
-    p_adversarial_title: float = 0.2  # share of anchors given a rewritten, mismatching title (seed 3)
+    p_adversarial_title: float = 0.2  # share of anchors given a rewritten, mismatching title (paper 3)
     p_swapped_image: float = 0.35  # share of anchors shown a same-category image of another family
     proxy_levels_weight: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
     kmeans_levels: int = 1  # upper proxy levels built by k-means when no category path exists

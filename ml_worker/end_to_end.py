@@ -30,7 +30,7 @@ class RawInputs:
     has_image: torch.Tensor  # (N,) bool
     input_ids: torch.Tensor  # (N, L) title token ids, padded to max_tokens
     token_mask: torch.Tensor  # (N, L) bool
-    adv_input_ids: torch.Tensor  # the adversarial rewrite of each title (seed 3)
+    adv_input_ids: torch.Tensor  # the adversarial rewrite of each title (paper 3)
     adv_mask: torch.Tensor
 
     def __len__(self) -> int:

@@ -30,9 +30,8 @@ from torch import nn
 
 from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from ml_worker.config import MapsConfig, TrainConfig
-from ml_worker.end_to_end import RawInputs
 from ml_worker.features import FeatureCache, own_backbones
-from ml_worker.train import Labels, ReviewPairs, train_model
+from ml_worker.train import Labels, ReviewPairs, TrainingSet, train_model
 from ml_worker.validation import gate_noise, planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
 
@@ -101,9 +100,7 @@ def load_cross_fit(directory: Path, *, expected_sha256: str | None = None) -> Cr
 
 
 def train_cross_fit(
-    features: FeatureCache,
-    family_codes: list[str],
-    categories: list[tuple[str, ...]],
+    data: TrainingSet,
     config: MapsConfig,
     train_config: TrainConfig,
     *,
@@ -111,35 +108,32 @@ def train_cross_fit(
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     baseline: CrossFitModel | None = None,
-    review_pairs: ReviewPairs | None = None,
-    raw: RawInputs | None = None,
-    features_of: Callable[[nn.Module], FeatureCache] | None = None,
     warm_start: CrossFitModel | None = None,
 ) -> tuple[CrossFitModel, dict]:
     """Train the fold models and the final model; validate every fold model on errors planted into
     the families it never saw and on the reviewer labels of those families (and `baseline`, the
-    active version, on exactly the same data). `review_pairs` (reviewer labels) join the training of
+    active version, on exactly the same data). The reviewer pairs of `data` join the training of
     every model whose families they belong to.
 
     End to end (`config.end_to_end`, the GPU path) every member fine-tunes its own backbones from
-    `raw` (pixels and token ids); `features` (frozen) then only mine look-alike negatives, and
-    `features_of(model)` gives what a model with its own backbones reads (every listing through
+    `data.raw` (pixels and token ids); the frozen features then only mine look-alike negatives, and
+    `data.features_of(model)` gives what a model with its own backbones reads (every listing through
     them, both views), for validating it (and a baseline that was trained end to end).
 
     `warm_start` (the active version; `warm_start_reason` says whether it can be one) starts each
     member from the same member of that version: fold k from its fold k, which never saw fold k's
     families either (a family's fold is a hash of its code), the final model from its final model."""
-    if config.end_to_end and raw is None:
+    if config.end_to_end and data.raw is None:
         raise ValueError("end_to_end training needs the raw inputs (ml_worker.end_to_end.load_raw_inputs)")
 
     def read(model: nn.Module) -> FeatureCache:
         if own_backbones(model) is None:
-            return features
-        if features_of is None:
+            return data.features
+        if data.features_of is None:
             raise ValueError("a model with its own backbones needs features_of to be validated")
-        return features_of(model)
+        return data.features_of(model)
 
-    labels = Labels.build(family_codes, categories)
+    family_codes, labels, review_pairs = data.families, data.labels, data.review_pairs
     k = max(1, train_config.folds)
     fold = np.array([family_fold(code, k) for code in family_codes])
     runs = [*range(k), "final"] if k > 1 else ["final"]
@@ -162,8 +156,7 @@ def train_cross_fit(
         if warm_start is not None:
             init = warm_start.final if run == "final" else warm_start.folds[run]
         model, run_info = train_model(
-            features,
-            labels,
+            data,
             rows,
             config,
             train_config,
@@ -171,8 +164,6 @@ def train_cross_fit(
             progress=progress,
             desc=f"fold {run + 1}/{k}" if run != "final" else "final model",
             on_step=step,
-            review_pairs=review_pairs,
-            raw=raw,
             init=init,
         )
         info.setdefault("review_pairs_used", {})[str(run)] = run_info["review_pairs_used"]

@@ -24,6 +24,7 @@ from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.ensemble import MANIFEST, CrossFitModel, load_cross_fit, save_cross_fit, train_cross_fit
 from ml_worker.features import FeatureCache, extract_features, features_for, own_backbones
 from ml_worker.scoring import protocol_scores, score_catalogue
+from ml_worker.train import TrainingSet
 
 
 def family_folds(families: list[str], folds: int, seed: int) -> np.ndarray:
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "--alignment",
         choices=["contrastive", "codis", "ridge"],
         default="contrastive",
-        help="the image -> own text alignment of the own-evidence channel (seed 4)",
+        help="the image -> own text alignment of the own-evidence channel (paper 4)",
     )
     ap.add_argument(
         "--scorer-summary", type=Path, help="write the fitted combiners' plant AP and reliability here"
@@ -134,16 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         version = args.model.name
     else:
         # the app's train job: fold models by a hash of the family code (cross-fitting) + a final model
-        model, _info = train_cross_fit(
+        data = TrainingSet(
             features,
             families,
             [x.category for x in listings],
-            config,
-            train_config,
-            device=device,
             raw=raw,
             features_of=lambda m: features_for(m, listings, device=device, training=True),
         )
+        model, _info = train_cross_fit(data, config, train_config, device=device)
         train_s = time.perf_counter() - t1
         version = (
             f"maps-{args.modality}{'-noattn' if args.no_title_guidance else ''}"

@@ -18,7 +18,7 @@ Wrong-variant channels of listing i with counted siblings S (`WRONG_VARIANT_CHAN
   predict each attribute (colour, pattern...) and each category level from the image; a channel is how
   surprising the stated values are given the image, log(p(top guess) / p(stated)), also relative to the
   siblings' (the tie-breaker of two-member families); and the image against its own text: a linear
-  image -> text alignment (contrastive, seed 4), 1 - cosine with the listing's own text.
+  image -> text alignment (contrastive, paper 4), 1 - cosine with the listing's own text.
 
 `Combiner`: a logistic regression over the channels, fitted on errors planted into the catalogue
 (listings moved into another family, images swapped for another listing's: `plant_wrong_variants`)
@@ -381,7 +381,7 @@ def _fit_alignment(
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Linear maps of image codes and text descriptors into one space where a listing's image and its own
-    text meet (seed 4). "contrastive": symmetric InfoNCE, each image against its own text and the batch's
+    text meet (paper 4). "contrastive": symmetric InfoNCE, each image against its own text and the batch's
     others; "codis": the two views assigned to shared cluster centres (a learned codebook), each view's
     assignment taught by the other's (swapped prediction) on top of the contrast; "ridge": least squares
     image -> text, no negatives."""

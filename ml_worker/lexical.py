@@ -24,21 +24,18 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable
 
+import numpy as np
 import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
 
-_TOKEN = re.compile(r"\b\w\w+\b")
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 TITLE_WEIGHT = 0.3  # share of the embedding cosine in the title similarity of image-less pairs
 NUMBER_PENALTY = 0.2  # both titles carry numbers and share none
 PRICE_WEIGHT = 0.2  # per unit of |log price ratio| ...
 PRICE_CAP = 2.0  # ... up to this (a factor e^2 = 7.4 apart)
-
-
-def tokens(title: str) -> list[str]:
-    return _TOKEN.findall(title.lower())
 
 
 @functools.lru_cache(maxsize=65536)
@@ -73,37 +70,47 @@ def disagreement(title_a: str, title_b: str, price_a: float | None, price_b: flo
 
 
 class TitleIdf:
-    def __init__(self, titles: Iterable[str]):
-        df, n = Counter(), 0
-        for title in titles:
-            df.update(set(tokens(title)))
-            n += 1
-        self.n = n
-        self.idf = {t: math.log((1 + n) / (1 + d)) + 1 for t, d in df.items()}
-        self.unseen = math.log(1 + n) + 1  # a word of a title outside the fitted catalogue
+    """Word TF-IDF over a catalogue's titles: scikit-learn's `TfidfVectorizer(sublinear_tf=True)` (word
+    tokens of 2+ characters, lower-cased, smoothed idf, L2-normalised rows), fitted once. A word of a
+    compared title that the catalogue never used weighs as the rarest word could (idf of a document
+    frequency of 0): a model number only the two compared titles share is strong evidence."""
 
-    def vector(self, title: str) -> dict[str, float]:
-        counts = Counter(tokens(title))
-        weights = {t: (1 + math.log(c)) * self.idf.get(t, self.unseen) for t, c in counts.items()}
-        norm = math.sqrt(sum(w * w for w in weights.values()))
-        return {t: w / norm for t, w in weights.items()} if norm else {}
+    def __init__(self, titles: Iterable[str]):
+        titles = list(titles)
+        self.n = len(titles)
+        self.unseen = math.log(1 + self.n) + 1
+        self._tfidf = TfidfVectorizer(sublinear_tf=True, token_pattern=_TOKEN.pattern, dtype=np.float64)
+        try:
+            self._tfidf.fit(titles)
+        except ValueError:  # no title has a word: every word is unseen
+            self._tfidf = TfidfVectorizer(sublinear_tf=True, token_pattern=_TOKEN.pattern, vocabulary={})
+            self._tfidf.idf_ = np.zeros(0)
+        self._analyze = self._tfidf.build_analyzer()
+
+    def matrix(self, titles: list[str]):
+        """The titles' TF-IDF rows (sparse, L2-normalised), unseen words weighted as `unseen`."""
+        vocabulary = self._tfidf.vocabulary_
+        new = sorted({w for title in titles for w in self._analyze(title)} - vocabulary.keys())
+        if not new:
+            return self._tfidf.transform(titles)
+        extended = TfidfVectorizer(
+            sublinear_tf=True,
+            token_pattern=_TOKEN.pattern,
+            vocabulary=vocabulary | {w: len(vocabulary) + k for k, w in enumerate(new)},
+        )
+        extended.idf_ = np.concatenate([self._tfidf.idf_, np.full(len(new), self.unseen)])
+        return extended.transform(titles)
 
     def pair_similarity(self, titles: list[str], ii: Iterable[int], jj: Iterable[int]) -> torch.Tensor:
         """TF-IDF cosine of titles[i] and titles[j] for each pair (0 where a title has no word)."""
-        vectors: dict[int, dict[str, float]] = {}
-
-        def vec(i: int) -> dict[str, float]:
-            if i not in vectors:
-                vectors[i] = self.vector(titles[i])
-            return vectors[i]
-
-        out = []
-        for i, j in zip(ii, jj, strict=True):
-            a, b = vec(int(i)), vec(int(j))
-            if len(b) < len(a):
-                a, b = b, a
-            out.append(sum(w * b.get(t, 0.0) for t, w in a.items()))
-        return torch.tensor(out, dtype=torch.float32)
+        ii, jj = [int(i) for i in ii], [int(j) for j in jj]
+        if not ii:
+            return torch.zeros(0)
+        used = sorted(set(ii) | set(jj))
+        row = {i: r for r, i in enumerate(used)}
+        rows = self.matrix([titles[i] for i in used])
+        a, b = rows[[row[i] for i in ii]], rows[[row[j] for j in jj]]
+        return torch.as_tensor(np.asarray(a.multiply(b).sum(axis=1)).ravel(), dtype=torch.float32)
 
     def pair_evidence(
         self,

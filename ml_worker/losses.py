@@ -1,10 +1,10 @@
 """Training losses, small composable modules (pytorch-metric-learning style).
 
-- `PairLoss`: BCE on pair-head logits, negatives weighted toward hard ones (same category; seed 1).
-- `ProxyAnchorLoss` and `HierarchicalProxyLoss` (seed 2): proxies per family and per upper level,
+- `PairLoss`: BCE on pair-head logits, negatives weighted toward hard ones (same category; paper 1).
+- `ProxyAnchorLoss` and `HierarchicalProxyLoss` (paper 2): proxies per family and per upper level,
   upper levels from the category path or, without one, from k-means over the fine proxies.
 - `SupConLoss`: multi-positive InfoNCE between two sets of embeddings; composed into the image-text
-  alignment of seed 4 (TCL) as a cross-modal term (image vs title) and intra-modal terms.
+  alignment of paper 4 (TCL) as a cross-modal term (image vs title) and intra-modal terms.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class HierarchicalProxyLoss(nn.Module):
 
     `level_sizes[i]` classes at level i. A level listed in `kmeans_levels` has no labels of its own:
     its classes are k-means clusters of the level-0 proxies, its proxies the mean of their members,
-    refreshed by `refresh_kmeans` every T steps (seed 2)."""
+    refreshed by `refresh_kmeans` every T steps (paper 2)."""
 
     def __init__(
         self,
@@ -150,7 +150,7 @@ class SupConLoss(nn.Module):
 
 
 class AlignmentLoss(nn.Module):
-    """Image-text alignment after TCL (seed 4): cross-modal (image<->title, both directions) plus
+    """Image-text alignment after TCL (paper 4): cross-modal (image<->title, both directions) plus
     intra-modal terms (image<->image of the same family, and listing<->its augmented view), so that
     aligning modalities does not collapse each modality's own structure."""
 

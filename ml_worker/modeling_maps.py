@@ -1,4 +1,4 @@
-"""MAPS: multimodal attention for product similarity (seed 1), on frozen or fine-tuned backbone maps.
+"""MAPS: multimodal attention for product similarity (paper 1), on frozen or fine-tuned backbone maps.
 
     title tokens ──► self-attentive title embedding t ─┬─► spatial attention "where" over 7x7 ─┐
                                                        └─► channel attention "what" (gates)    │

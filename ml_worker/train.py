@@ -8,15 +8,17 @@ A batch is P families x K listings. Per batch:
   hard negatives;
 - the hierarchical proxy-anchor loss over family and category levels (k-means levels without a path);
 - TCL-style image-title alignment with intra-modal terms;
-- adversarial anchors: a share of listings get a rewritten title (seed 3) or a same-category image
+- adversarial anchors: a share of listings get a rewritten title (paper 3) or a same-category image
   of another family; both are trained as "not this family", which teaches image-title consistency.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +28,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ml_worker.config import MapsConfig, TrainConfig
-from ml_worker.end_to_end import LiveInputs, RawInputs
-from ml_worker.features import FeatureCache
+from ml_worker.end_to_end import LiveInputs, RawInputs, load_raw_inputs
+from ml_worker.features import FeatureCache, extract_features, features_for
 from ml_worker.losses import AlignmentLoss, HierarchicalProxyLoss, PairLoss
 from ml_worker.modeling_maps import MapsInputs, MapsModel
 
@@ -83,6 +85,54 @@ class ReviewPairs:
         for h, t in zip(self.head.tolist(), self.target.tolist(), strict=True):
             out[names[(h, bool(t))]] += 1
         return out
+
+
+@dataclass
+class TrainingSet:
+    """What a version is trained on: the catalogue's frozen `features`, each listing's family code
+    and category path, the reviewer-labelled pairs, and, end to end (`MapsConfig.end_to_end`), `raw`
+    (the pixels and token ids the backbones train on) with `features_of(model)`: what a model with its
+    own backbones reads (every listing through them), to validate it. The frozen features then only
+    mine look-alike negatives."""
+
+    features: FeatureCache
+    families: list[str]
+    categories: list[tuple[str, ...]]
+    review_pairs: ReviewPairs | None = None
+    raw: RawInputs | None = None
+    features_of: Callable[[nn.Module], FeatureCache] | None = None
+
+    @functools.cached_property
+    def labels(self) -> Labels:
+        return Labels.build(self.families, self.categories)
+
+    @classmethod
+    def of_listings(
+        cls,
+        listings: list,
+        config: MapsConfig,
+        *,
+        device: str = "cpu",
+        families: list[str] | None = None,
+        review_pairs: ReviewPairs | None = None,
+        cache_dir=None,
+        progress: bool = True,
+        on_progress=None,
+    ) -> TrainingSet:
+        """A catalogue's listings (`ml_worker.catalogue.Listing`) read for training: frozen features
+        (cached under `cache_dir`), and end to end the raw inputs. `families` overrides the listings'
+        own (reviewer corrections: a confirmed wrong variant leaves its family)."""
+        features = extract_features(
+            listings, config, cache_dir=cache_dir, device=device, progress=progress, on_progress=on_progress
+        )
+        return cls(
+            features=features,
+            families=families if families is not None else [x.family for x in listings],
+            categories=[tuple(x.category) for x in listings],
+            review_pairs=review_pairs,
+            raw=load_raw_inputs(listings, config, progress=False) if config.end_to_end else None,
+            features_of=lambda model: features_for(model, listings, device=device, training=True),
+        )
 
 
 def augment_view(x: MapsInputs, generator: torch.Generator) -> MapsInputs:
@@ -162,8 +212,7 @@ def mine_look_alikes(features: FeatureCache, family: np.ndarray, rows: np.ndarra
 
 
 def train_model(
-    features: FeatureCache,
-    labels: Labels,
+    data: TrainingSet,
     train_rows: np.ndarray,
     config: MapsConfig,
     train_config: TrainConfig,
@@ -172,18 +221,17 @@ def train_model(
     progress: bool = True,
     desc: str = "training",
     on_step=None,
-    review_pairs: ReviewPairs | None = None,
-    raw: RawInputs | None = None,
     init: nn.Module | None = None,
 ) -> tuple[MapsModel, dict]:
-    """Train a MAPS model on `train_rows`; `on_step(step, total)` is called every 10 steps (job progress).
-    `review_pairs` (reviewer labels) add a weighted pair-head loss on those of them within `train_rows`.
-    With `config.end_to_end`, `raw` (the catalogue's pixels and token ids) feeds the backbones, which
-    train too; `features` (frozen) then only serve to mine look-alike negatives.
+    """Train a MAPS model on the rows `train_rows` of `data`; `on_step(step, total)` is called every 10
+    steps (job progress). The reviewer pairs of `data` within `train_rows` add a weighted pair-head loss.
+    With `config.end_to_end`, `data.raw` (the catalogue's pixels and token ids) feeds the backbones,
+    which train too; the frozen features then only serve to mine look-alike negatives.
 
     `init` (a trained model of the same configuration: the active version's member) warm-starts the
     model from its weights, and each class proxy from the mean embedding of its listings under them,
     so a few steps refine what it knew with the new labels instead of relearning it from scratch."""
+    features, labels, review_pairs, raw = data.features, data.labels, data.review_pairs, data.raw
     if config.end_to_end and raw is None:
         raise ValueError("end_to_end training needs the raw inputs (ml_worker.end_to_end.load_raw_inputs)")
     if init is not None and init.config.to_dict() != config.to_dict():
@@ -349,6 +397,13 @@ def train_model(
     summary = {k: float(np.mean([h[k] for h in last])) for k in last[0]} if last else {}
     return model, {
         "final_losses": summary,
+        # the loss of the first and the last 5 steps: did training move it
+        "loss_start_end": [
+            float(np.mean([h["loss"] for h in history[:5]])),
+            float(np.mean([h["loss"] for h in history[-5:]])),
+        ]
+        if history
+        else [],
         "steps": train_config.steps,
         "train_listings": len(train_rows),
         "review_pairs_used": review.counts() if review is not None else {},

@@ -35,9 +35,8 @@ def wait_for_job(job: Job, *, desc: str, no_progress: bool = False, poll_s: floa
             job.refresh_from_db()
             bar.total = max(job.total, 1)
             bar.n = min(job.done + job.failed, bar.total) if not job.is_finished else bar.total
-            phase = job.counts.get("phase") if isinstance(job.counts, dict) else None
-            if phase and not job.is_finished:
-                bar.set_postfix_str(phase)
+            if job.phase and not job.is_finished:
+                bar.set_postfix_str(job.phase)
             bar.refresh()
             if job.is_finished:
                 break

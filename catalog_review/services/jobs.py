@@ -32,12 +32,16 @@ def job_create(
     )
 
 
-def job_set_progress(*, job: Job, done: int, total: int | None = None, counts: dict | None = None) -> None:
+def job_set_progress(
+    *, job: Job, done: int, total: int | None = None, counts: dict | None = None, phase: str | None = None
+) -> None:
     fields = {"done": done, "heartbeat_at": timezone.now()}
     if total is not None:
         fields["total"] = total
     if counts is not None:
         fields["counts"] = counts
+    if phase is not None:
+        fields["phase"] = phase
     Job.objects.filter(pk=job.pk).update(**fields)
 
 

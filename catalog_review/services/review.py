@@ -97,10 +97,6 @@ def decisions_today(*, user) -> int:
     ).count()
 
 
-def release(*, flag: Flag, user) -> None:
-    Flag.objects.filter(pk=flag.pk, claimed_by=user).update(claimed_by=None, claim_expires_at=None)
-
-
 def next_flag(*, user, queue: QuerySet[Flag], after: Flag | None = None) -> Flag | None:
     """The first flag of `queue` the user can claim (skipping what they skipped), claimed for them."""
     skipped = ReviewDecision.objects.filter(reviewer=user, decision=D.SKIP).values("flag_id")

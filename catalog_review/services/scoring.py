@@ -11,7 +11,7 @@
    on its family, image / text / category agreement, its image against its own attributes and text).
 2. flag (default queue), one task per chunk, once every embed chunk is done: duplicate candidates
    from a pgvector HNSW kNN search over the whole catalogue (fused, image and title vectors), P(duplicate)
-   from the pair's channels; flags raised, updated in place, or marked stale; heatmaps rendered.
+   from the pair's channels; heatmaps rendered; then flags raised, updated in place, or marked stale.
 
 A chunk is marked done in the same transaction that writes its results, so a re-delivered or
 retried task writes nothing twice, and a worker killed mid-chunk leaves nothing half-written (the
@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -213,7 +214,7 @@ def title_sha256(title: str) -> str:
     return hashlib.sha256(title.encode("utf-8")).hexdigest()
 
 
-def _claim(chunk_id: int, stage: str, worker: str = "") -> JobChunk | None:
+def _claim_chunk(chunk_id: int, stage: str, worker: str = "") -> JobChunk | None:
     """The chunk, if it is of `stage` and still to do (a delivery of another stage's chunk, or of a chunk
     whose job is finished, does nothing). An embed chunk delivered before its job's fit stage is done
     waits for it: the fit stage enqueues every embed chunk when it finishes. The chunk is claimed for
@@ -238,6 +239,16 @@ def _claim(chunk_id: int, stage: str, worker: str = "") -> JobChunk | None:
     return chunk
 
 
+def _claim_work(chunk_id: int, stage: str, worker: str):
+    """The chunk claimed (`_claim_chunk`), its job's model version and that version's model; None when
+    there is nothing to do."""
+    chunk = _claim_chunk(chunk_id, stage, worker)
+    if chunk is None:
+        return None
+    version = ModelVersion.objects.get(pk=chunk.job.scope["model_version_id"])
+    return chunk, version, load_model(version)
+
+
 def _finish_chunk(chunk: JobChunk) -> bool:
     """Inside the result transaction: mark the chunk done (False when another delivery already did)
     and count its listings."""
@@ -251,12 +262,11 @@ def _finish_chunk(chunk: JobChunk) -> bool:
 
 
 def embed_chunk_run(chunk_id: int, worker: str = "") -> str:
-    chunk = _claim(chunk_id, JobChunk.Stage.EMBED, worker)
-    if chunk is None:
+    claimed = _claim_work(chunk_id, JobChunk.Stage.EMBED, worker)
+    if claimed is None:
         return "nothing to do"
+    chunk, version, model = claimed
     job = chunk.job
-    version = ModelVersion.objects.get(pk=job.scope["model_version_id"])
-    model = load_model(version)
     device = ml_device()
     products = list(
         Product.objects.filter(family_id__in=chunk.items).select_related("family", "category").order_by("id")
@@ -423,12 +433,11 @@ def fit_chunk_run(chunk_id: int, worker: str = "") -> str:
     """Stage 0 of a score job (gpu queue): fit the scorer (own-evidence heads, the combiners on errors
     planted into the catalogue, reviewer decisions in force at a higher weight) and store it with the
     version; then start the embed chunks."""
-    chunk = _claim(chunk_id, JobChunk.Stage.FIT, worker)
-    if chunk is None:
+    claimed = _claim_work(chunk_id, JobChunk.Stage.FIT, worker)
+    if claimed is None:
         return "nothing to do"
+    chunk, version, model = claimed
     job = chunk.job
-    version = ModelVersion.objects.get(pk=job.scope["model_version_id"])
-    model = load_model(version)
     device = ml_device()
     products = _fit_sample(settings.SCORER_FIT_LISTINGS)
     listings = product_listings(products)
@@ -623,19 +632,73 @@ def _title_evidence(job_id: int, a: Product, b: Product, both_images: bool) -> d
     return out
 
 
+@dataclass
+class FlagCandidate:
+    """A flag a chunk will raise (or update, or suppress: `record_flag` decides), with its evidence and
+    the media paths of its heatmaps, rendered before the result transaction opens."""
+
+    kind: str
+    product: Product
+    counterpart: Product | None
+    score: float
+    evidence: dict
+    heatmap: str
+
+
 def flag_chunk_run(chunk_id: int, worker: str = "") -> str:
-    chunk = _claim(chunk_id, JobChunk.Stage.FLAG, worker)
-    if chunk is None:
+    """Stage 2 (flag) for one chunk of families: each listing's duplicate candidates by kNN, the best match
+    scored, the flags to raise with their evidence and heatmaps; then, in one transaction, the chunk
+    marked done with its results (duplicate matches stored, flags recorded, the job's counts)."""
+    claimed = _claim_work(chunk_id, JobChunk.Stage.FLAG, worker)
+    if claimed is None:
         return "nothing to do"
+    chunk, version, full_model = claimed
     job = chunk.job
-    version = ModelVersion.objects.get(pk=job.scope["model_version_id"])
-    full_model = load_model(version)
-    model = full_model.final.cpu()
+    mine, pool, candidates = _candidate_pool(version, chunk.items)
+    best = _best_duplicates(job, full_model, pool, candidates)
+    flags = [
+        *_wrong_variant_flags(job, version, mine),
+        *_duplicate_flags(job, version, full_model, mine, pool, best),
+    ]
+    with transaction.atomic():
+        if not _finish_chunk(chunk):
+            return "already done"
+        now = timezone.now()
+        for pid, e in mine.items():
+            match = best.get(pid)
+            e.duplicate_of_id, e.duplicate_score = (match[0], match[1]) if match else (None, None)
+            e.scored_at = now
+        ProductEmbedding.objects.bulk_update(
+            list(mine.values()), ["duplicate_of", "duplicate_score", "scored_at"]
+        )
+        counts = defaultdict(int)
+        for flag in flags:
+            outcome = record_flag(
+                kind=flag.kind,
+                product=flag.product,
+                counterpart=flag.counterpart,
+                score=flag.score,
+                version=version,
+                job=job,
+                evidence=flag.evidence,
+                heatmap=flag.heatmap,
+            )
+            counts[f"{flag.kind}_{outcome}"] += 1
+        if counts:
+            _add_counts(job.pk, counts)
+        _maybe_next_stage(job.pk, JobChunk.Stage.FLAG)
+    return f"flagged {dict(counts)}"
+
+
+def _candidate_pool(version: ModelVersion, family_ids: list[int]):
+    """The chunk's listings (`mine`), each one's duplicate candidates by kNN over the version's vectors,
+    and the embeddings of every listing involved (`pool`: mine and their candidates from elsewhere)."""
+    related = ("product", "product__family", "product__category")
     mine = {
         e.product_id: e
         for e in ProductEmbedding.objects.filter(
-            model_version=version, product__family_id__in=chunk.items
-        ).select_related("product", "product__family", "product__category")
+            model_version=version, product__family_id__in=family_ids
+        ).select_related(*related)
     }
     with transaction.atomic():  # SET LOCAL needs a transaction
         candidates = knn_candidates(version.pk, list(mine), settings.DUPLICATE_NEIGHBOURS)
@@ -644,11 +707,23 @@ def flag_chunk_run(chunk_id: int, worker: str = "") -> str:
     pool.update(
         (e.product_id, e)
         for e in ProductEmbedding.objects.filter(model_version=version, product_id__in=others).select_related(
-            "product", "product__family", "product__category"
+            *related
         )
     )
+    return mine, pool, candidates
+
+
+def _best_duplicates(job: Job, full_model, pool: dict, candidates: dict) -> dict:
+    """Each listing's best duplicate candidate: {product id: (other id, score, channel values)}."""
     ids = list(pool)
     position = {pid: i for i, pid in enumerate(ids)}
+    pairs_i, pairs_j = [], []
+    for pid, cs in candidates.items():
+        for c in sorted(cs):
+            pairs_i.append(position[pid])
+            pairs_j.append(position[c])
+    if not pairs_i:
+        return {}
     out = _outputs([pool[pid] for pid in ids])
     products = [pool[pid].product for pid in ids]
     view = CatalogueView(
@@ -661,107 +736,94 @@ def flag_chunk_run(chunk_id: int, worker: str = "") -> str:
         image=out.raw_image.double().numpy(),
         text=out.raw_title.double().numpy(),
     )
-    best = {}
-    pairs_i, pairs_j = [], []
-    for pid, cs in candidates.items():
-        for c in sorted(cs):
-            pairs_i.append(position[pid])
-            pairs_j.append(position[c])
-    if pairs_i:
-        idf = _catalogue_idf(job.pk)
-        prices = [price_of(p.attributes) for p in products]
-        p_same = pair_same_product(model, out, pairs_i, pairs_j, view.titles, prices, idf)
-        matches = score_duplicates(view, job_scorer(job, full_model), pairs_i, pairs_j, p_same, idf)
-        for a, (b, v, channels) in matches.items():
-            best[ids[a]] = (ids[b], v, channels)
+    idf = _catalogue_idf(job.pk)
+    prices = [price_of(p.attributes) for p in products]
+    p_same = pair_same_product(full_model.final.cpu(), out, pairs_i, pairs_j, view.titles, prices, idf)
+    matches = score_duplicates(view, job_scorer(job, full_model), pairs_i, pairs_j, p_same, idf)
+    return {ids[a]: (ids[b], v, channels) for a, (b, v, channels) in matches.items()}
 
-    counts = defaultdict(int)
-    now = timezone.now()
-    thresholds = job.scope["thresholds"]
-    with transaction.atomic():
-        if not _finish_chunk(chunk):
-            return "already done"
-        for pid, e in mine.items():
-            match = best.get(pid)
-            e.duplicate_of_id, e.duplicate_score = (match[0], match[1]) if match else (None, None)
-            e.scored_at = now
-        ProductEmbedding.objects.bulk_update(
-            list(mine.values()), ["duplicate_of", "duplicate_score", "scored_at"]
+
+def _wrong_variant_flags(job: Job, version: ModelVersion, mine: dict) -> list[FlagCandidate]:
+    """The chunk's listings whose wrong-variant score reaches the job's threshold, each with how its
+    family agreed and the heatmaps of the family members beside it."""
+    threshold = job.scope["thresholds"]["wrong_variant"]
+    flags = []
+    for pid, e in mine.items():
+        if e.wrong_variant_score is None or e.wrong_variant_score < threshold:
+            continue
+        product = e.product
+        agreement = e.evidence.get("family_agreement", [])
+        counted = [a for a in agreement if not a.get("excluded")]
+        evidence = {
+            "wrong_variant_score": round(e.wrong_variant_score, 4),
+            "agrees_with": sum(1 for a in counted if a["p_same_family"] >= 0.5),
+            "family_size": len(counted) + 1,
+            **{k: v for k, v in e.evidence.items() if k != "family_agreement"},
+            "family_agreement": agreement,
+            "member_heatmaps": {
+                m.product.sku: path
+                for m in mine.values()
+                if m.product.family_id == product.family_id
+                and m.product_id != pid
+                and (path := _heatmap(m.product, m, version))
+            },
+        }
+        flags.append(
+            FlagCandidate(
+                kind=Flag.Kind.WRONG_VARIANT,
+                product=product,
+                counterpart=None,
+                score=e.wrong_variant_score,
+                evidence=evidence,
+                heatmap=_heatmap(product, e, version),
+            )
         )
-        for pid, e in mine.items():
-            product = e.product
-            if e.wrong_variant_score is not None and e.wrong_variant_score >= thresholds["wrong_variant"]:
-                agreement = e.evidence.get("family_agreement", [])
-                counted = [a for a in agreement if not a.get("excluded")]
-                agreeing = sum(1 for a in counted if a["p_same_family"] >= 0.5)
-                outcome = assert_flag(
-                    kind=Flag.Kind.WRONG_VARIANT,
-                    product=product,
-                    counterpart=None,
-                    score=e.wrong_variant_score,
-                    version=version,
-                    job=job,
-                    evidence={
-                        "wrong_variant_score": round(e.wrong_variant_score, 4),
-                        "agrees_with": agreeing,
-                        "family_size": len(counted) + 1,
-                        **{k: v for k, v in e.evidence.items() if k != "family_agreement"},
-                        "family_agreement": agreement,
-                        "member_heatmaps": {
-                            m.product.sku: path
-                            for m in mine.values()
-                            if m.product.family_id == product.family_id
-                            and m.product_id != pid
-                            and (path := _heatmap(m.product, m, version))
-                        },
-                    },
-                    heatmap=_heatmap(product, e, version),
-                )
-                counts[f"wrong_variant_{outcome}"] += 1
-            match = best.get(pid)
-            if match and match[1] >= thresholds["duplicate"]:
-                other = pool[match[0]]
-                a, b = (e, other) if pid < match[0] else (other, e)
-                outcome = assert_flag(
-                    kind=Flag.Kind.DUPLICATE,
-                    product=a.product,
-                    counterpart=b.product,
-                    score=match[1],
-                    version=version,
-                    job=job,
-                    evidence={
-                        "duplicate_score": round(match[1], 4),
-                        "found_from": product.sku,
-                        "channels": {
-                            n: round(float(v), 4) for n, v in zip(DUPLICATE_CHANNELS, match[2], strict=True)
-                        },
-                        "lines": describe_duplicate(match[2], job_scorer(job, full_model).duplicate),
-                        "same_family": a.product.family_id == b.product.family_id,
-                        "image_cosine": round(
-                            float(
-                                np.dot(
-                                    np.asarray(a.raw_image, dtype=np.float32),
-                                    np.asarray(b.raw_image, dtype=np.float32),
-                                )
-                            ),
-                            4,
-                        ),
-                        "title_cosine": round(float(np.dot(a.raw_title, b.raw_title)), 4),
-                        "counterpart_heatmap": _heatmap(b.product, b, version),
-                        **_title_evidence(
-                            job.pk,
-                            a.product,
-                            b.product,
-                            a.image_vector is not None and b.image_vector is not None,
-                        ),
-                    },
-                    heatmap=_heatmap(a.product, a, version),
-                )
-                counts[f"duplicate_{outcome}"] += 1
-        if counts:
-            _add_counts(job.pk, counts)
-        _maybe_next_stage(job.pk, JobChunk.Stage.FLAG)
-    return f"flagged {dict(counts)}"
+    return flags
+
+
+def _duplicate_flags(
+    job: Job, version, full_model, mine: dict, pool: dict, best: dict
+) -> list[FlagCandidate]:
+    """The chunk's listings whose best match reaches the duplicate threshold: the pair (lower id first)
+    with the channels that scored it and what a reviewer is shown of them."""
+    threshold = job.scope["thresholds"]["duplicate"]
+    flags = []
+    for pid, e in mine.items():
+        match = best.get(pid)
+        if not match or match[1] < threshold:
+            continue
+        other_id, score, channels = match
+        a, b = (e, pool[other_id]) if pid < other_id else (pool[other_id], e)
+        both_images = a.image_vector is not None and b.image_vector is not None
+        evidence = {
+            "duplicate_score": round(score, 4),
+            "found_from": e.product.sku,
+            "channels": {n: round(float(v), 4) for n, v in zip(DUPLICATE_CHANNELS, channels, strict=True)},
+            "lines": describe_duplicate(channels, job_scorer(job, full_model).duplicate),
+            "same_family": a.product.family_id == b.product.family_id,
+            "image_cosine": round(
+                float(
+                    np.dot(
+                        np.asarray(a.raw_image, dtype=np.float32), np.asarray(b.raw_image, dtype=np.float32)
+                    )
+                ),
+                4,
+            ),
+            "title_cosine": round(float(np.dot(a.raw_title, b.raw_title)), 4),
+            "counterpart_heatmap": _heatmap(b.product, b, version),
+            **_title_evidence(job.pk, a.product, b.product, both_images),
+        }
+        flags.append(
+            FlagCandidate(
+                kind=Flag.Kind.DUPLICATE,
+                product=a.product,
+                counterpart=b.product,
+                score=score,
+                evidence=evidence,
+                heatmap=_heatmap(a.product, a, version),
+            )
+        )
+    return flags
 
 
 def _add_counts(job_id: int, counts: dict) -> None:
@@ -779,7 +841,7 @@ def flag_fingerprint(product: Product, counterpart: Product | None) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
 
 
-def assert_flag(*, kind, product, counterpart, score, version, job, evidence, heatmap: str = "") -> str:
+def record_flag(*, kind, product, counterpart, score, version, job, evidence, heatmap: str = "") -> str:
     """Raise, update or suppress one flag. Returns "created", "updated" or "suppressed".
 
     A flag a reviewer already decided for the same pair is never raised again unless one of the

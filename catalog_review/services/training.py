@@ -41,10 +41,8 @@ from catalog_review.services.review import (
 )
 from catalog_review.services.scoring import product_listings
 from ml_worker.config import MapsConfig, TrainConfig
-from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.ensemble import train_cross_fit, warm_start_reason
-from ml_worker.features import extract_features, features_for
-from ml_worker.train import ReviewPairs
+from ml_worker.train import ReviewPairs, TrainingSet
 
 MIN_FAMILIES = 4  # with 2+ listings each: fewer gives no negatives to learn from
 
@@ -174,24 +172,22 @@ def train_run(job_id: int, worker: str = "") -> str:
     runs = train_config.folds + 1 if train_config.folds > 1 else 1
     n = len(products)
     total = n + runs * train_config.steps
-    job_set_progress(job=job, done=0, total=total, counts={"phase": "features", "end_to_end": end_to_end})
-    listings = product_listings(products)
-    features = extract_features(
-        listings,
+    job_set_progress(job=job, done=0, total=total, counts={"end_to_end": end_to_end}, phase="features")
+    data = TrainingSet.of_listings(
+        product_listings(products),
         config,
-        cache_dir=settings.FEATURE_CACHE_DIR,
         device=device,
+        families=families,
+        review_pairs=review_pairs_for(products),
+        cache_dir=settings.FEATURE_CACHE_DIR,
         progress=False,
         on_progress=lambda done, _n: _progress(job, done),
     )
-    raw = load_raw_inputs(listings, config, progress=False) if end_to_end else None
     features_s = time.perf_counter() - started
-    job_set_progress(job=job, done=n, counts={"phase": "training", "end_to_end": end_to_end})
+    job_set_progress(job=job, done=n, phase="training")
 
     model, info = train_cross_fit(
-        features,
-        families,
-        [tuple(p.category_path) for p in products],
+        data,
         config,
         train_config,
         device=device,
@@ -199,9 +195,6 @@ def train_run(job_id: int, worker: str = "") -> str:
         on_progress=lambda done, _t: _progress(job, n + done),
         baseline=load_model(parent),  # the same object as `start` when warm (loaded once)
         warm_start=start,
-        review_pairs=review_pairs_for(products),
-        raw=raw,
-        features_of=lambda m: features_for(m, listings, device=device, training=True),
     )
     name = f"maps-{timezone.now():%Y%m%d-%H%M%S}-j{job.pk}"
     digest = store_version(model, name, metadata={"train": train_config.to_dict(), "job": job.pk})

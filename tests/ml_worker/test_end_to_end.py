@@ -2,6 +2,7 @@
 and scoring runs the model's own fine-tuned backbones."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from ml_worker.evaluate import main
 from ml_worker.features import extract_features
 from ml_worker.modeling_maps import MapsModel
 from ml_worker.scoring import encode_all
-from ml_worker.train import Labels, train_model
+from ml_worker.train import TrainingSet, train_model
 from tests.ml_worker.conftest import gpu
 from tests.ml_worker.test_evaluate import catalogue  # noqa: F401 (fixture)
 
@@ -34,19 +35,12 @@ def train(catalogue_dir, device="cpu", steps=2):
     config = small_config()
     features = extract_features(listings, config, device=device, progress=False)
     raw = load_raw_inputs(listings, config, progress=False)
-    labels = Labels.build([x.family for x in listings], [x.category for x in listings])
+    data = TrainingSet(features, [x.family for x in listings], [x.category for x in listings], raw=raw)
     train_config = TrainConfig(
         steps=steps, families_per_batch=3, listings_per_family=2, backbone_lr_scale=1.0
     )
     model, info = train_model(
-        features,
-        labels,
-        np.arange(len(listings)),
-        config,
-        train_config,
-        device=device,
-        progress=False,
-        raw=raw,
+        data, np.arange(len(listings)), config, train_config, device=device, progress=False
     )
     return listings, config, features, raw, model, info
 
@@ -140,17 +134,11 @@ def test_end_to_end_refuses_what_it_cannot_do(catalogue, tmp_path):  # noqa: F81
         MapsModel(small_config(tune_backbone_top=True))
     listings = load_catalogue(catalogue)
     features = extract_features(listings, small_config(), progress=False)
-    labels = Labels.build([x.family for x in listings], [x.category for x in listings])
+    no_raw = TrainingSet(features, [x.family for x in listings], [x.category for x in listings])
     with pytest.raises(ValueError, match="raw inputs"):
-        train_model(features, labels, np.arange(len(listings)), small_config(), TrainConfig(steps=1))
+        train_model(no_raw, np.arange(len(listings)), small_config(), TrainConfig(steps=1))
     with pytest.raises(ValueError, match="raw inputs"):
-        train_cross_fit(
-            features,
-            [x.family for x in listings],
-            [x.category for x in listings],
-            small_config(),
-            TrainConfig(steps=1),
-        )
+        train_cross_fit(no_raw, small_config(), TrainConfig(steps=1))
 
 
 def test_cross_fitted_versions_fine_tune_each_member_and_validate_on_its_own_features(catalogue):  # noqa: F811
@@ -166,9 +154,11 @@ def test_cross_fitted_versions_fine_tune_each_member_and_validate_on_its_own_fea
         read_by.append(model)
         return extract_features(listings, config, progress=False, backbones=model.backbones())
 
-    args = ([x.family for x in listings], [x.category for x in listings], config)
+    data = TrainingSet(
+        frozen, [x.family for x in listings], [x.category for x in listings], raw=raw, features_of=features_of
+    )
     train_config = TrainConfig(steps=2, folds=2, families_per_batch=3, listings_per_family=2)
-    first, _ = train_cross_fit(frozen, *args, train_config, progress=False, raw=raw, features_of=features_of)
+    first, _ = train_cross_fit(data, config, train_config, progress=False)
     assert len(first.folds) == 2
     members = [first.final, *first.folds]
     assert all(m.backbones() is not None for m in members)
@@ -176,15 +166,13 @@ def test_cross_fitted_versions_fine_tune_each_member_and_validate_on_its_own_fea
     assert not torch.equal(stems[0], stems[1]) and not torch.equal(stems[1], stems[2])  # each its own
     assert {id(m) for m in read_by} == {id(m) for m in first.folds}  # each fold model read its own
     read_by.clear()
-    second, info = train_cross_fit(
-        frozen, *args, train_config, progress=False, raw=raw, features_of=features_of, baseline=first
-    )
+    second, info = train_cross_fit(data, config, train_config, progress=False, baseline=first)
     assert (
         "validation_families" in info["validation"] and "validation_families" in info["baseline_validation"]
     )
     assert {id(m) for m in first.folds} <= {id(m) for m in read_by}  # the baseline read through its own
     with pytest.raises(ValueError, match="needs features_of"):
-        train_cross_fit(frozen, *args, train_config, progress=False, raw=raw)
+        train_cross_fit(replace(data, features_of=None), config, train_config, progress=False)
 
     # a text query lands where a listing with that title lands: through the fine-tuned MiniLM
     from ml_worker.query import title_query_vector
@@ -225,17 +213,11 @@ def test_cross_fitted_end_to_end_version_trains_validates_and_scores_on_cuda(cat
         model.to("cuda")
         return extract_features(listings, config, device="cuda", progress=False, backbones=model.backbones())
 
-    version, info = train_cross_fit(
-        frozen,
-        [x.family for x in listings],
-        [x.category for x in listings],
-        config,
-        TrainConfig(steps=3, folds=2, families_per_batch=3, listings_per_family=2),
-        device="cuda",
-        progress=False,
-        raw=raw,
-        features_of=features_of,
+    data = TrainingSet(
+        frozen, [x.family for x in listings], [x.category for x in listings], raw=raw, features_of=features_of
     )
+    train_config = TrainConfig(steps=3, folds=2, families_per_batch=3, listings_per_family=2)
+    version, info = train_cross_fit(data, config, train_config, device="cuda", progress=False)
     assert all(np.isfinite(v) for v in info["final_losses"].values())
     save_cross_fit(version, tmp_path / "v")
     loaded = load_cross_fit(tmp_path / "v").final.to("cuda")

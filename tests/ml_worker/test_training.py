@@ -9,7 +9,7 @@ from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.modeling_maps import MapsModel
 from ml_worker.scoring import encode_all, score_listings
-from ml_worker.train import Labels, ReviewPairs, seed_everything, train_model
+from ml_worker.train import ReviewPairs, TrainingSet, seed_everything, train_model
 from tests.ml_worker.conftest import families_of, random_features
 
 
@@ -20,27 +20,30 @@ def small_setup(tiny, *, categories=True):
         if categories
         else [() for _ in families]
     )
-    return families, random_features(tiny, families), Labels.build(families, cats)
+    return families, TrainingSet(random_features(tiny, families), families, cats)
 
 
 @pytest.mark.parametrize("categories", [True, False])
 def test_a_few_training_steps_run_and_lower_the_loss(tiny, categories):
-    families, features, labels = small_setup(tiny, categories=categories)
+    families, data = small_setup(tiny, categories=categories)
     config = TrainConfig(
         steps=25, families_per_batch=4, listings_per_family=2, lr=3e-3, kmeans_refresh_steps=5
     )
-    model, info = train_model(features, labels, np.arange(len(families)), tiny, config, progress=False)
+    model, info = train_model(data, np.arange(len(families)), tiny, config, progress=False)
     assert np.isfinite(info["final_losses"]["loss"])
+    start, end = info["loss_start_end"]
+    assert end < start, info["loss_start_end"]
     assert not model.training
 
 
 def test_tuned_backbone_stages_train_slower_keep_their_statistics_and_round_trip(tiny, tmp_path):
     config = MapsConfig.from_dict(tiny.to_dict() | {"tune_backbone_top": True})
-    families, features, labels = small_setup(config)
+    families, data = small_setup(config)
+    features = data.features
     train = TrainConfig(steps=6, families_per_batch=4, listings_per_family=2, lr=3e-3)
     seed_everything(train.seed)  # as train_model does first: this is the model it starts from
     start = MapsModel(config).backbone_top.state_dict()
-    model, info = train_model(features, labels, np.arange(len(families)), config, train, progress=False)
+    model, info = train_model(data, np.arange(len(families)), config, train, progress=False)
     assert np.isfinite(info["final_losses"]["loss"])
     tuned = model.backbone_top.state_dict()
     moved = [k for k in tuned if "running" not in k and not torch.equal(tuned[k], start[k])]
@@ -53,24 +56,24 @@ def test_tuned_backbone_stages_train_slower_keep_their_statistics_and_round_trip
 
 
 def test_training_is_reproducible(tiny):
-    families, features, labels = small_setup(tiny)
+    families, data = small_setup(tiny)
     config = TrainConfig(steps=3, families_per_batch=3, listings_per_family=2)
-    a, _ = train_model(features, labels, np.arange(len(families)), tiny, config, progress=False)
-    b, _ = train_model(features, labels, np.arange(len(families)), tiny, config, progress=False)
+    a, _ = train_model(data, np.arange(len(families)), tiny, config, progress=False)
+    b, _ = train_model(data, np.arange(len(families)), tiny, config, progress=False)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
 
 
 def test_scores_cover_every_listing_and_skip_one_listing_families(tiny):
-    families, features, _ = small_setup(tiny)
+    families, data = small_setup(tiny)
     model = MapsModel(tiny).eval()
-    scores = score_listings(model, encode_all(model, features), families, neighbours=5)
+    scores = score_listings(model, encode_all(model, data.features), families, neighbours=5)
     assert set(scores) == set(range(len(families)))
     assert scores[len(families) - 1].wrong_variant_score is None  # "S2" is alone in its family
     for s in scores.values():
         assert 0.0 <= s.duplicate_score <= 1.0 and s.duplicate_of is not None
     assert all(0.0 <= s.wrong_variant_score <= 1.0 for i, s in scores.items() if i < 18)
-    subset = score_listings(model, encode_all(model, features), families, np.array([0, 5]), neighbours=5)
+    subset = score_listings(model, encode_all(model, data.features), families, np.array([0, 5]), neighbours=5)
     assert set(subset) == {0, 5} and subset[0] == scores[0]
 
 
@@ -109,9 +112,10 @@ def test_adversarial_titles_change_distinguishing_words_with_same_category_words
 def test_look_alikes_come_from_other_families_nearest_first(tiny):
     from ml_worker.train import mine_look_alikes
 
-    families, features, labels = small_setup(tiny)
+    families, data = small_setup(tiny)
+    labels = data.labels
     rows = np.arange(len(families))
-    mined = mine_look_alikes(features, labels.family, rows, per_row=2)
+    mined = mine_look_alikes(data.features, labels.family, rows, per_row=2)
     assert set(mined) == set(rows.tolist())
     for anchor, neighbours in mined.items():
         assert len(neighbours) == 2
@@ -120,10 +124,9 @@ def test_look_alikes_come_from_other_families_nearest_first(tiny):
 
 def test_trains_on_a_catalogue_of_one_listing_families(tiny):
     families = [f"solo{i}" for i in range(12)]
-    features = random_features(tiny, families)
-    labels = Labels.build(families, [() for _ in families])
+    data = TrainingSet(random_features(tiny, families), families, [() for _ in families])
     config = TrainConfig(steps=3, families_per_batch=3, listings_per_family=2)
-    _, info = train_model(features, labels, np.arange(12), tiny, config, progress=False)
+    _, info = train_model(data, np.arange(12), tiny, config, progress=False)
     assert np.isfinite(info["final_losses"]["loss"])
 
 
@@ -133,7 +136,7 @@ def test_reviewer_pairs_are_learned_and_stay_within_the_training_rows(tiny):
     heads move towards them; without, they do not. Pairs outside the training rows are not used."""
     families = families_of(6, 4)
     features = random_features(tiny, families)
-    labels = Labels.build(families, [("A",)] * len(families))
+    plain_data = TrainingSet(features, families, [("A",)] * len(families))
     pairs = ReviewPairs(
         a=np.array([0, 1, 4, 20]),
         b=np.array([1, 0, 8, 21]),
@@ -149,8 +152,9 @@ def test_reviewer_pairs_are_learned_and_stay_within_the_training_rows(tiny):
         logits = model.pair_logits(out, out, torch.tensor([0, 4]), torch.tensor([1, 8]))
         return torch.sigmoid(logits[0, 0]).item(), torch.sigmoid(logits[1, 1]).item()
 
-    plain, plain_info = train_model(features, labels, rows, tiny, config, progress=False)
-    taught, info = train_model(features, labels, rows, tiny, config, progress=False, review_pairs=pairs)
+    plain, plain_info = train_model(plain_data, rows, tiny, config, progress=False)
+    taught_data = TrainingSet(features, families, plain_data.categories, review_pairs=pairs)
+    taught, info = train_model(taught_data, rows, tiny, config, progress=False)
     assert plain_info["review_pairs_used"] == {}
     assert info["review_pairs_used"] == {
         "same_family": 0,

@@ -24,7 +24,7 @@ from ml_worker.ensemble import (
 from ml_worker.losses import HierarchicalProxyLoss
 from ml_worker.modeling_maps import MapsModel
 from ml_worker.scoring import encode_inputs
-from ml_worker.train import ReviewPairs, _proxies_from_class_means
+from ml_worker.train import ReviewPairs, TrainingSet, _proxies_from_class_means
 from ml_worker.validation import RankedItems, gate_noise, planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
 from tests.ml_worker.conftest import families_of, gpu, random_features, random_inputs
@@ -132,10 +132,11 @@ def test_planted_validation_says_when_there_is_too_little_data(tiny):
 def cross_fit(tiny, families: list[str], **options):
     """A 3-step, 2-fold version of generated features, validated against the zero-shot one."""
     features = random_features(tiny, families)
+    data = TrainingSet(
+        features, families, [("A", "B")] * len(families), review_pairs=options.pop("review_pairs", None)
+    )
     model, info = train_cross_fit(
-        features,
-        families,
-        [("A", "B")] * len(families),
+        data,
         tiny,
         TrainConfig(steps=3, folds=2, families_per_batch=4),
         progress=False,
@@ -261,9 +262,8 @@ def test_a_warm_start_begins_each_member_where_the_same_member_of_the_start_left
     families = families_of(16, 3)
     features, start, _ = cross_fit(tiny, families)
     still = TrainConfig(steps=2, folds=2, families_per_batch=4, lr=0.0)  # nothing moves: what it began with
-    model, info = train_cross_fit(
-        features, families, [("A", "B")] * len(families), tiny, still, progress=False, warm_start=start
-    )
+    data = TrainingSet(features, families, [("A", "B")] * len(families))
+    model, info = train_cross_fit(data, tiny, still, progress=False, warm_start=start)
     assert info["warm_start"] is True
     for new, old in [(model.final, start.final), *zip(model.folds, start.folds, strict=True)]:
         for (name, a), b in zip(new.named_parameters(), old.parameters(), strict=True):
@@ -272,8 +272,7 @@ def test_a_warm_start_begins_each_member_where_the_same_member_of_the_start_left
     assert not all(
         torch.equal(a, b) for a, b in zip(start.folds[0].parameters(), start.final.parameters(), strict=True)
     )
-    categories = [("A", "B")] * len(families)
-    cold, info = train_cross_fit(features, families, categories, tiny, still, progress=False)
+    cold, info = train_cross_fit(data, tiny, still, progress=False)
     assert info["warm_start"] is False
     assert not torch.equal(next(cold.final.parameters()), next(start.final.parameters()))
 
