@@ -607,3 +607,16 @@ class LabelledPair(models.Model):
 
     def __str__(self) -> str:
         return f"{self.a_id} {self.relation} {self.b_id} ({self.source})"
+
+
+class DashboardSnapshot(models.Model):
+    """The admin dashboard's aggregates as of `computed_at` (one row): recomputed by the beat task
+    `refresh_dashboard` every DASHBOARD_REFRESH_S, so the page reads one row instead of aggregating
+    every flag and decision (seconds at a million listings); the page shows its age."""
+
+    stats = models.JSONField()
+    computed_at = models.DateTimeField()
+    took_ms = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"dashboard as of {self.computed_at:%Y-%m-%d %H:%M:%S}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.db import models
 from django.db.models import QuerySet
 
 from catalog_review.models import Category, Flag, ModelVersion, Product, VariationFamily, flag_uncertainty
+from catalog_review.pagination import Count, planner_rows
 
 
 def product_list(
@@ -115,6 +117,18 @@ def similar_products(*, product: Product, by: str = "image", limit: int = 12) ->
         e.product.similarity = 1 - e.distance
         out.append(e.product)
     return out
+
+
+def open_flag_counts() -> dict[str, Count]:
+    """Open flags of each kind: exact while there are fewer than ESTIMATE_COUNTS_ABOVE in all, else the
+    planner's estimates (the queue page does not count 100k flags on every load)."""
+    open_flags = Flag.objects.filter(status=Flag.Status.OPEN)
+    if planner_rows(open_flags) >= settings.ESTIMATE_COUNTS_ABOVE:
+        return {
+            kind: Count(planner_rows(open_flags.filter(kind=kind)), exact=False) for kind in Flag.Kind.values
+        }
+    exact = dict(open_flags.values_list("kind").annotate(n=models.Count("id")).order_by())
+    return {kind: Count(exact.get(kind, 0)) for kind in Flag.Kind.values}
 
 
 def dashboard_stats(*, days: int = 14) -> dict:

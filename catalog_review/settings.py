@@ -239,8 +239,16 @@ CHUNK_LEASE_S = env_int("CHUNK_LEASE_S", 1800, minimum=10)
 REAPER_INTERVAL_S = env_int("REAPER_INTERVAL_S", 30, minimum=1)
 REAPER_GRACE_S = env_int("REAPER_GRACE_S", 60, minimum=0)
 REAPER_PING_TIMEOUT_S = env_float("REAPER_PING_TIMEOUT_S", 2.0, minimum=0.1)
+# the admin dashboard's aggregates are computed in the background every DASHBOARD_REFRESH_S and read
+# as stored (their age shown); a page finding them older than DASHBOARD_MAX_AGE_S (no beat running)
+# computes them itself
+# a list longer than this (the planner's estimate) shows "about N" instead of counting every row
+ESTIMATE_COUNTS_ABOVE = env_int("ESTIMATE_COUNTS_ABOVE", 20_000, minimum=0)
+DASHBOARD_REFRESH_S = env_int("DASHBOARD_REFRESH_S", 60, minimum=1)
+DASHBOARD_MAX_AGE_S = env_int("DASHBOARD_MAX_AGE_S", 300, minimum=0)
 CELERY_BEAT_SCHEDULE = {
     "reap-stalled-work": {"task": "catalog_review.tasks.reap_stalled_work", "schedule": REAPER_INTERVAL_S},
+    "refresh-dashboard": {"task": "catalog_review.tasks.refresh_dashboard", "schedule": DASHBOARD_REFRESH_S},
 }
 # no task holds a worker forever: a soft limit raises inside the task (its job fails with the reason),
 # the hard limit 60 s later kills the process. Training has its own, longer limit.

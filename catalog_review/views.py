@@ -7,14 +7,12 @@ from functools import wraps
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, SuspiciousFileOperation
-from django.core.paginator import Paginator
-from django.db.models import Count
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.static import serve
 
 from catalog_review import selectors
@@ -26,7 +24,10 @@ from catalog_review.forms import (
     TrainJobForm,
 )
 from catalog_review.models import Flag, Job, ModelVersion, Product, VariationFamily, VersionScorer
+from catalog_review.pagination import Count as Counted
+from catalog_review.pagination import EstimatingPaginator, count_of
 from catalog_review.services import review
+from catalog_review.services.dashboard import current_dashboard, refresh_dashboard
 from catalog_review.services.jobs import job_cancel
 from catalog_review.services.model_versions import NOISE_Z
 from catalog_review.services.promotion import promote
@@ -47,7 +48,7 @@ def catalogue(request):
             family=filters.get("family") or "",
             image_status=filters.get("image_status") or "",
         )
-    page = Paginator(products, settings.CATALOGUE_PAGE_SIZE).get_page(filters.get("page") or 1)
+    page = EstimatingPaginator(products, settings.CATALOGUE_PAGE_SIZE).get_page(filters.get("page") or 1)
     query = request.GET.copy()
     query.pop("page", None)
     meaning = request.GET.copy()
@@ -151,14 +152,12 @@ def _queue_query(request) -> str:
 def review_queue(request):
     form, filters = _queue_filters(request)
     flags = selectors.flag_queue(**filters)
-    counts = dict(
-        Flag.objects.filter(status=Flag.Status.OPEN).values_list("kind").annotate(n=Count("id")).order_by()
-    )
-    paginator = Paginator(flags, settings.REVIEW_PAGE_SIZE)
+    counts = selectors.open_flag_counts()
+    paginator = EstimatingPaginator(flags, settings.REVIEW_PAGE_SIZE)
     if set(filters) <= {"order", "kind"}:
-        # the kind counts already hold the total: no second COUNT over the open flags
-        total = counts.get(filters["kind"], 0) if filters.get("kind") else sum(counts.values())
-        paginator.__dict__["count"] = total  # Paginator.count is a cached_property
+        # the kind counts already hold the total: no second count of the open flags
+        kinds = [counts[filters["kind"]]] if filters.get("kind") else list(counts.values())
+        paginator.__dict__["total"] = Counted(sum(c.n for c in kinds), all(c.exact for c in kinds))
     page = paginator.get_page(request.GET.get("page") or 1)
     query = _queue_query(request)
     context = {
@@ -167,7 +166,7 @@ def review_queue(request):
         "page": page,
         "query": query,
         "query_suffix": f"?{query}" if query else "",
-        "counts": {label: counts.get(kind, 0) for kind, label in Flag.Kind.choices},
+        "counts": {label: counts[kind] for kind, label in Flag.Kind.choices},
         "decided_today": review.decisions_today(user=request.user),
         "now": timezone.now(),
         # URL prefixes reversed once, not once per row
@@ -221,7 +220,7 @@ def _review_progress(request) -> dict:
     confirm / reject decisions they made today."""
     _form, filters = _queue_filters(request)
     return {
-        "open_left": selectors.flag_queue(**filters).count(),
+        "open_left": count_of(selectors.flag_queue(**filters)),
         "decided_today": review.decisions_today(user=request.user),
     }
 
@@ -734,10 +733,15 @@ def manage_activate_model(request, version_id: int):
     return redirect("manage_models")
 
 
-@require_GET
+@require_http_methods(["GET", "POST"])
 @staff_required
 def manage_dashboard(request):
-    stats = selectors.dashboard_stats()
+    """The aggregates as last computed (services.dashboard), their age shown; POST recomputes them."""
+    if request.method == "POST":
+        refresh_dashboard()
+        return redirect("manage_dashboard")
+    snapshot = current_dashboard()
+    stats = snapshot.stats
     statuses = [s for s, _ in Flag.Status.choices]
 
     def stacked(groups: dict) -> list[dict]:
@@ -756,6 +760,8 @@ def manage_dashboard(request):
 
     context = {
         "stats": stats,
+        "snapshot": snapshot,
+        "refresh_s": settings.DASHBOARD_REFRESH_S,
         "kind_rows": stacked(stats["by_kind"]),
         "category_rows": stacked(stats["by_category"]),
         "statuses": statuses,

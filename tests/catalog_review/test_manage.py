@@ -221,6 +221,46 @@ def test_dashboard_counts_precision_and_agreement(admin_client, reviewer):
     assert b"<svg" in response.content
 
 
+def test_the_dashboard_reads_its_aggregates_as_last_computed_and_says_when(admin_client, settings):
+    """At a million listings the aggregates take seconds: the worker's beat task computes them every
+    DASHBOARD_REFRESH_S, the page reads the stored ones (saying how old), recomputes them when older than
+    DASHBOARD_MAX_AGE_S (no beat running) or when the admin asks."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from catalog_review.models import DashboardSnapshot, Flag
+    from catalog_review.tasks import refresh_dashboard
+
+    version = ModelVersion.objects.create(name="v1", is_active=True)
+
+    def open_flag():
+        Flag.objects.create(
+            kind=Flag.Kind.DUPLICATE, product=ProductFactory(), score=0.9, model_version=version
+        )
+
+    def shown():
+        response = admin_client.get(reverse("manage_dashboard"))
+        assert b"Figures as of" in response.content
+        return response.context["stats"]["by_kind"]["duplicate"].get("open", 0)
+
+    open_flag()
+    assert shown() == 1 and DashboardSnapshot.objects.count() == 1  # none stored yet: computed
+    open_flag()
+    assert shown() == 1, "the stored figures, not a new aggregation per page"
+    assert "dashboard computed in" in refresh_dashboard()  # the beat task
+    assert shown() == 2
+    open_flag()
+    admin_client.post(reverse("manage_dashboard"))  # "Refresh now"
+    assert shown() == 3
+    open_flag()
+    DashboardSnapshot.objects.update(
+        computed_at=timezone.now() - timedelta(seconds=settings.DASHBOARD_MAX_AGE_S + 1)
+    )
+    assert shown() == 4, "too old (no worker refreshing them): computed again"
+    assert "refresh-dashboard" in settings.CELERY_BEAT_SCHEDULE
+
+
 def test_the_gate_weighs_held_out_reviewer_labels_once_there_are_enough(settings):
     settings.PROMOTION_MIN_REVIEW_PAIRS, settings.PROMOTION_TOLERANCE = 20, 0.005
     active = {

@@ -1,5 +1,7 @@
 """Browse pages: login required, methods, filters, escaping, pinned query counts."""
 
+import re
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -95,9 +97,40 @@ def test_catalogue_query_count_does_not_grow_with_the_page(
 ):
     for _ in range(40):
         ProductFactory(family=catalogue["family"], category=catalogue["men"])
-    # session, user, count, page of products (families and categories joined), category choices
-    with django_assert_num_queries(6):  # + the active model version (top bar)
+    # session, user, the planner's row estimate, count (the estimate is small), page of products
+    # (families and categories joined), category choices
+    with django_assert_num_queries(7):  # + the active model version (top bar)
         reviewer_client.get(reverse("catalogue"))
+
+
+def test_long_lists_show_the_planners_estimate_not_a_count_of_every_row(reviewer_client, catalogue, settings):
+    """Past ESTIMATE_COUNTS_ABOVE rows, the catalogue, the queue and the review progress say "about N"
+    from the table statistics instead of counting every row on each load."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from catalog_review.models import Flag, ModelVersion
+    from catalog_review.pagination import count_of
+
+    version = ModelVersion.objects.create(name="v1", is_active=True)
+    products = [ProductFactory(family=catalogue["family"], category=catalogue["men"]) for _ in range(30)]
+    for p in products:
+        Flag.objects.create(kind=Flag.Kind.WRONG_VARIANT, product=p, score=0.9, model_version=version)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE catalog_review_product")
+        cursor.execute("ANALYZE catalog_review_flag")
+    assert str(count_of(Flag.objects.all())) == "30"  # below the limit: exact
+    settings.ESTIMATE_COUNTS_ABOVE = 10
+    estimated = count_of(Flag.objects.all())
+    assert not estimated.exact and str(estimated).startswith("about ")
+    page = reviewer_client.get(reverse("catalogue")).content.decode()
+    assert re.search(r"about [\d,]+ listings", page)
+    queue = reviewer_client.get(reverse("review_queue")).content.decode()
+    assert re.search(r"about [\d,]+ open flags", queue) and re.search(r"about [\d,]+ wrong variant", queue)
+    with CaptureQueriesContext(connection) as captured:
+        reviewer_client.get(reverse("review_queue"))
+    counts = [q["sql"] for q in captured.captured_queries if "COUNT(" in q["sql"] and "_flag" in q["sql"]]
+    assert counts == [], "no count of the open flags"
 
 
 def test_family_page_shows_every_member(reviewer_client, catalogue, django_assert_num_queries):
