@@ -404,7 +404,7 @@ QUEUE_VARIANTS = [
     ("queue (category)", "/review/?category={category_id}"),
     ("queue (family)", "/review/?family={family}"),
     ("queue (score 0.4-0.6)", "/review/?min_score=0.4&max_score=0.6"),
-    ("queue (page 200)", "/review/?page=200"),
+    ("queue (page 200, as Next reaches it)", "/review/?after={deep_cursor}&page=200"),
 ]
 
 
@@ -523,6 +523,8 @@ def knn_report(args, version_id: int) -> dict:
                 [pid, version_id, version_id, pid],
             )
             exact[pid] = {r[0] for r in cursor.fetchall()}
+    for pid in ids:  # once untimed: the index pages in memory, as on a server that has been serving
+        similar_products(product=products[pid], by="image", limit=10)
     out = {}
     for ef in args.ef_search:
         times, hits = [], 0
@@ -603,7 +605,10 @@ def main() -> None:
     import django
 
     django.setup()
+    from django.conf import settings
+
     from catalog_review.models import Flag, ModelVersion, Product
+    from catalog_review.pagination import flag_cursor
 
     if args.reuse_db:
         built = json.loads((ROOT / "var" / f"{DB}.json").read_text())
@@ -623,6 +628,11 @@ def main() -> None:
         "sku": Product.objects.get(pk=args.listings // 2).sku,
         "family": Product.objects.get(pk=args.listings // 2).family.code,
         "category_id": Product.objects.get(pk=args.listings // 3).category.parent_id,
+        # the cursor the queue's Next link carries on page 199 (the last flag of that page)
+        "deep_cursor": flag_cursor(
+            Flag.objects.filter(status="open").order_by("-score", "id")[199 * settings.REVIEW_PAGE_SIZE - 1],
+            "-score",
+        ),
     }
     report = {
         "bench": "scale",

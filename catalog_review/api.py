@@ -9,7 +9,6 @@ Every error is JSON too, {"error": "..."}, with 400 (bad input: the error names 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import secrets
@@ -29,6 +28,7 @@ from ninja.security import HttpBearer
 from pydantic import BeforeValidator, Field
 
 from catalog_review.models import ApiToken, Flag, Job, LabelledPair, flag_uncertainty
+from catalog_review.pagination import FLAG_ORDER_KEYS, decode_cursor, encode_cursor, flag_cursor, flags_after
 from catalog_review.schemas import DecisionRequest, ScoreRequest, TrainRequest, explain
 from catalog_review.services import review
 from catalog_review.services.scoring import ScopeError, score_start
@@ -160,36 +160,9 @@ class Conflict(Error):
     flag_status: str | None = Field(None, description="the flag's status now (who decided it: see error)")
 
 
-# --- cursors --------------------------------------------------------------------------------------
-
-
-def _encode_cursor(values: list) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
-
-
-def _decode_cursor(raw: str | None, length: int) -> list | None:
-    if not raw:
-        return None
-    try:
-        values = json.loads(base64.urlsafe_b64decode(raw.encode()))
-    except ValueError:
-        raise ValueError("cursor is not one this API returned") from None
-    if not isinstance(values, list) or len(values) != length:
-        raise ValueError("cursor is not one this API returned")
-    return values
-
-
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"rows per page, 1-{MAX_LIMIT}")]
 
 # --- flags ----------------------------------------------------------------------------------------
-
-# "uncertain": nearest the 0.5 decision boundary first, the flags whose labels teach the model most
-FLAG_ORDERINGS = {
-    "-score": ("-score", "id"),
-    "score": ("score", "id"),
-    "uncertain": ("uncertainty", "id"),
-    "id": ("id",),
-}
 
 
 class FlagOut(Schema):
@@ -240,8 +213,8 @@ def flags(
     limit: Limit = 100,
     cursor: str | None = None,
 ):
-    fields = FLAG_ORDERINGS[ordering]
-    after = _decode_cursor(cursor, len(fields))
+    fields = FLAG_ORDER_KEYS[ordering]  # "uncertain": nearest the 0.5 boundary first (labels teach most)
+    after = decode_cursor(cursor, len(fields))
     rows = Flag.objects.filter(status=status).select_related(
         "product", "product__family", "counterpart", "model_version"
     )
@@ -249,22 +222,11 @@ def flags(
         rows = rows.filter(kind=kind)
     rows = rows.annotate(uncertainty=flag_uncertainty())
     if after is not None:  # keyset: strictly after the last row of the previous page
-        if ordering == "-score":
-            rows = rows.filter(Q(score__lt=after[0]) | Q(score=after[0], id__gt=after[1]))
-        elif ordering == "score":
-            rows = rows.filter(Q(score__gt=after[0]) | Q(score=after[0], id__gt=after[1]))
-        elif ordering == "uncertain":
-            rows = rows.filter(Q(uncertainty__gt=after[0]) | Q(uncertainty=after[0], id__gt=after[1]))
-        else:
-            rows = rows.filter(id__gt=after[0])
+        rows = flags_after(rows, ordering, after)
     page = list(rows.order_by(*fields)[: limit + 1])
     more = len(page) > limit
     page = page[:limit]
-    next_cursor = None
-    if more:
-        last = page[-1]
-        key = {"-score": [last.score, last.pk], "score": [last.score, last.pk], "id": [last.pk]}
-        next_cursor = _encode_cursor(key.get(ordering, [last.uncertainty, last.pk]))
+    next_cursor = flag_cursor(page[-1], ordering) if more else None
     return {"results": [flag_json(f, request) for f in page], "next_cursor": next_cursor}
 
 
@@ -367,7 +329,7 @@ def label_json(pair: LabelledPair) -> dict:
 def labels(request, since: str | None = None, limit: Limit = 500):
     """Only rows of transactions that finished before this snapshot (txid below the snapshot's xmin),
     ordered by (txid, id): a label committed later sorts after the cursor, never behind it."""
-    after = _decode_cursor(since, 2)
+    after = decode_cursor(since, 2)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
         horizon = cursor.fetchone()[0]
@@ -381,7 +343,7 @@ def labels(request, since: str | None = None, limit: Limit = 500):
     return {
         "results": [label_json(p) for p in page],
         # resume from here (also when this page was not full: new labels arrive after it)
-        "next_cursor": _encode_cursor([last.txid, last.pk]) if last else since,
+        "next_cursor": encode_cursor([last.txid, last.pk]) if last else since,
         "more": more,
     }
 
@@ -410,13 +372,13 @@ class CorrectionPage(Schema):
     summary="Confirmed errors in force with their fixes, in decision order (the lines of export_corrections)",
 )
 def corrections(request, cursor: str | None = None, limit: Limit = 500):
-    after = _decode_cursor(cursor, 1)
+    after = decode_cursor(cursor, 1)
     page = list(review.corrections_in_force(after_id=after[0] if after else None)[: limit + 1])
     more = len(page) > limit
     page = page[:limit]
     return {
         "results": [review.correction_line(row) for row in page],
-        "next_cursor": _encode_cursor([page[-1].pk]) if page else cursor,
+        "next_cursor": encode_cursor([page[-1].pk]) if page else cursor,
         "more": more,
     }
 

@@ -5,6 +5,7 @@ exact COUNT."""
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -62,3 +63,48 @@ class EstimatingPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         return self.total.n
+
+
+def encode_cursor(values: list) -> str:
+    """An opaque cursor: the sort key of the last row served."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
+
+
+def decode_cursor(raw: str | None, length: int) -> list | None:
+    """The values of a cursor `encode_cursor` made (None for none); ValueError for anything else."""
+    if not raw:
+        return None
+    try:
+        values = json.loads(base64.urlsafe_b64decode(raw.encode()))
+    except ValueError:
+        raise ValueError("cursor is not one this server returned") from None
+    if not isinstance(values, list) or len(values) != length:
+        raise ValueError("cursor is not one this server returned")
+    return values
+
+
+# keyset pages of flags: each ordering's sort key (the last field breaks ties), and the rows strictly after
+# a key; "uncertainty" is the annotation of models.flag_uncertainty (selectors.flag_queue adds it)
+FLAG_ORDER_KEYS = {
+    "-score": ("-score", "id"),
+    "score": ("score", "id"),
+    "uncertain": ("uncertainty", "id"),
+    "id": ("id",),
+}
+
+
+def flags_after(flags: QuerySet, ordering: str, after: list) -> QuerySet:
+    """`flags` (ordered by FLAG_ORDER_KEYS[ordering]) strictly after the row whose key is `after`."""
+    from django.db.models import Q
+
+    if ordering == "id":
+        return flags.filter(id__gt=after[0])
+    field = FLAG_ORDER_KEYS[ordering][0].lstrip("-")
+    beyond = "lt" if ordering == "-score" else "gt"
+    return flags.filter(Q(**{f"{field}__{beyond}": after[0]}) | Q(**{field: after[0], "id__gt": after[1]}))
+
+
+def flag_cursor(flag, ordering: str) -> str:
+    """The cursor of the page that follows `flag`, the last row served."""
+    values = {"-score": [flag.score, flag.pk], "score": [flag.score, flag.pk], "id": [flag.pk]}
+    return encode_cursor(values.get(ordering) or [flag.uncertainty, flag.pk])

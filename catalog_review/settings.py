@@ -166,6 +166,17 @@ if EMBEDDED_POSTGRES:
     }
 else:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
+# DATABASE_POOL_MAX_SIZE > 0: each process keeps a psycopg connection pool of up to that many
+# connections (Django's "pool" option) instead of one persistent connection (CONN_MAX_AGE): for threaded
+# servers and workers, or a PostgreSQL whose connection set-up is slow (TLS, a remote host)
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0, minimum=0)
+if DATABASE_POOL_MAX_SIZE:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": env_float("DATABASE_POOL_TIMEOUT_S", 10.0, minimum=0.1),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -242,6 +253,8 @@ REAPER_PING_TIMEOUT_S = env_float("REAPER_PING_TIMEOUT_S", 2.0, minimum=0.1)
 # the admin dashboard's aggregates are computed in the background every DASHBOARD_REFRESH_S and read
 # as stored (their age shown); a page finding them older than DASHBOARD_MAX_AGE_S (no beat running)
 # computes them itself
+# torch threads of each web process (catalog_review.wsgi): a search query's encoding needs one
+WEB_TORCH_THREADS = env_int("WEB_TORCH_THREADS", 1, minimum=1)
 # a list longer than this (the planner's estimate) shows "about N" instead of counting every row
 ESTIMATE_COUNTS_ABOVE = env_int("ESTIMATE_COUNTS_ABOVE", 20_000, minimum=0)
 DASHBOARD_REFRESH_S = env_int("DASHBOARD_REFRESH_S", 60, minimum=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import wraps
 
 from django.conf import settings
@@ -24,8 +25,15 @@ from catalog_review.forms import (
     TrainJobForm,
 )
 from catalog_review.models import Flag, Job, ModelVersion, Product, VariationFamily, VersionScorer
+from catalog_review.pagination import (
+    FLAG_ORDER_KEYS,
+    EstimatingPaginator,
+    count_of,
+    decode_cursor,
+    flag_cursor,
+    flags_after,
+)
 from catalog_review.pagination import Count as Counted
-from catalog_review.pagination import EstimatingPaginator, count_of
 from catalog_review.services import review
 from catalog_review.services.dashboard import current_dashboard, refresh_dashboard
 from catalog_review.services.jobs import job_cancel
@@ -143,9 +151,27 @@ def _queue_filters(request) -> tuple[QueueFilterForm, dict]:
 
 
 def _queue_query(request) -> str:
+    """The queue's filters as a query string (without its page)."""
     query = request.GET.copy()
     query.pop("page", None)
+    query.pop("after", None)
     return query.urlencode()
+
+
+@dataclass
+class QueuePage:
+    """One page of the queue. Pages after the first are read by keyset (`after`: the cursor of the
+    previous page's last row), so page 2,000 costs what page 2 does; `number` is for display."""
+
+    object_list: list
+    number: int
+    total: Counted
+    next_cursor: str | None
+
+    @property
+    def pages(self) -> Counted:
+        n = max(1, -(-self.total.n // settings.REVIEW_PAGE_SIZE))
+        return Counted(n, self.total.exact)
 
 
 @require_GET
@@ -153,12 +179,30 @@ def review_queue(request):
     form, filters = _queue_filters(request)
     flags = selectors.flag_queue(**filters)
     counts = selectors.open_flag_counts()
-    paginator = EstimatingPaginator(flags, settings.REVIEW_PAGE_SIZE)
     if set(filters) <= {"order", "kind"}:
         # the kind counts already hold the total: no second count of the open flags
         kinds = [counts[filters["kind"]]] if filters.get("kind") else list(counts.values())
-        paginator.__dict__["total"] = Counted(sum(c.n for c in kinds), all(c.exact for c in kinds))
-    page = paginator.get_page(request.GET.get("page") or 1)
+        total = Counted(sum(c.n for c in kinds), all(c.exact for c in kinds))
+    else:
+        total = count_of(flags)
+    ordering = "uncertain" if filters.get("order") == "uncertain" else "-score"
+    size = settings.REVIEW_PAGE_SIZE
+    number = (form.cleaned_data.get("page") if form.is_valid() else None) or 1
+    try:
+        after = decode_cursor(request.GET.get("after"), len(FLAG_ORDER_KEYS[ordering]))
+    except ValueError:
+        after, number = None, 1  # a cursor of another ordering, or edited: from the top
+    if after is not None:
+        rows = list(flags_after(flags, ordering, after)[: size + 1])
+    else:  # the first page, or a page number without a cursor (an old bookmark): an offset
+        start = (number - 1) * size
+        rows = list(flags[start : start + size + 1])
+    page = QueuePage(
+        object_list=rows[:size],
+        number=number,
+        total=total,
+        next_cursor=flag_cursor(rows[size - 1], ordering) if len(rows) > size else None,
+    )
     query = _queue_query(request)
     context = {
         "form": form,

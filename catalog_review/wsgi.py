@@ -10,3 +10,10 @@ application = get_wsgi_application()
 # Import it here, so that gunicorn's --preload does it once in the master before the workers fork, and
 # no reviewer waits for it.
 import_module(settings.ROOT_URLCONF)
+
+# The web processes run torch for one thing, a search query's title encoding (a few ms on one core).
+# Several gunicorn workers, each with torch's default of a thread per core, would fight over the
+# cores under load: one thread each (WEB_TORCH_THREADS).
+import torch  # noqa: E402
+
+torch.set_num_threads(settings.WEB_TORCH_THREADS)

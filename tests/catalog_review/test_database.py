@@ -106,3 +106,26 @@ def test_the_queue_and_search_queries_match_their_indexes():
     Category.objects.create(name="Tops", path="Shop > Tops", depth=2, parent=shop)
     sql = str(Product.objects.in_category(shop).query)
     assert 'category_id" IN (' in sql and "path" not in sql, "the tree's ids, no join per listing"
+
+
+def test_with_database_pool_max_size_each_process_draws_connections_from_a_pool():
+    """DATABASE_POOL_MAX_SIZE turns on Django's psycopg pool (through the embedded server's backend
+    too): a process of its own with the setting runs queries on pooled connections."""
+    import subprocess
+    import sys
+
+    code = (
+        "import django; django.setup()\n"
+        "from django.db import connection\n"
+        "assert connection.settings_dict['CONN_MAX_AGE'] == 0\n"
+        "with connection.cursor() as c: c.execute('SELECT 41 + 1'); answer = c.fetchone()[0]\n"
+        "print(answer, type(connection.pool).__name__, connection.pool.max_size)\n"
+    )
+    env = os.environ | {
+        "DJANGO_SETTINGS_MODULE": "catalog_review.settings",
+        "DATABASE_NAME": connection.settings_dict["NAME"],
+        "DATABASE_POOL_MAX_SIZE": "3",
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["42", "ConnectionPool", "3"]

@@ -3,6 +3,8 @@
 from datetime import timedelta
 
 import pytest
+from django.db.models import F
+from django.db.models.functions import Abs
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -67,6 +69,45 @@ def test_review_pages_need_login(client, flags, name, kwargs):
 def test_decision_endpoints_refuse_get(reviewer_client, flags):
     for name in ("flag_decide", "flag_undo", "flag_claim"):
         assert reviewer_client.get(reverse(name, args=[flags["duplicate"].pk])).status_code == 405
+
+
+@pytest.mark.parametrize("order", ["score", "uncertain"])
+def test_queue_pages_follow_a_keyset_cursor_and_serve_every_flag_once(reviewer_client, settings, order):
+    """Next pages are read after the last row served (page 2,000 costs what page 2 does): following
+    Next from the first page serves every open flag once, in the queue's order, ties on score included."""
+    import re
+
+    settings.REVIEW_PAGE_SIZE = 3
+    version = ModelVersion.objects.create(name="v1", is_active=True)
+    scores = [0.9, 0.8, 0.8, 0.8, 0.7, 0.55, 0.5, 0.45, 0.3, 0.3]
+    for score in scores:
+        Flag.objects.create(
+            kind=Flag.Kind.WRONG_VARIANT, product=ProductFactory(), score=score, model_version=version
+        )
+    first = reviewer_client.get(reverse("review_queue"), {"order": order})
+    expected = [f.pk for f in first.context["page"].object_list]
+    url, seen, numbers = reverse("review_queue"), [], []
+    response = first
+    while True:
+        page = response.context["page"]
+        seen += [f.pk for f in page.object_list]
+        numbers.append(page.number)
+        link = re.search(r'href="\?([^"]*after=[^"]*)"[^>]*>Next', response.content.decode())
+        if page.next_cursor is None:
+            assert link is None
+            break
+        response = reviewer_client.get(f"{url}?{link[1].replace('&amp;', '&')}")
+    queue = list(
+        Flag.objects.filter(status="open")
+        .annotate(u=Abs(F("score") - 0.5))
+        .order_by(*(("u", "id") if order == "uncertain" else ("-score", "id")))
+        .values_list("id", flat=True)
+    )
+    assert seen == queue and seen[:3] == expected, "every flag once, in order"
+    assert numbers == [1, 2, 3, 4] and "Page 4 of 4" in response.content.decode()
+    # a cursor that is not one (edited, another ordering's): the first page, not an error
+    response = reviewer_client.get(url, {"order": order, "after": "bm9wZQ==", "page": 7})
+    assert response.status_code == 200 and response.context["page"].number == 1
 
 
 def test_queue_lists_open_flags_by_score_and_filters(reviewer_client, flags, django_assert_num_queries):
