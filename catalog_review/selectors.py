@@ -66,7 +66,7 @@ def flag_queue(
     if kind:
         flags = flags.filter(kind=kind)
     if category is not None:
-        flags = flags.filter(product__in=Product.objects.in_category(category))
+        flags = flags.filter(category_id__in=category.tree_ids())  # Flag.category: kept by the database
     if family:
         flags = flags.filter(product__family__code=family)
     if min_score is not None:
@@ -147,8 +147,8 @@ def dashboard_stats(*, days: int = 14) -> dict:
     for row in Flag.objects.values("kind", "status").annotate(n=Count("id")).order_by():
         by_kind[row["kind"]][row["status"]] = row["n"]
     by_category = defaultdict(lambda: defaultdict(int))
-    for row in Flag.objects.values("product__category__path", "status").annotate(n=Count("id")).order_by():
-        top = (row["product__category__path"] or "(no category)").split(" > ")[0]
+    for row in Flag.objects.values("category__path", "status").annotate(n=Count("id")).order_by():
+        top = (row["category__path"] or "(no category)").split(" > ")[0]
         by_category[top][row["status"]] += row["n"]
     bands = []
     decided = Flag.objects.filter(status__in=[Flag.Status.CONFIRMED, Flag.Status.REJECTED])

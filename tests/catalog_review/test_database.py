@@ -106,6 +106,30 @@ def test_the_queue_and_search_queries_match_their_indexes():
     Category.objects.create(name="Tops", path="Shop > Tops", depth=2, parent=shop)
     sql = str(Product.objects.in_category(shop).query)
     assert 'category_id" IN (' in sql and "path" not in sql, "the tree's ids, no join per listing"
+    queue = str(flag_queue(category=shop).query)
+    assert '"catalog_review_flag"."category_id" IN (' in queue and "U0" not in queue, "no listing probed"
+
+
+def test_a_flag_carries_its_listings_category_and_follows_it_when_the_listing_moves():
+    """Flag.category is kept by the database (migration 0012's triggers), whatever writes the rows."""
+    from catalog_review.models import Category, Flag, Product
+
+    shoes = Category.objects.create(name="Shoes", path="Shoes", depth=1)
+    bags = Category.objects.create(name="Bags", path="Bags", depth=1)
+    version = ModelVersion.objects.create(name="v")
+    product = ProductFactory(category=shoes)
+    flag = Flag.objects.create(kind="wrong_variant", product=product, score=0.9, model_version=version)
+    assert Flag.objects.get(pk=flag.pk).category_id == shoes.pk  # set on insert
+    product.category = bags
+    product.save()
+    assert Flag.objects.get(pk=flag.pk).category_id == bags.pk  # followed on save
+    Product.objects.filter(pk=product.pk).update(category=None)
+    assert Flag.objects.get(pk=flag.pk).category_id is None  # and on a bulk update
+    Product.objects.bulk_update([Product(pk=product.pk, category=shoes)], ["category"])
+    assert Flag.objects.get(pk=flag.pk).category_id == shoes.pk
+    flag.score = 0.8
+    flag.save()  # a full save of a stale instance does not undo it
+    assert Flag.objects.get(pk=flag.pk).category_id == shoes.pk
 
 
 def test_with_database_pool_max_size_each_process_draws_connections_from_a_pool():
