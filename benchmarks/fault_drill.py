@@ -19,11 +19,10 @@ import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import ROOT, catalogue_slice, connect, fresh_database, manage
+from benchmarks.harness import ROOT, connect, imported_catalogue, manage
 
 DB = "catalog_review_fault_drill"
 REDIS_DB = 4
@@ -37,24 +36,16 @@ def main() -> None:
 
     from catalog_review import runtime
 
-    runtime.ensure_redis()
-    fresh_database(DB, migrate=False)
-    work = Path(tempfile.mkdtemp(prefix="fault-drill-"))
-    catalogue = catalogue_slice(hm_dev, n, work)
-    env = {
-        "DATABASE_NAME": DB,
-        "MEDIA_ROOT": str(work / "media"),
-        "MODEL_DIR": str(work / "models"),
-        "CELERY_BROKER_URL": runtime.redis_url(REDIS_DB),
-        "SCORE_ON_IMPORT": "false",
-        "SCORE_CHUNK_LISTINGS": "50",
-        "REAPER_INTERVAL_S": "10",
-        "REAPER_GRACE_S": "20",
-        "DATABASE_CONN_MAX_AGE": "0",
-    }
-
-    manage("migrate", env=env)
-    manage("import_catalogue", str(catalogue), "--images-root", "/", "--no-progress", env=env)
+    work, env = imported_catalogue(
+        DB,
+        hm_dev,
+        n,
+        redis_db=REDIS_DB,
+        SCORE_CHUNK_LISTINGS="50",
+        REAPER_INTERVAL_S="10",
+        REAPER_GRACE_S="20",
+        DATABASE_CONN_MAX_AGE="0",
+    )
 
     def query(sql: str, *args):
         """One query on a fresh connection (the server may have been restarted meanwhile)."""

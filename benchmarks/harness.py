@@ -166,3 +166,31 @@ def percentiles(ms, digits: int = 1) -> dict:
     if not len(ms):
         return {"p50_ms": None, "p95_ms": None}
     return {f"p{q}_ms": round(float(np.percentile(ms, q)), digits) for q in (50, 95)}
+
+
+def imported_catalogue(
+    db: str, eval_dir: Path, n: int, *, redis_db: int, **settings: str
+) -> tuple[Path, dict]:
+    """A stack of its own for a benchmark: database `db` migrated, the first `n` listings of
+    `eval_dir` imported (no score job), a work folder for media and models, the broker on the embedded
+    redis's database `redis_db`. Returns (work folder, the environment its processes need, `settings`
+    included)."""
+    import tempfile
+
+    from catalog_review import runtime
+
+    runtime.ensure_redis()
+    fresh_database(db, migrate=False)
+    work = Path(tempfile.mkdtemp(prefix=f"{db}-"))
+    env = {
+        "DATABASE_NAME": db,
+        "MEDIA_ROOT": str(work / "media"),
+        "MODEL_DIR": str(work / "models"),
+        "CELERY_BROKER_URL": runtime.redis_url(redis_db),
+        "SCORE_ON_IMPORT": "false",
+        **settings,
+    }
+    manage("migrate", env=env)
+    catalogue = catalogue_slice(eval_dir, n, work)
+    manage("import_catalogue", str(catalogue), "--images-root", "/", "--no-progress", env=env)
+    return work, env

@@ -17,11 +17,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import ROOT, catalogue_slice, connect, drop_database, fresh_database, manage
+from benchmarks.harness import ROOT, connect, drop_database, imported_catalogue, manage
 
 DB = "catalog_review_bench_score"
 
@@ -29,22 +28,8 @@ DB = "catalog_review_bench_score"
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     hm_dev = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT.parent / "shared" / "data" / "hm-dev"
-    from catalog_review import runtime
-
-    runtime.ensure_redis()
-    fresh_database(DB, migrate=False)
-    work = Path(tempfile.mkdtemp(prefix="bench-score-"))
-    catalogue = catalogue_slice(hm_dev, n, work)
-    env = {
-        "DATABASE_NAME": DB,
-        "MEDIA_ROOT": str(work / "media"),
-        "MODEL_DIR": str(work / "models"),
-        "CELERY_BROKER_URL": runtime.redis_url(3),
-        "SCORE_ON_IMPORT": "false",
-    }
-
-    manage("migrate", env=env)
-    manage("import_catalogue", str(catalogue), "--images-root", "/", "--no-progress", env=env)
+    work, env = imported_catalogue(DB, hm_dev, n, redis_db=3)
+    catalogue = work / "catalogue.jsonl"
 
     # 1. bare forward pass, in this process (same core count as the gpu worker)
     import torch

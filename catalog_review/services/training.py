@@ -56,17 +56,9 @@ def train_start(request: TrainRequest, *, requested_by=None, reason: str = "") -
     `request` says what to train (schemas.TrainRequest: validated by whoever built it)."""
     from catalog_review.gpu_tasks import train_version
 
-    activate, force, steps = request.activate, request.force, request.steps
-    end_to_end, warm_start = request.end_to_end, request.warm_start
-    scope = {"activate": activate, "force": force, "folds": settings.TRAIN_FOLDS}
-    if reason:
-        scope["reason"] = reason
-    if steps is not None:
-        scope["steps"] = steps
-    if end_to_end is not None:
-        scope["end_to_end"] = end_to_end
-    if warm_start is not None:
-        scope["warm_start"] = warm_start
+    # what was asked (unset choices are left to the worker's settings) and what triggered it
+    scope = {k: v for k, v in request.model_dump().items() if v is not None}
+    scope |= {"folds": settings.TRAIN_FOLDS} | ({"reason": reason} if reason else {})
     with transaction.atomic():
         job = job_create(kind=Job.Kind.TRAIN, scope=scope, requested_by=requested_by)
         transaction.on_commit(lambda: train_version.delay(job_id=job.pk))
