@@ -700,6 +700,14 @@ def manage_activate_model(request, version_id: int):
     return redirect("manage_models")
 
 
+def _age(delta) -> str:
+    """How long ago, in words a glance reads: "12 s", "4 min", "3 h"."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    return f"{seconds // 60} min" if seconds < 7200 else f"{seconds // 3600} h"
+
+
 @require_http_methods(["GET", "POST"])
 @staff_required
 def manage_dashboard(request):
@@ -712,6 +720,7 @@ def manage_dashboard(request):
     context = {
         "stats": stats,
         "snapshot": snapshot,
+        "age": _age(timezone.now() - snapshot.computed_at),
         "refresh_s": settings.DASHBOARD_REFRESH_S,
         "statuses": Flag.Status.values,
     }
