@@ -1,7 +1,8 @@
 """Counts that do not scan a million rows: past ESTIMATE_COUNTS_ABOVE rows a list's size is the
 PostgreSQL planner's estimate (read in a millisecond from the table statistics, which autovacuum's
 ANALYZE and every finished import and score job keep current), shown as "about N"; below it, an
-exact COUNT."""
+exact COUNT. A word search's matches are "about N" past SEARCH_ESTIMATE_COUNTS_ABOVE (1,000), as a
+search engine says them."""
 
 from __future__ import annotations
 
@@ -42,22 +43,27 @@ def planner_rows(queryset: QuerySet) -> int:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-def count_of(queryset: QuerySet) -> Count:
-    """The planner's estimate past ESTIMATE_COUNTS_ABOVE rows, else the exact count."""
+def count_of(queryset: QuerySet, estimate_above: int | None = None) -> Count:
+    """The planner's estimate past `estimate_above` rows (default ESTIMATE_COUNTS_ABOVE), else the exact
+    count."""
     estimate = planner_rows(queryset)
-    if estimate >= settings.ESTIMATE_COUNTS_ABOVE:
+    if estimate >= (settings.ESTIMATE_COUNTS_ABOVE if estimate_above is None else estimate_above):
         return Count(estimate, exact=False)
     return Count(queryset.count())
 
 
 class EstimatingPaginator(Paginator):
     """A Paginator whose count is `count_of` its queryset (a list: its length); `total` keeps whether
-    it is exact, for the page to say "about"."""
+    it is exact, for the page to say "about". `estimate_above`: see `count_of`."""
+
+    def __init__(self, *args, estimate_above: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.estimate_above = estimate_above
 
     @cached_property
     def total(self) -> Count:
         if isinstance(self.object_list, QuerySet):
-            return count_of(self.object_list)
+            return count_of(self.object_list, self.estimate_above)
         return Count(len(self.object_list))
 
     @cached_property

@@ -257,6 +257,8 @@ REAPER_PING_TIMEOUT_S = env_float("REAPER_PING_TIMEOUT_S", 2.0, minimum=0.1)
 WEB_TORCH_THREADS = env_int("WEB_TORCH_THREADS", 1, minimum=1)
 # a list longer than this (the planner's estimate) shows "about N" instead of counting every row
 ESTIMATE_COUNTS_ABOVE = env_int("ESTIMATE_COUNTS_ABOVE", 20_000, minimum=0)
+# ... and a word search's matches past this many (counting the matches of a trigram search is its cost)
+SEARCH_ESTIMATE_COUNTS_ABOVE = env_int("SEARCH_ESTIMATE_COUNTS_ABOVE", 1_000, minimum=0)
 DASHBOARD_REFRESH_S = env_int("DASHBOARD_REFRESH_S", 60, minimum=1)
 DASHBOARD_MAX_AGE_S = env_int("DASHBOARD_MAX_AGE_S", 300, minimum=0)
 CELERY_BEAT_SCHEDULE = {

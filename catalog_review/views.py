@@ -56,7 +56,9 @@ def catalogue(request):
             family=filters.get("family") or "",
             image_status=filters.get("image_status") or "",
         )
-    page = EstimatingPaginator(products, settings.CATALOGUE_PAGE_SIZE).get_page(filters.get("page") or 1)
+    searching = settings.SEARCH_ESTIMATE_COUNTS_ABOVE if filters.get("q") else None
+    paginator = EstimatingPaginator(products, settings.CATALOGUE_PAGE_SIZE, estimate_above=searching)
+    page = paginator.get_page(filters.get("page") or 1)
     query = request.GET.copy()
     query.pop("page", None)
     meaning = request.GET.copy()

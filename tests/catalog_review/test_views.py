@@ -131,6 +131,14 @@ def test_long_lists_show_the_planners_estimate_not_a_count_of_every_row(reviewer
         reviewer_client.get(reverse("review_queue"))
     counts = [q["sql"] for q in captured.captured_queries if "COUNT(" in q["sql"] and "_flag" in q["sql"]]
     assert counts == [], "no count of the open flags"
+    # a word search's matches: estimated past SEARCH_ESTIMATE_COUNTS_ABOVE, however long the catalogue
+    settings.ESTIMATE_COUNTS_ABOVE, settings.SEARCH_ESTIMATE_COUNTS_ABOVE = 10**9, 5
+    assert re.search(r"[\d,]+ listings", reviewer_client.get(reverse("catalogue")).content.decode())
+    assert (
+        "about" not in reviewer_client.get(reverse("catalogue")).content.decode().split("listings")[0][-30:]
+    )
+    searched = reviewer_client.get(reverse("catalogue"), {"q": "Product"}).content.decode()
+    assert re.search(r"about [\d,]+ listings", searched)
 
 
 def test_family_page_shows_every_member(reviewer_client, catalogue, django_assert_num_queries):
