@@ -91,7 +91,6 @@ def flag_family(flag: Flag) -> list[Product]:
 def similar_products(*, product: Product, by: str = "image", limit: int = 12) -> list[Product]:
     """Nearest listings to `product` by its image (or fused, or title) vector of the active model
     version: pgvector HNSW kNN. Empty when the listing has no embedding yet."""
-    from pgvector.django import CosineDistance
 
     from catalog_review.models import ProductEmbedding
 
@@ -104,18 +103,28 @@ def similar_products(*, product: Product, by: str = "image", limit: int = 12) ->
     if mine is None or mine[1] is None:
         return []
     version_id, vector = mine
-    nearest = (
-        ProductEmbedding.objects.filter(model_version_id=version_id)
-        .exclude(product=product)
-        .exclude(**{f"{column}__isnull": True})
+    others = ProductEmbedding.objects.filter(model_version_id=version_id).exclude(product=product)
+    return nearest_products(others, column, vector, limit, related=("family",))
+
+
+def nearest_products(embeddings, column: str, vector, limit: int, *, related=()) -> list[Product]:
+    """The listings of the `limit` rows of `embeddings` nearest `vector` by `column` (cosine: pgvector
+    HNSW), nearest first, each with its `similarity`. Only ids and distances come back from the kNN
+    (an embedding row carries thousands of floats); the listings are read by id."""
+    from pgvector.django import CosineDistance
+
+    rows = list(
+        embeddings.exclude(**{f"{column}__isnull": True})
         .annotate(distance=CosineDistance(column, vector))
         .order_by("distance")
-        .select_related("product", "product__family")[:limit]
+        .values_list("product_id", "distance")[:limit]
     )
+    products = Product.objects.select_related(*related).in_bulk([pid for pid, _ in rows])
     out = []
-    for e in nearest:
-        e.product.similarity = 1 - e.distance
-        out.append(e.product)
+    for pid, distance in rows:
+        listing = products[pid]
+        listing.similarity = 1.0 - float(distance)
+        out.append(listing)
     return out
 
 
@@ -219,8 +228,6 @@ def search_by_meaning(*, text: str, limit: int = 48) -> list[Product]:
     then pgvector kNN over the stored title vectors, most similar first, each with its `similarity`
     (cosine); none below MEANING_MIN_SIMILARITY (a query that means nothing here finds nothing).
     Empty before anything was scored."""
-    from pgvector.django import CosineDistance
-
     from catalog_review.models import ProductEmbedding
     from catalog_review.services.model_versions import load_model
     from ml_worker.query import title_query_vector
@@ -230,17 +237,6 @@ def search_by_meaning(*, text: str, limit: int = 48) -> list[Product]:
     if version is None or not text or not ProductEmbedding.objects.filter(model_version=version).exists():
         return []
     vector = title_query_vector(load_model(version).final, text)
-    nearest = (
-        ProductEmbedding.objects.filter(model_version=version, title_vector__isnull=False)
-        .annotate(distance=CosineDistance("title_vector", vector))
-        .order_by("distance")
-        .select_related("product", "product__family", "product__category")[:limit]
-    )
-    found = []
-    for e in nearest:
-        similarity = 1.0 - float(e.distance)
-        if similarity < settings.MEANING_MIN_SIMILARITY:
-            break
-        e.product.similarity = similarity
-        found.append(e.product)
-    return found
+    embeddings = ProductEmbedding.objects.filter(model_version=version)
+    nearest = nearest_products(embeddings, "title_vector", vector, limit, related=("family", "category"))
+    return [p for p in nearest if p.similarity >= settings.MEANING_MIN_SIMILARITY]
