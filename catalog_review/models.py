@@ -610,12 +610,14 @@ class LabelledPair(models.Model):
     txid = models.BigIntegerField(
         db_default=models.Func(function="txid_current", output_field=models.BigIntegerField()),
         editable=False,
-        db_index=True,
     )
 
     class Meta:
         ordering = ["id"]
         constraints = [models.CheckConstraint(condition=~Q(a=models.F("b")), name="pair_of_two_listings")]
+        # the feed's order: a page after a cursor is read from the index in order, however many labels
+        # one transaction wrote (txid alone left a bulk write's labels to be sorted on every page)
+        indexes = [models.Index(fields=["txid", "id"], name="labelledpair_feed_order")]
 
     def __str__(self) -> str:
         return f"{self.a_id} {self.relation} {self.b_id} ({self.source})"

@@ -3,10 +3,8 @@ of the older benchmarks' scoring (`ml_worker.scoring.score_listings`).
 
 The pair head answers "are these two listings of one family?"; `1 - max P(same family)` turns a
 listing's answers against all its siblings into one number: a listing is as wrong as its disagreement
-with the sibling it agrees with most (+0.03 wrong_variant AP over the mean, BENCHMARKS.md "The
-reviewer-only calibrator and how a listing's answers are pooled"). What ships weighs it with the
-other evidence channels (ml_worker.evidence); the calibrator fitted on reviewer decisions alone that
-lived here is gone: the decisions now join the evidence combiners.
+with the sibling it agrees with most (better than the mean: BENCHMARKS.md, "Review loop"). The
+evidence combiners (ml_worker.evidence) weigh it with the other channels.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """A model version as the app uses it: cross-fitted fold models plus one final model.
 
 The catalogue's families are the training labels, and they contain the errors we hunt: a model that
-trained on a wrong listing as a member of its family calls it consistent. Measured on hm-dev (seed 7,
-200 steps, BENCHMARKS.md): one model trained on every family and scoring every family reaches
-wrong_variant AP 0.684; 2-fold cross-fitting (each family scored by a model that never saw it) 0.751.
-So a version holds (each member with its own fine-tuned backbones when trained end to end):
+trained on a wrong listing as a member of its family calls it consistent, so each family's wrong
+variants are scored by a model that never saw it (cross-fitting; BENCHMARKS.md has what it is worth).
+A version holds (each member with its own fine-tuned backbones when trained end to end):
 - `folds[k]`: trained without the families of fold k; scores the wrong variants of fold k's families;
 - `final`: trained on every family; gives the stored embeddings (pgvector kNN, search), the duplicate
   scores and the attention maps, which compare listings across families.

@@ -3,8 +3,6 @@
 Two listings of one product sold on two sites often share rare words (a model number, an edition:
 "cs3", "r19-00846") that a sentence embedding averages away. With no image to compare, P(same
 product) then mixes the embedding cosine with this one (`ml_worker.zero_shot.formula_logits`).
-Measured on `../shared/data/amazon-google` (image-less, 1,103 true cross-site pairs; exact top-1
-over all 4,393 listings): MiniLM title cosine 0.487, word TF-IDF 0.571, no IDF 0.51 (BENCHMARKS.md).
 
 IDF comes from the catalogue being scored (sublinear tf, smoothed idf, L2-normalised, as
 scikit-learn's `TfidfVectorizer(sublinear_tf=True)`), so the words that are common in *this*
@@ -15,8 +13,7 @@ another edition or pack of the same line ("v 8.0" vs "v 9.0", "5 pack" vs "20-pa
 - numbers: both titles carry numbers and share none (`NUMBER_PENALTY`);
 - price: both listings have a price attribute and they differ (`PRICE_WEIGHT` x |log ratio|, capped at
   `PRICE_CAP`, e.g. an upgrade at a third of the full version's price).
-amazon-google best match with the 20 embedding candidates: 0.554 words alone, 0.570 with numbers,
-0.586 with prices, 0.606 with both (the weights are a plateau of a grid over 0-0.3, BENCHMARKS.md).
+The weights were chosen on amazon-google (image-less cross-site pairs; BENCHMARKS.md).
 """
 
 from __future__ import annotations

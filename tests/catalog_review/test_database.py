@@ -108,6 +108,14 @@ def test_the_queue_and_search_queries_match_their_indexes():
     assert 'category_id" IN (' in sql and "path" not in sql, "the tree's ids, no join per listing"
     queue = str(flag_queue(category=shop).query)
     assert '"catalog_review_flag"."category_id" IN (' in queue and "U0" not in queue, "no listing probed"
+    # the labels feed after a cursor: read in (txid, id) order from its index, never sorted
+    from django.db.models import Q
+
+    from catalog_review.models import LabelledPair
+
+    feed = LabelledPair.objects.filter(Q(txid__gt=5) | Q(txid=5, id__gt=9)).order_by("txid", "id")[:100]
+    plan = _plan(feed, "sort", "bitmapscan")
+    assert "labelledpair_feed_order" in plan and "Sort" not in plan
 
 
 def test_a_flag_carries_its_listings_category_and_follows_it_when_the_listing_moves():
