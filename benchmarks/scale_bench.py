@@ -509,9 +509,19 @@ def load_report(args, env: dict, setup: dict, report: dict) -> None:
         setup["labels_cursor"] = walk(
             api, "/api/labels?limit=500", "next_cursor", "since", args.flags // 1000
         )
-        warm = Client(base, "admin", PASSWORD)
-        for _ in range(4 * args.workers):  # each gunicorn worker loads the title encoder on its first one
-            warm.request("/?q=coat&match=meaning")
+
+        # each gunicorn worker loads the title encoder on its first meaning search (a second or two, once
+        # per process): concurrent warm-up requests, so that every worker has done it before the clock
+        def warm_up() -> None:
+            warm = Client(base, "admin", PASSWORD)
+            for _ in range(4):
+                warm.request("/?q=coat&match=meaning")
+
+        warmers = [threading.Thread(target=warm_up) for _ in range(2 * args.workers)]
+        for t in warmers:
+            t.start()
+        for t in warmers:
+            t.join()
 
         open_loop = run_clients(base, setup, args.clients, args.seconds, think=True)
         report["pages"] = open_loop.table()

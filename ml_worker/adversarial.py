@@ -12,6 +12,18 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z'&-]+")
 
 
 class AdversarialTitleGenerator:
+    @classmethod
+    def for_listings(cls, listings, texts: list[str], *, seed: int = 0) -> AdversarialTitleGenerator:
+        """A generator over `listings` (ml_worker.catalogue.Listing) rewriting `texts` (their titles, or
+        the text the model reads of them), with their families, categories and colours."""
+        return cls(
+            texts,
+            [x.family for x in listings],
+            [x.category for x in listings],
+            colours=[str(x.attributes.get("colour", "")) for x in listings],
+            seed=seed,
+        )
+
     def __init__(
         self,
         titles: list[str],

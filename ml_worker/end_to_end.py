@@ -68,13 +68,7 @@ def load_raw_inputs(
         )
         return batch["input_ids"], batch["attention_mask"].bool()
 
-    generator = AdversarialTitleGenerator(
-        [x.title for x in listings],
-        [x.family for x in listings],
-        [x.category for x in listings],
-        colours=[str(x.attributes.get("colour", "")) for x in listings],
-        seed=seed,
-    )
+    generator = AdversarialTitleGenerator.for_listings(listings, [x.title for x in listings], seed=seed)
     input_ids, token_mask = tokenize([x.title for x in listings])
     adv_input_ids, adv_mask = tokenize([generator(i) for i in range(n)])
     return RawInputs(pixels, has_image, input_ids, token_mask, adv_input_ids, adv_mask)

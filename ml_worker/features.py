@@ -289,13 +289,7 @@ def extract_features(
             adv_tokens=tokens,
             adv_mask=token_mask,
         )
-    generator = AdversarialTitleGenerator(
-        [x.text for x in listings],
-        [x.family for x in listings],
-        [x.category for x in listings],
-        colours=[str(x.attributes.get("colour", "")) for x in listings],
-        seed=seed,
-    )
+    generator = AdversarialTitleGenerator.for_listings(listings, [x.text for x in listings], seed=seed)
     adv_tokens, adv_mask = _encode_titles(
         text_model, [generator(i) for i in range(n)], config, progress, "adversarial titles"
     )

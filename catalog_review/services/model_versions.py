@@ -55,6 +55,17 @@ def active_version() -> ModelVersion:
     return ModelVersion.objects.get(is_active=True)
 
 
+def version_named(name: str | None) -> ModelVersion:
+    """The version called `name`, or the active one for None; LookupError naming the known ones."""
+    if not name:
+        return active_version()
+    found = ModelVersion.objects.filter(name=name).first()
+    if found is None:
+        names = ", ".join(ModelVersion.objects.values_list("name", flat=True)[:20]) or "none yet"
+        raise LookupError(f"no model version named {name!r} (known: {names})")
+    return found
+
+
 def activate_version(version: ModelVersion) -> None:
     with transaction.atomic():
         ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).update(is_active=False)

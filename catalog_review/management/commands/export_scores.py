@@ -7,8 +7,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from catalog_review.models import ModelVersion, Product, ProductEmbedding
-from catalog_review.services.model_versions import active_version
+from catalog_review.models import Product, ProductEmbedding
+from catalog_review.services.model_versions import version_named
 
 
 class Command(BaseCommand):
@@ -27,13 +27,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, output: Path, model_version: str | None, partial: bool, **options):
-        version = model_version
-        if version:
-            found = ModelVersion.objects.filter(name=version).first()
-            if found is None:
-                raise CommandError(f"no model version named {version!r}")
-        else:
-            found = active_version()
+        try:
+            found = version_named(model_version)
+        except LookupError as exc:
+            raise CommandError(str(exc)) from None
         if output.parent and not output.parent.exists():
             raise CommandError(f"{output.parent}: directory does not exist")
         scores = {

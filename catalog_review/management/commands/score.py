@@ -5,9 +5,8 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from catalog_review.management.jobwait import require_worker, wait_for_job
-from catalog_review.models import ModelVersion
 from catalog_review.schemas import ScoreRequest, ValidationError, explain
-from catalog_review.services.model_versions import active_version
+from catalog_review.services.model_versions import version_named
 from catalog_review.services.scoring import ScopeError, score_start
 
 
@@ -26,18 +25,14 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, wait, family, category, sku, model_version, no_progress, **options):
-        version = model_version
         try:
             scope = ScoreRequest(family=family, category=category, skus=sku or None).scope()
         except ValidationError as exc:
             raise CommandError(explain(exc.errors())) from None
-        if version:
-            found = ModelVersion.objects.filter(name=version).first()
-            if found is None:
-                names = ", ".join(ModelVersion.objects.values_list("name", flat=True)[:20]) or "none yet"
-                raise CommandError(f"no model version named {version!r} (known: {names})")
-        else:
-            found = active_version()
+        try:
+            found = version_named(model_version)
+        except LookupError as exc:
+            raise CommandError(str(exc)) from None
         if wait:
             require_worker("gpu")
             require_worker("default")
