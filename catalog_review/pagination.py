@@ -84,7 +84,10 @@ def decode_cursor(raw: str | None, length: int) -> list | None:
         values = json.loads(base64.urlsafe_b64decode(raw.encode()))
     except ValueError:
         raise ValueError("cursor is not one this server returned") from None
-    if not isinstance(values, list) or len(values) != length:
+    numbers = isinstance(values, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    )
+    if not numbers or len(values) != length:  # every key this server pages by is a number
         raise ValueError("cursor is not one this server returned")
     return values
 

@@ -77,6 +77,8 @@ def test_queue_pages_follow_a_keyset_cursor_and_serve_every_flag_once(reviewer_c
     Next from the first page serves every open flag once, in the queue's order, ties on score included."""
     import re
 
+    from catalog_review.pagination import encode_cursor
+
     settings.REVIEW_PAGE_SIZE = 3
     version = ModelVersion.objects.create(name="v1", is_active=True)
     scores = [0.9, 0.8, 0.8, 0.8, 0.7, 0.55, 0.5, 0.45, 0.3, 0.3]
@@ -107,6 +109,9 @@ def test_queue_pages_follow_a_keyset_cursor_and_serve_every_flag_once(reviewer_c
     assert numbers == [1, 2, 3, 4] and "Page 4 of 4" in response.content.decode()
     # a cursor that is not one (edited, another ordering's): the first page, not an error
     response = reviewer_client.get(url, {"order": order, "after": "bm9wZQ==", "page": 7})
+    assert response.status_code == 200 and response.context["page"].number == 1
+    forged = encode_cursor(["abc", 1])  # well-formed, not numbers: never reaches the database
+    response = reviewer_client.get(url, {"order": order, "after": forged, "page": 2})
     assert response.status_code == 200 and response.context["page"].number == 1
 
 
