@@ -18,8 +18,8 @@ from django.utils import timezone
 
 from catalog_review.models import Flag, LabelledPair, Product, ReviewDecision, VariationFamily
 
-D = ReviewDecision.Decision
-R = LabelledPair.Relation
+Decision = ReviewDecision.Decision
+Relation = LabelledPair.Relation
 
 
 class ReviewConflict(Exception):
@@ -93,13 +93,13 @@ def decisions_today(*, user) -> int:
     """The user's confirm / reject decisions since midnight (server time zone), undone ones included."""
     midnight = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     return ReviewDecision.objects.filter(
-        reviewer=user, decision__in=[D.CONFIRM, D.REJECT], created_at__gte=midnight
+        reviewer=user, decision__in=[Decision.CONFIRM, Decision.REJECT], created_at__gte=midnight
     ).count()
 
 
 def next_flag(*, user, queue: QuerySet[Flag], after: Flag | None = None) -> Flag | None:
     """The first flag of `queue` the user can claim (skipping what they skipped), claimed for them."""
-    skipped = ReviewDecision.objects.filter(reviewer=user, decision=D.SKIP).values("flag_id")
+    skipped = ReviewDecision.objects.filter(reviewer=user, decision=Decision.SKIP).values("flag_id")
     candidates = queue.filter(claimable(user)).exclude(pk__in=skipped)
     if after is not None:
         candidates = candidates.exclude(pk=after.pk)
@@ -133,10 +133,10 @@ def decide(
 ) -> DecisionResult:
     """Record a decision. With a confirmed wrong variant, the reviewer may give the fix: the family the
     listing belongs to (`suggested_family`, a family code) or `no_family` (it belongs to none here)."""
-    if decision not in (D.CONFIRM, D.REJECT, D.SKIP):
+    if decision not in (Decision.CONFIRM, Decision.REJECT, Decision.SKIP):
         raise ValueError(f"unknown decision {decision!r}: use confirm, reject or skip")
     suggested_family = (suggested_family or "").strip() or None
-    if (suggested_family or no_family) and decision != D.CONFIRM:
+    if (suggested_family or no_family) and decision != Decision.CONFIRM:
         raise BadFix("a fix (the family it belongs to) goes with a confirmation only")
     if suggested_family and no_family:
         raise BadFix("choose a family or 'belongs to no family here', not both")
@@ -154,17 +154,21 @@ def decide(
             )
             # an idempotent retry of a request that was carried out: looked up by the request id when
             # the flag is decided or the retry is a skip (else the unique id refuses a second insert)
-            if client_request_id and (flag.status != Flag.Status.OPEN or decision == D.SKIP):
+            if client_request_id and (flag.status != Flag.Status.OPEN or decision == Decision.SKIP):
                 earlier = ReviewDecision.objects.filter(client_request_id=client_request_id).first()
                 if earlier is not None:
                     return DecisionResult(_own_request(earlier, user, flag), created=False)
             if flag.status != Flag.Status.OPEN:
-                last = flag.decisions.exclude(decision__in=[D.SKIP, D.UNDO]).select_related("reviewer").last()
+                last = (
+                    flag.decisions.exclude(decision__in=[Decision.SKIP, Decision.UNDO])
+                    .select_related("reviewer")
+                    .last()
+                )
                 who = f" by {last.reviewer.get_username()}" if last else ""
                 raise ReviewConflict(flag, f"this flag was already {flag.status}{who}")
             # a confirm/reject from anyone counts (the first one wins); skipping someone else's live
             # claim makes no sense
-            if decision == D.SKIP and _held_by_other(flag, user):
+            if decision == Decision.SKIP and _held_by_other(flag, user):
                 raise ReviewConflict(flag, f"{flag.claimed_by.get_username()} is reviewing this flag")
             if (family or no_family) and flag.kind != Flag.Kind.WRONG_VARIANT:
                 raise BadFix("a family fix goes with a wrong-variant flag only")
@@ -179,14 +183,14 @@ def decide(
                 suggested_family=family,
                 belongs_to_no_family=no_family,
             )
-            if decision == D.SKIP:
+            if decision == Decision.SKIP:
                 Flag.objects.filter(pk=flag.pk).update(claimed_by=None, claim_expires_at=None)
             else:
-                flag.status = Flag.Status.CONFIRMED if decision == D.CONFIRM else Flag.Status.REJECTED
+                flag.status = Flag.Status.CONFIRMED if decision == Decision.CONFIRM else Flag.Status.REJECTED
                 flag.claimed_by, flag.claim_expires_at = None, None
                 flag.save(update_fields=["status", "claimed_by", "claim_expires_at", "updated_at"])
                 LabelledPair.objects.bulk_create(_pairs(flag, decision, row))
-                if decision == D.CONFIRM:
+                if decision == Decision.CONFIRM:
                     _rescore_family_after(flag)
     except IntegrityError:
         if client_request_id:  # the same request raced itself: the first one won
@@ -210,7 +214,7 @@ def _pairs(flag: Flag, decision: str, row: ReviewDecision) -> list[LabelledPair]
     if flag.kind == Flag.Kind.DUPLICATE:
         if flag.counterpart_id is None:
             return []
-        relation = R.SAME_PRODUCT if decision == D.CONFIRM else R.DIFFERENT
+        relation = Relation.SAME_PRODUCT if decision == Decision.CONFIRM else Relation.DIFFERENT
         return [
             LabelledPair(
                 a_id=flag.product_id, b_id=flag.counterpart_id, relation=relation, source=source, decision=row
@@ -221,7 +225,7 @@ def _pairs(flag: Flag, decision: str, row: ReviewDecision) -> list[LabelledPair]
         .exclude(pk=flag.product_id)
         .values_list("pk", flat=True)
     )
-    relation = R.DIFFERENT if decision == D.CONFIRM else R.SAME_FAMILY
+    relation = Relation.DIFFERENT if decision == Decision.CONFIRM else Relation.SAME_FAMILY
     return [
         LabelledPair(a_id=flag.product_id, b_id=member, relation=relation, source=source, decision=row)
         for member in members
@@ -234,13 +238,15 @@ def undo(*, flag_id: int, user) -> ReviewDecision:
     with transaction.atomic():
         flag = Flag.objects.select_for_update().get(pk=flag_id)
         undone = set(
-            ReviewDecision.objects.filter(flag=flag, decision=D.UNDO).values_list("undoes_id", flat=True)
+            ReviewDecision.objects.filter(flag=flag, decision=Decision.UNDO).values_list(
+                "undoes_id", flat=True
+            )
         )
         last = (
             ReviewDecision.objects.filter(flag=flag)
-            .exclude(decision=D.UNDO)
+            .exclude(decision=Decision.UNDO)
             .exclude(pk__in=undone)
-            .filter(Q(decision__in=[D.CONFIRM, D.REJECT]) | Q(reviewer=user))
+            .filter(Q(decision__in=[Decision.CONFIRM, Decision.REJECT]) | Q(reviewer=user))
             .order_by("-created_at", "-id")
             .first()
         )
@@ -250,10 +256,13 @@ def undo(*, flag_id: int, user) -> ReviewDecision:
             raise NotYourDecision(
                 f"this flag was decided by {last.reviewer.get_username()}: only they or an admin can undo it"
             )
-        if last.decision != D.SKIP and flag.status not in (Flag.Status.CONFIRMED, Flag.Status.REJECTED):
+        if last.decision != Decision.SKIP and flag.status not in (
+            Flag.Status.CONFIRMED,
+            Flag.Status.REJECTED,
+        ):
             raise NothingToUndo("this flag is not decided")
-        row = ReviewDecision.objects.create(flag=flag, reviewer=user, decision=D.UNDO, undoes=last)
-        if last.decision != D.SKIP:
+        row = ReviewDecision.objects.create(flag=flag, reviewer=user, decision=Decision.UNDO, undoes=last)
+        if last.decision != Decision.SKIP:
             flag.status = Flag.Status.OPEN
             flag.claimed_by, flag.claim_expires_at = user, timezone.now() + lease()
             flag.save(update_fields=["status", "claimed_by", "claim_expires_at", "updated_at"])
@@ -263,7 +272,7 @@ def undo(*, flag_id: int, user) -> ReviewDecision:
                 )
                 for p in last.labelled_pairs.all()
             )
-            if last.decision == D.CONFIRM:
+            if last.decision == Decision.CONFIRM:
                 _rescore_family_after(flag)
     return row
 
@@ -283,9 +292,11 @@ def _rescore_family_after(flag: Flag) -> None:
 
 def undo_last(*, user) -> ReviewDecision:
     """Undo the user's most recent decision that is still in force (the `u` key)."""
-    undone = ReviewDecision.objects.filter(decision=D.UNDO).values("undoes_id")
+    undone = ReviewDecision.objects.filter(decision=Decision.UNDO).values("undoes_id")
     last = (
-        ReviewDecision.objects.filter(reviewer=user, decision__in=[D.CONFIRM, D.REJECT, D.SKIP])
+        ReviewDecision.objects.filter(
+            reviewer=user, decision__in=[Decision.CONFIRM, Decision.REJECT, Decision.SKIP]
+        )
         .exclude(pk__in=undone)
         .order_by("-created_at", "-id")
         .first()
@@ -354,9 +365,9 @@ def confirmed_wrong_variants(product_ids=None) -> set[int]:
 def corrections_in_force(*, after_id: int | None = None) -> QuerySet[ReviewDecision]:
     """The confirmations in force (not undone, the flag still confirmed), in decision order: one per
     confirmed error. `after_id`: those after that decision (a cursor)."""
-    undone = ReviewDecision.objects.filter(decision=D.UNDO).values("undoes_id")
+    undone = ReviewDecision.objects.filter(decision=Decision.UNDO).values("undoes_id")
     rows = (
-        ReviewDecision.objects.filter(decision=D.CONFIRM, flag__status=Flag.Status.CONFIRMED)
+        ReviewDecision.objects.filter(decision=Decision.CONFIRM, flag__status=Flag.Status.CONFIRMED)
         .exclude(pk__in=undone)
         .select_related("flag__product", "flag__counterpart", "reviewer", "suggested_family")
         .order_by("id")
@@ -414,4 +425,4 @@ def mark_duplicate(*, product: Product, of: Product, user, note: str = "") -> De
                 "lines": [{"channel": "reviewer", "strength": 0, "text": "marked by a reviewer"}],
             },
         )
-    return decide(flag_id=existing.pk, user=user, decision=D.CONFIRM, note=note)
+    return decide(flag_id=existing.pk, user=user, decision=Decision.CONFIRM, note=note)
