@@ -7,8 +7,13 @@ from contextlib import suppress
 from celery import shared_task
 from django.conf import settings
 
+from catalog_review.models import JobChunk, ModelVersion, VariationFamily
+from catalog_review.services.dashboard import refresh_dashboard as refresh
 from catalog_review.services.image_fetch import product_image_fetch
 from catalog_review.services.images import TransientFetchError
+from catalog_review.services.jobs import job_fail
+from catalog_review.services.recovery import reap_stalled_work as reap
+from catalog_review.services.scoring import flag_chunk_run, score_start
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None)
@@ -24,8 +29,6 @@ def fetch_product_image(self, *, product_id: int, url: str, job_id: int | None =
 @shared_task(bind=True, acks_late=True)
 def flag_chunk(self, *, chunk_id: int) -> str:
     """Stage 2 of a score job: duplicates (pgvector kNN + pair head) and flags for one chunk."""
-    from catalog_review.services.scoring import flag_chunk_run
-
     return _run_chunk(self, flag_chunk_run, chunk_id)
 
 
@@ -33,8 +36,6 @@ def flag_chunk(self, *, chunk_id: int) -> str:
 def rescore_family(*, family_id: int) -> str:
     """Re-score one family with the active version after a reviewer confirmed (or undid the
     confirmation of) a wrong variant in it."""
-    from catalog_review.models import ModelVersion, VariationFamily
-    from catalog_review.services.scoring import score_start
 
     version = ModelVersion.objects.filter(is_active=True).first()
     if version is None or not VariationFamily.objects.filter(pk=family_id).exists():
@@ -46,8 +47,6 @@ def rescore_family(*, family_id: int) -> str:
 @shared_task(acks_late=True)
 def reap_stalled_work() -> str:
     """Every REAPER_INTERVAL_S (beat): re-publish the work of workers that no longer answer."""
-    from catalog_review.services.recovery import reap_stalled_work as reap
-
     reaped = reap()
     return (
         f"{reaped['chunks']} chunk(s) of dead workers, {reaped['unclaimed_chunks']} unclaimed chunk(s) of "
@@ -58,8 +57,6 @@ def reap_stalled_work() -> str:
 @shared_task
 def refresh_dashboard() -> str:
     """Every DASHBOARD_REFRESH_S (beat): the admin dashboard's aggregates, computed and stored."""
-    from catalog_review.services.dashboard import refresh_dashboard as refresh
-
     return f"dashboard computed in {refresh().took_ms} ms"
 
 
@@ -71,8 +68,6 @@ def _run_chunk(task, run, chunk_id: int) -> str:
     releases the chunk and retries it, anything else fails the job with the reason."""
     from django.db import InterfaceError, OperationalError
     from kombu.exceptions import OperationalError as BrokerError
-
-    from catalog_review.models import JobChunk
 
     worker = task.request.hostname or ""
     try:
@@ -91,8 +86,6 @@ def _run_chunk(task, run, chunk_id: int) -> str:
 
 
 def _fail_chunk_job(chunk_id: int, exc: Exception) -> None:
-    from catalog_review.models import JobChunk
-    from catalog_review.services.jobs import job_fail
 
     job_id = JobChunk.objects.filter(pk=chunk_id).values_list("job_id", flat=True).first()
     if job_id:

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from catalog_review import dispatch
 from catalog_review.models import Category, ImageStatus, Job, Product, VariationFamily
 from catalog_review.services import images as image_service
 from catalog_review.services import jobs as job_service
@@ -316,8 +317,6 @@ class _Importer:
     def enqueue_downloads(self, *, requested_by) -> int | None:
         if not self.downloads:
             return None
-        from catalog_review.tasks import fetch_product_image
-
         job = job_service.job_create(
             kind=Job.Kind.FETCH_IMAGES,
             total=len(self.downloads),
@@ -328,7 +327,7 @@ class _Importer:
 
         def send() -> None:
             for product_id, url in downloads:
-                fetch_product_image.delay(product_id=product_id, url=url, job_id=job.pk)
+                dispatch.enqueue(dispatch.FETCH_PRODUCT_IMAGE, product_id=product_id, url=url, job_id=job.pk)
 
         transaction.on_commit(send)
         return job.pk

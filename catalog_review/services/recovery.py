@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from catalog_review import dispatch
 from catalog_review.models import Job, JobChunk
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,7 @@ def live_workers() -> set[str] | None:
 
 
 def _publish_chunk(chunk: JobChunk) -> None:
-    from catalog_review.gpu_tasks import embed_chunk, fit_scorer_chunk
-    from catalog_review.tasks import flag_chunk
-
-    task = {
-        JobChunk.Stage.FIT: fit_scorer_chunk,
-        JobChunk.Stage.EMBED: embed_chunk,
-        JobChunk.Stage.FLAG: flag_chunk,
-    }[chunk.stage]
-    task.delay(chunk_id=chunk.pk)
+    dispatch.enqueue_chunks(chunk.stage, [chunk.pk])
 
 
 STAGE_ORDER = (JobChunk.Stage.FIT, JobChunk.Stage.EMBED, JobChunk.Stage.FLAG)
@@ -67,8 +60,6 @@ def _current_stage(job_id: int) -> list[JobChunk]:
 def reap_stalled_work(*, live: set[str] | None = None) -> dict[str, int]:
     """Re-publish the work held by workers that no longer answer. `live`: the node names that answer
     (default: ask them). Returns how many chunks and train jobs were re-published."""
-    from catalog_review.gpu_tasks import train_version
-
     grace = timezone.now() - timedelta(seconds=settings.REAPER_GRACE_S)
     chunks = list(
         JobChunk.objects.filter(done_at__isnull=True, job__status=Job.Status.RUNNING, claimed_at__lt=grace)
@@ -127,6 +118,6 @@ def reap_stalled_work(*, live: set[str] | None = None) -> dict[str, int]:
                 job.pk,
                 job.claimed_by,
             )
-            train_version.delay(job_id=job.pk)
+            dispatch.enqueue(dispatch.TRAIN_VERSION, job_id=job.pk)
             reaped["train_jobs"] += 1
     return reaped

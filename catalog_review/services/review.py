@@ -16,6 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from catalog_review import dispatch
 from catalog_review.models import Flag, LabelledPair, Product, ReviewDecision, VariationFamily
 
 Decision = ReviewDecision.Decision
@@ -284,10 +285,8 @@ def _rescore_family_after(flag: Flag) -> None:
     only publishes a task; the score job is created by a worker."""
     if flag.kind != Flag.Kind.WRONG_VARIANT or not settings.RESCORE_FAMILY_ON_CONFIRM:
         return
-    from catalog_review.tasks import rescore_family
-
     family_id = flag.product.family_id  # decide() has the product loaded already
-    transaction.on_commit(lambda: rescore_family.delay(family_id=family_id))
+    transaction.on_commit(lambda: dispatch.enqueue(dispatch.RESCORE_FAMILY, family_id=family_id))
 
 
 def undo_last(*, user) -> ReviewDecision:

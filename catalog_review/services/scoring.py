@@ -36,6 +36,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from pgvector import HalfVector
 
+from catalog_review import dispatch
 from catalog_review.models import (
     EMBEDDING_DIM,
     RAW_IMAGE_DIM,
@@ -139,8 +140,6 @@ def _family_chunks(family_ids: list[int], chunk_listings: int) -> list[tuple[lis
 
 def score_start(*, scope: dict | None = None, requested_by=None, version: ModelVersion | None = None) -> Job:
     """Create a score job and enqueue its embed chunks (after commit)."""
-    from catalog_review.gpu_tasks import embed_chunk, fit_scorer_chunk
-
     scope = dict(scope or {})
     version = version or active_version()
     family_ids = scope_family_ids(scope)
@@ -178,10 +177,10 @@ def score_start(*, scope: dict | None = None, requested_by=None, version: ModelV
             # job fits a new one (with the decisions made meanwhile)
             Job.objects.filter(pk=job.pk).update(scope=job.scope | {"scorer_id": reuse.pk})
             ids = [r.pk for r in rows]
-            transaction.on_commit(lambda: [embed_chunk.delay(chunk_id=i) for i in ids])
+            transaction.on_commit(lambda: dispatch.enqueue_chunks(JobChunk.Stage.EMBED, ids))
         else:  # stage 0: fit the version's scorer on the catalogue; its last act enqueues the embed chunks
             fit = JobChunk.objects.create(job=job, stage=JobChunk.Stage.FIT, index=0, items=[], size=0)
-            transaction.on_commit(lambda: fit_scorer_chunk.delay(chunk_id=fit.pk))
+            transaction.on_commit(lambda: dispatch.enqueue_chunks(JobChunk.Stage.FIT, [fit.pk]))
     job.refresh_from_db()
     return job
 
@@ -494,14 +493,12 @@ def _maybe_next_stage(job_id: int, stage: str) -> None:
     if job.is_finished or JobChunk.objects.filter(job=job, stage=stage, done_at__isnull=True).exists():
         return  # cancelled meanwhile, or other chunks still to come
     if stage == JobChunk.Stage.FIT:
-        from catalog_review.gpu_tasks import embed_chunk
-
         ids = list(
             JobChunk.objects.filter(job=job, stage=JobChunk.Stage.EMBED, done_at__isnull=True).values_list(
                 "pk", flat=True
             )
         )
-        transaction.on_commit(lambda: [embed_chunk.delay(chunk_id=i) for i in ids])
+        transaction.on_commit(lambda: dispatch.enqueue_chunks(JobChunk.Stage.EMBED, ids))
     elif stage == JobChunk.Stage.EMBED:
         if JobChunk.objects.filter(job=job, stage=JobChunk.Stage.FLAG).exists():
             return
@@ -511,10 +508,8 @@ def _maybe_next_stage(job_id: int, stage: str) -> None:
             JobChunk(job=job, stage=JobChunk.Stage.FLAG, index=c.index, items=c.items, size=c.size)
             for c in embed_chunks
         )
-        from catalog_review.tasks import flag_chunk
-
         ids = [c.pk for c in flag_chunks]
-        transaction.on_commit(lambda: [flag_chunk.delay(chunk_id=i) for i in ids])
+        transaction.on_commit(lambda: dispatch.enqueue_chunks(JobChunk.Stage.FLAG, ids))
     else:
         _finish_score_job(job)
 

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from catalog_review import dispatch
 from catalog_review.models import Job, ModelVersion, Product
 from catalog_review.schemas import TrainRequest
 from catalog_review.services.jobs import (
@@ -54,14 +55,12 @@ class TrainingError(Exception):
 def train_start(request: TrainRequest, *, requested_by=None, reason: str = "") -> Job:
     """Queue a train job (`reason`: what triggered it, shown on the job page: "admin", "api", "command");
     `request` says what to train (schemas.TrainRequest: validated by whoever built it)."""
-    from catalog_review.gpu_tasks import train_version
-
     # what was asked (unset choices are left to the worker's settings) and what triggered it
     scope = {k: v for k, v in request.model_dump().items() if v is not None}
     scope |= {"folds": settings.TRAIN_FOLDS} | ({"reason": reason} if reason else {})
     with transaction.atomic():
         job = job_create(kind=Job.Kind.TRAIN, scope=scope, requested_by=requested_by)
-        transaction.on_commit(lambda: train_version.delay(job_id=job.pk))
+        transaction.on_commit(lambda: dispatch.enqueue(dispatch.TRAIN_VERSION, job_id=job.pk))
     return job
 
 

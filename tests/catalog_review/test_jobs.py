@@ -81,3 +81,17 @@ def test_a_transient_database_error_in_a_chunk_releases_it_for_a_retry_and_fails
         _run_chunk(flag_chunk, broken, chunk.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and "ValueError: a bug" in job.error
+
+
+def test_every_task_a_service_enqueues_by_name_is_registered_on_its_queue():
+    """Services enqueue by name (catalog_review.dispatch) and never import the task modules: each name
+    must be a task the workers know, routed to the queue of its module."""
+    from catalog_review import dispatch
+
+    celery_app.finalize()
+    names = [value for key, value in vars(dispatch).items() if key.isupper() and isinstance(value, str)]
+    assert len(names) == 6 and all(name in celery_app.tasks for name in names), names
+    router = celery_app.amqp.router
+    for name in names:
+        queue = router.route({}, name)["queue"].name
+        assert queue == ("gpu" if ".gpu_tasks." in name else "default"), (name, queue)
