@@ -6,8 +6,18 @@ from django.conf import settings
 from django.db import models
 from django.db.models import QuerySet
 
-from catalog_review.models import Category, Flag, ModelVersion, Product, VariationFamily, flag_uncertainty
+from catalog_review.models import (
+    Category,
+    Flag,
+    ModelVersion,
+    Product,
+    ProductEmbedding,
+    ReviewDecision,
+    VariationFamily,
+    flag_uncertainty,
+)
 from catalog_review.pagination import Count, planner_rows
+from catalog_review.services.model_versions import load_model
 
 
 def product_list(
@@ -92,8 +102,6 @@ def similar_products(*, product: Product, by: str = "image", limit: int = 12) ->
     """Nearest listings to `product` by its image (or fused, or title) vector of the active model
     version: pgvector HNSW kNN. Empty when the listing has no embedding yet."""
 
-    from catalog_review.models import ProductEmbedding
-
     column = {"image": "image_vector", "title": "title_vector", "listing": "vector"}[by]
     mine = (
         ProductEmbedding.objects.filter(product=product, model_version__is_active=True)
@@ -149,8 +157,6 @@ def dashboard_stats(*, days: int = 14) -> dict:
     from django.db.models import Count
     from django.db.models.functions import TruncDate
     from django.utils import timezone
-
-    from catalog_review.models import ReviewDecision
 
     by_kind = defaultdict(dict)
     for row in Flag.objects.values("kind", "status").annotate(n=Count("id")).order_by():
@@ -228,8 +234,6 @@ def search_by_meaning(*, text: str, limit: int = 48) -> list[Product]:
     then pgvector kNN over the stored title vectors, most similar first, each with its `similarity`
     (cosine); none below MEANING_MIN_SIMILARITY (a query that means nothing here finds nothing).
     Empty before anything was scored."""
-    from catalog_review.models import ProductEmbedding
-    from catalog_review.services.model_versions import load_model
     from ml_worker.query import title_query_vector
 
     version = ModelVersion.objects.filter(is_active=True).first()

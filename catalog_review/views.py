@@ -17,14 +17,16 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.static import serve
 
 from catalog_review import selectors
+from catalog_review.api import create_token, revoke_tokens
 from catalog_review.forms import (
+    ApiTokenForm,
     CatalogueFilterForm,
     DecisionForm,
     QueueFilterForm,
     ScoreJobForm,
     TrainJobForm,
 )
-from catalog_review.models import Flag, Job, ModelVersion, Product, VariationFamily, VersionScorer
+from catalog_review.models import ApiToken, Flag, Job, ModelVersion, Product, VariationFamily, VersionScorer
 from catalog_review.pagination import (
     FLAG_ORDER_KEYS,
     EstimatingPaginator,
@@ -35,6 +37,7 @@ from catalog_review.pagination import (
 )
 from catalog_review.pagination import Count as Counted
 from catalog_review.services import review
+from catalog_review.services.corrections import write_corrections
 from catalog_review.services.dashboard import current_dashboard, refresh_dashboard
 from catalog_review.services.jobs import job_cancel
 from catalog_review.services.model_versions import NOISE_Z
@@ -604,10 +607,6 @@ def manage_tokens(request):
     their state and last use, revoke."""
     from datetime import timedelta
 
-    from catalog_review.api import create_token
-    from catalog_review.forms import ApiTokenForm
-    from catalog_review.models import ApiToken
-
     if request.method not in ("GET", "POST"):
         return HttpResponse(status=405)
     form = ApiTokenForm(request.POST or None)
@@ -644,8 +643,6 @@ def manage_corrections(request):
     """The corrections file for download (the lines of `export_corrections`): CSV or JSON lines."""
     import io
 
-    from catalog_review.services.corrections import write_corrections
-
     fmt = request.GET.get("format", "csv")
     if fmt not in ("csv", "jsonl"):
         return HttpResponse("format must be csv or jsonl", status=400, content_type="text/plain")
@@ -662,8 +659,6 @@ def manage_corrections(request):
 @require_POST
 @staff_required
 def manage_revoke_token(request, token_id: int):
-    from catalog_review.api import revoke_tokens
-    from catalog_review.models import ApiToken
 
     tokens = ApiToken.objects.filter(pk=token_id)
     if not tokens.exists():

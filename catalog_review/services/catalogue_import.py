@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog_review import dispatch
-from catalog_review.models import Category, ImageStatus, Job, Product, VariationFamily
+from catalog_review.models import Category, ImageStatus, Job, ModelVersion, Product, VariationFamily
 from catalog_review.services import images as image_service
 from catalog_review.services import jobs as job_service
 from catalog_review.services.catalogue_file import (
@@ -28,6 +28,7 @@ from catalog_review.services.catalogue_file import (
     read_raw_rows,
     validate_row,
 )
+from catalog_review.services.scoring import score_start
 
 CHUNK_SIZE = 500
 ProgressCallback = Callable[[int, int], None]
@@ -169,8 +170,6 @@ def catalogue_import(
 def _enqueue_scoring(report: ImportReport, requested_by) -> int | None:
     """Incremental scoring: the families that changed, with the active model version (only once a
     version is active: a catalogue that was never scored waits for its first `score`)."""
-    from catalog_review.models import ModelVersion
-    from catalog_review.services.scoring import score_start
 
     if not settings.SCORE_ON_IMPORT or not report.changed_family_ids:
         return None

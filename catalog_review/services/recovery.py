@@ -21,6 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from catalog_review import dispatch
+from catalog_review.celery import app
 from catalog_review.models import Job, JobChunk
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 def live_workers() -> set[str] | None:
     """Node names of the workers that answer a ping now; None when the broker cannot be asked."""
-    from catalog_review.celery import app
 
     try:
         replies = app.control.ping(timeout=settings.REAPER_PING_TIMEOUT_S) or []

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from catalog_review import dispatch
 from catalog_review.models import Flag, LabelledPair, Product, ReviewDecision, VariationFamily
+from catalog_review.services.model_versions import active_version
 
 Decision = ReviewDecision.Decision
 Relation = LabelledPair.Relation
@@ -402,7 +403,6 @@ def correction_line(row: ReviewDecision) -> dict:
 def mark_duplicate(*, product: Product, of: Product, user, note: str = "") -> DecisionResult:
     """A reviewer saw that `product` is a second page of `of` ("More like this"): a duplicate flag for
     the pair (the open one if the model raised it, else a new one) confirmed by the reviewer."""
-    from catalog_review.services.model_versions import active_version
 
     if product.pk == of.pk:
         raise BadFix("a listing is not a duplicate of itself")

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog_review import dispatch
-from catalog_review.models import Job, ModelVersion, Product
+from catalog_review.models import Flag, Job, LabelledPair, ModelVersion, Product
 from catalog_review.schemas import TrainRequest
 from catalog_review.services.jobs import (
     job_claim_run,
@@ -85,7 +85,6 @@ def training_families(products: list[Product]) -> tuple[list[str], dict]:
 def review_pairs_for(products: list[Product]) -> ReviewPairs:
     """Reviewer labels in force as training pairs (row = index into `products`): same / different
     family from wrong_variant decisions, same / different product from duplicate decisions."""
-    from catalog_review.models import Flag, LabelledPair
 
     row = {p.pk: i for i, p in enumerate(products)}
     a, b, head, target = [], [], [], []
