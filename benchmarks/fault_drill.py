@@ -20,9 +20,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from benchmarks.harness import ROOT, connect, imported_catalogue, manage
+from benchmarks.harness import ROOT, catalogue_arguments, connect, imported_catalogue, manage
 
 DB = "catalog_review_fault_drill"
 REDIS_DB = 4
@@ -30,8 +29,8 @@ JOB_TIMEOUT_S = 900
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    hm_dev = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT.parent / "shared" / "data" / "hm-dev"
+    args = catalogue_arguments(__doc__)
+    n, hm_dev = args.listings, args.eval_dir
     import psycopg
 
     from catalog_review import runtime

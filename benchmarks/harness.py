@@ -194,3 +194,13 @@ def imported_catalogue(
     catalogue = catalogue_slice(eval_dir, n, work)
     manage("import_catalogue", str(catalogue), "--images-root", "/", "--no-progress", env=env)
     return work, env
+
+
+def catalogue_arguments(doc: str, *, listings: int = 1000):
+    """`N [EVAL_DIR]` (listings, the catalogue: hm-dev by default) with the script's docstring as --help."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("listings", type=int, nargs="?", default=listings, help=f"default {listings}")
+    ap.add_argument("eval_dir", type=Path, nargs="?", default=ROOT.parent / "shared" / "data" / "hm-dev")
+    return ap.parse_args()

@@ -2,7 +2,7 @@
 same file again (the no-change path), then a 3x-scaled copy (12,504 listings; skus suffixed, same
 image files re-verified per listing).
 
-usage: .venv/bin/python benchmarks/import_bench.py [HM_DEV_DIR]
+usage: .venv/bin/python benchmarks/import_bench.py [hm_dev_DIR]
 Uses its own database (catalog_review_bench) and media dir on the embedded PostgreSQL; prints one
 JSON line per run, to be recorded in BENCHMARKS.md.
 """
@@ -11,23 +11,26 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.harness import ROOT, fresh_database, manage
 
-HM_DEV = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data" / "hm-dev"
 DB = "catalog_review_bench"
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("eval_dir", type=Path, nargs="?", default=ROOT.parent / "shared" / "data" / "hm-dev")
+    hm_dev = ap.parse_args().eval_dir
     media = Path(tempfile.mkdtemp(prefix="bench-media-"))
     env = {"DATABASE_NAME": DB, "MEDIA_ROOT": str(media)}
     fresh_database(DB, env=env)
 
-    scaled = HM_DEV / "catalogue.jsonl"
+    scaled = hm_dev / "catalogue.jsonl"
     rows = [json.loads(line) for line in open(scaled)]
     scaled_path = Path(tempfile.mkdtemp(prefix="bench-cat-")) / "catalogue.jsonl"
     with open(scaled_path, "w") as fh:
@@ -39,12 +42,12 @@ def main() -> None:
                 )
 
     runs = [
-        ("hm-dev first import", HM_DEV / "catalogue.jsonl", len(rows)),
-        ("hm-dev re-import (no change)", HM_DEV / "catalogue.jsonl", len(rows)),
+        ("hm-dev first import", hm_dev / "catalogue.jsonl", len(rows)),
+        ("hm-dev re-import (no change)", hm_dev / "catalogue.jsonl", len(rows)),
         ("hm-dev x3 first import", scaled_path, 3 * len(rows)),
     ]
     for name, path, n in runs:
-        extra = ["--images-root", str(HM_DEV)] if path == scaled_path else []
+        extra = ["--images-root", str(hm_dev)] if path == scaled_path else []
         t0 = time.perf_counter()
         result = manage("import_catalogue", str(path), "--no-progress", *extra, env=env)
         seconds = time.perf_counter() - t0

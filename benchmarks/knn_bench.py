@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 
 import numpy as np
@@ -32,8 +31,13 @@ def vectors(n: int, seed: int = 0) -> np.ndarray:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    queries = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("vectors", type=int, nargs="?", default=100_000)
+    ap.add_argument("queries", type=int, nargs="?", default=300)
+    args = ap.parse_args()
+    n, queries = args.vectors, args.queries
     from pgvector.psycopg import register_vector
 
     fresh_database(DB, migrate=False)

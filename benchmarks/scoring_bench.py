@@ -16,18 +16,16 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-from benchmarks.harness import ROOT, connect, drop_database, imported_catalogue, manage
+from benchmarks.harness import ROOT, catalogue_arguments, connect, drop_database, imported_catalogue, manage
 
 DB = "catalog_review_bench_score"
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    hm_dev = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT.parent / "shared" / "data" / "hm-dev"
+    args = catalogue_arguments(__doc__)
+    n, hm_dev = args.listings, args.eval_dir
     work, env = imported_catalogue(DB, hm_dev, n, redis_db=3)
     catalogue = work / "catalogue.jsonl"
 
