@@ -151,13 +151,7 @@ def version_end_to_end(listings, frozen, steps: int, device: str) -> dict:
     out["version_decode_s"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
-    data = TrainingSet(
-        frozen,
-        [x.family for x in listings],
-        [x.category for x in listings],
-        raw=raw,
-        features_of=lambda m: features_for(m, listings, device=device, training=True),
-    )
+    data = TrainingSet.of_features(frozen, listings, device=device, raw=raw)
     version, info = train_cross_fit(
         data, config, TrainConfig(steps=steps, folds=2), device=device, progress=False
     )

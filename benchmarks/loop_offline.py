@@ -45,10 +45,10 @@ import torch
 
 from benchmarks.held_out import FIGURES, METRICS, Catalogue, load_metrics
 from benchmarks.review_simulator import metrics_on_unreviewed
-from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.config import MapsConfig, TrainConfig, add_backbone_arguments
 from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.ensemble import load_cross_fit, train_cross_fit, warm_start_reason
-from ml_worker.features import extract_features, features_for
+from ml_worker.features import extract_features
 from ml_worker.scoring import ListingScore, protocol_scores
 from ml_worker.train import ReviewPairs, TrainingSet
 
@@ -155,12 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--wrong-variant-threshold", type=float, default=0.7)
     ap.add_argument("--duplicate-threshold", type=float, default=0.9)
-    ap.add_argument("--end-to-end", action="store_true", help="fine-tune both backbones (the GPU path)")
-    ap.add_argument(
-        "--tune-backbone-top",
-        action="store_true",
-        help="fine-tune EfficientNet-Lite0's last two stages and head conv from the cached 14x14 maps",
-    )
+    add_backbone_arguments(ap)
     ap.add_argument(
         "--no-labels",
         action="store_true",
@@ -241,13 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         if r == 0 and args.start:
             info = {"warm_start": False, "validation": {}}
         else:
-            data = TrainingSet(
-                features,
-                families,
-                [x.category for x in listings],
-                review_pairs=pairs,
-                raw=raw,
-                features_of=lambda m: features_for(m, listings, device=device, training=True),
+            data = TrainingSet.of_features(
+                features, listings, device=device, families=families, review_pairs=pairs, raw=raw
             )
             version, info = train_cross_fit(
                 data, config, train_config, device=device, progress=False, warm_start=version

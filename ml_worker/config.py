@@ -96,3 +96,17 @@ class TrainConfig:
 
 def save_json(obj, path: Path) -> None:
     Path(path).write_text(json.dumps(obj.to_dict(), indent=1, sort_keys=True) + "\n")
+
+
+def add_backbone_arguments(parser) -> None:
+    """The command-line choices of how a training treats the backbones (`evaluate`, the benchmarks)."""
+    parser.add_argument(
+        "--tune-backbone-top",
+        action="store_true",
+        help="fine-tune EfficientNet-Lite0's last two stages and head conv from the cached 14x14 maps",
+    )
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="fine-tune both backbones whole from pixels and token ids (the GPU path; slow on a CPU)",
+    )

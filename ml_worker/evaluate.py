@@ -19,7 +19,7 @@ import torch
 
 from ml_worker.catalogue import load_catalogue
 from ml_worker.checkpoint import load_checkpoint
-from ml_worker.config import MapsConfig, TrainConfig
+from ml_worker.config import MapsConfig, TrainConfig, add_backbone_arguments
 from ml_worker.end_to_end import load_raw_inputs
 from ml_worker.ensemble import MANIFEST, CrossFitModel, load_cross_fit, save_cross_fit, train_cross_fit
 from ml_worker.features import FeatureCache, extract_features, features_for, own_backbones
@@ -53,16 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--modality", choices=["multimodal", "image", "title"], default="multimodal")
     ap.add_argument("--no-title-guidance", action="store_true", help="ablation: pooled concat, no attention")
-    ap.add_argument(
-        "--tune-backbone-top",
-        action="store_true",
-        help="fine-tune the image backbone's last stages from the cached 14x14 maps",
-    )
-    ap.add_argument(
-        "--end-to-end",
-        action="store_true",
-        help="fine-tune both backbones whole from pixels and token ids (the GPU path; slow on a CPU)",
-    )
+    add_backbone_arguments(ap)
     ap.add_argument(
         "--backbone-lr-scale",
         type=float,
@@ -114,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     raw = load_raw_inputs(listings, config, seed=args.seed) if config.end_to_end and args.train else None
     timings["features_s"] = round(time.perf_counter() - t0, 1)
-    families = [x.family for x in listings]
     train_config = TrainConfig(
         seed=args.seed, steps=args.steps, folds=args.folds, backbone_lr_scale=args.backbone_lr_scale
     )
@@ -135,13 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         version = args.model.name
     else:
         # the app's train job: fold models by a hash of the family code (cross-fitting) + a final model
-        data = TrainingSet(
-            features,
-            families,
-            [x.category for x in listings],
-            raw=raw,
-            features_of=lambda m: features_for(m, listings, device=device, training=True),
-        )
+        data = TrainingSet.of_features(features, listings, device=device, raw=raw)
         model, _info = train_cross_fit(data, config, train_config, device=device)
         train_s = time.perf_counter() - t1
         version = (

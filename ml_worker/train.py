@@ -108,29 +108,36 @@ class TrainingSet:
 
     @classmethod
     def of_listings(
+        cls, listings: list, config: MapsConfig, *, device: str = "cpu", **options
+    ) -> TrainingSet:
+        """A catalogue's listings (`ml_worker.catalogue.Listing`) read for training: frozen features
+        (`options` cache_dir, progress, on_progress: those of `extract_features`), and end to end the
+        raw inputs; `options` families and review_pairs: as `of_features`."""
+        labels = {k: options.pop(k) for k in ("families", "review_pairs") if k in options}
+        features = extract_features(listings, config, device=device, **options)
+        raw = load_raw_inputs(listings, config, progress=False) if config.end_to_end else None
+        return cls.of_features(features, listings, device=device, raw=raw, **labels)
+
+    @classmethod
+    def of_features(
         cls,
+        features: FeatureCache,
         listings: list,
-        config: MapsConfig,
         *,
         device: str = "cpu",
         families: list[str] | None = None,
         review_pairs: ReviewPairs | None = None,
-        cache_dir=None,
-        progress: bool = True,
-        on_progress=None,
+        raw: RawInputs | None = None,
     ) -> TrainingSet:
-        """A catalogue's listings (`ml_worker.catalogue.Listing`) read for training: frozen features
-        (cached under `cache_dir`), and end to end the raw inputs. `families` overrides the listings'
-        own (reviewer corrections: a confirmed wrong variant leaves its family)."""
-        features = extract_features(
-            listings, config, cache_dir=cache_dir, device=device, progress=progress, on_progress=on_progress
-        )
+        """The listings' frozen `features` (already extracted) and their families (`families`
+        overrides the listings' own: reviewer corrections, a confirmed wrong variant leaves its family)
+        and categories; a model with its own backbones reads the listings through them (`features_for`)."""
         return cls(
             features=features,
             families=families if families is not None else [x.family for x in listings],
             categories=[tuple(x.category) for x in listings],
             review_pairs=review_pairs,
-            raw=load_raw_inputs(listings, config, progress=False) if config.end_to_end else None,
+            raw=raw,
             features_of=lambda model: features_for(model, listings, device=device, training=True),
         )
 

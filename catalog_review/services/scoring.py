@@ -239,13 +239,13 @@ def _claim_chunk(chunk_id: int, stage: str, worker: str = "") -> JobChunk | None
 
 
 def _claim_work(chunk_id: int, stage: str, worker: str):
-    """The chunk claimed (`_claim_chunk`), its job's model version and that version's model; None when
-    there is nothing to do."""
+    """(chunk, its job, the job's model version, that version's model, the device to run it on): the
+    chunk claimed (`_claim_chunk`); None when there is nothing to do."""
     chunk = _claim_chunk(chunk_id, stage, worker)
     if chunk is None:
         return None
     version = ModelVersion.objects.get(pk=chunk.job.scope["model_version_id"])
-    return chunk, version, load_model(version)
+    return chunk, chunk.job, version, load_model(version), ml_device()
 
 
 def _finish_chunk(chunk: JobChunk) -> bool:
@@ -264,9 +264,7 @@ def embed_chunk_run(chunk_id: int, worker: str = "") -> str:
     claimed = _claim_work(chunk_id, JobChunk.Stage.EMBED, worker)
     if claimed is None:
         return "nothing to do"
-    chunk, version, model = claimed
-    job = chunk.job
-    device = ml_device()
+    chunk, job, version, model, device = claimed
     products = list(
         Product.objects.filter(family_id__in=chunk.items).select_related("family", "category").order_by("id")
     )
@@ -435,9 +433,7 @@ def fit_chunk_run(chunk_id: int, worker: str = "") -> str:
     claimed = _claim_work(chunk_id, JobChunk.Stage.FIT, worker)
     if claimed is None:
         return "nothing to do"
-    chunk, version, model = claimed
-    job = chunk.job
-    device = ml_device()
+    chunk, job, version, model, device = claimed
     products = _fit_sample(settings.SCORER_FIT_LISTINGS)
     listings = product_listings(products)
     features = features_for(model.final, listings, device=device, cache_dir=settings.FEATURE_CACHE_DIR)
@@ -647,8 +643,7 @@ def flag_chunk_run(chunk_id: int, worker: str = "") -> str:
     claimed = _claim_work(chunk_id, JobChunk.Stage.FLAG, worker)
     if claimed is None:
         return "nothing to do"
-    chunk, version, full_model = claimed
-    job = chunk.job
+    chunk, job, version, full_model, _device = claimed
     mine, pool, candidates = _candidate_pool(version, chunk.items)
     best = _best_duplicates(job, full_model, pool, candidates)
     flags = [
