@@ -26,6 +26,7 @@ of SCORE_CHUNK_LISTINGS: listings per second on one process, and the projected t
 
 usage: .venv/bin/python benchmarks/scale_bench.py [--listings 1000000] [--flags 100000] [--clients 32]
          [--seconds 120] [--saturation-seconds 30] [--workers 4] [--json OUT] [--keep-db] [--reuse-db]
+         [--build-only] [--skip-load]
 Prints one table and, with --json, writes {"listings", "flags", "clients", "pages": {NAME: {"p50_ms",
 "p95_ms", "errors", ...}}, "knn": {...}, ...}.
 """

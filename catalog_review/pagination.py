@@ -14,7 +14,7 @@ from functools import cached_property
 from django.conf import settings
 from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,6 @@ FLAG_ORDER_KEYS = {
 
 def flags_after(flags: QuerySet, ordering: str, after: list) -> QuerySet:
     """`flags` (ordered by FLAG_ORDER_KEYS[ordering]) strictly after the row whose key is `after`."""
-    from django.db.models import Q
-
     if ordering == "id":
         return flags.filter(id__gt=after[0])
     field = FLAG_ORDER_KEYS[ordering][0].lstrip("-")
