@@ -191,12 +191,14 @@ class ProductEmbedding(models.Model):
     # what the vector was computed from: a changed title or image makes it stale
     title_sha256 = models.CharField(max_length=64, blank=True, default="")
     image_sha256 = models.CharField(max_length=64, blank=True, default="")
-    # scores (DESIGN 4): null until the flagging stage ran, or where a score does not apply
+    # scores (DESIGN 4): the wrong-variant score from the embed stage, the duplicate score from the flag
+    # stage; null where a score does not apply
     wrong_variant_score = models.FloatField(null=True, blank=True)
     duplicate_score = models.FloatField(null=True, blank=True)
     duplicate_of = models.ForeignKey(
         Product, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # a wrong-variant score's evidence, as its flag shows it (the flag stage adds the members' heatmaps)
     evidence = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     scored_at = models.DateTimeField(null=True, blank=True)

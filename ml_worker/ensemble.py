@@ -9,7 +9,7 @@ A version holds (each member with its own fine-tuned backbones when trained end 
   scores and the attention maps, which compare listings across families.
 How a listing's evidence is weighed is fitted at score time, on errors planted into the catalogue
 being scored, with the reviewers' decisions in force (ml_worker.evidence).
-A family's fold is a stable hash of its code, so it never changes between jobs or machines.
+A family's fold is a stable hash of its code (ml_worker.folds), so it never changes between jobs or machines.
 
 On disk: `final/`, `fold-0/`, ... (each a safetensors checkpoint, ml_worker.checkpoint) and
 `manifest.json` with their sha256; the sha256 of the manifest identifies the
@@ -18,7 +18,6 @@ version.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,17 +29,12 @@ from torch import nn
 from ml_worker.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from ml_worker.config import MapsConfig, TrainConfig
 from ml_worker.features import FeatureCache, own_backbones
+from ml_worker.folds import FamilyFolds
 from ml_worker.train import Labels, ReviewPairs, TrainingSet, train_model
 from ml_worker.validation import gate_noise, planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
 
 MANIFEST = "manifest.json"
-
-
-def family_fold(family_code: str, folds: int) -> int:
-    if folds <= 1:
-        return 0
-    return int(hashlib.sha256(family_code.encode("utf-8")).hexdigest()[:12], 16) % folds
 
 
 @dataclass
@@ -52,11 +46,14 @@ class CrossFitModel:
     def config(self) -> MapsConfig:
         return self.final.config
 
-    def family_model(self, family_code: str) -> nn.Module:
-        """The model that scores this family's wrong variants (one that never trained on it)."""
-        if not self.folds:
-            return self.final
-        return self.folds[family_fold(family_code, len(self.folds))]
+    @property
+    def family_folds(self) -> FamilyFolds:
+        """How its fold models split the families (one fold, the final model's, without fold models)."""
+        return FamilyFolds(len(self.folds))
+
+    def fold_model(self, fold: int) -> nn.Module:
+        """The model that scores the wrong variants of `fold`'s families (one that never trained on them)."""
+        return self.folds[fold] if self.folds else self.final
 
     @classmethod
     def zero_shot(cls, config: MapsConfig | None = None) -> CrossFitModel:
@@ -134,7 +131,8 @@ def train_cross_fit(
 
     family_codes, labels, review_pairs = data.families, data.labels, data.review_pairs
     k = max(1, train_config.folds)
-    fold = np.array([family_fold(code, k) for code in family_codes])
+    folds = FamilyFolds(k)
+    fold = folds.of_each(family_codes)
     runs = [*range(k), "final"] if k > 1 else ["final"]
     total = len(runs) * train_config.steps
     done = 0
@@ -150,7 +148,7 @@ def train_cross_fit(
     info = {"folds": k if k > 1 else 0, "listings": len(family_codes), "families": len(set(family_codes))}
     info["warm_start"] = warm_start is not None
     for run in runs:
-        rows = np.nonzero(fold != run)[0] if run != "final" else np.arange(len(family_codes))
+        rows = folds.fitted_without(run, family_codes) if run != "final" else np.arange(len(family_codes))
         init = None
         if warm_start is not None:
             init = warm_start.final if run == "final" else warm_start.folds[run]

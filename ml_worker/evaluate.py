@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ml_worker.catalogue import load_catalogue
@@ -25,15 +24,6 @@ from ml_worker.ensemble import MANIFEST, CrossFitModel, load_cross_fit, save_cro
 from ml_worker.features import FeatureCache, extract_features, features_for, own_backbones
 from ml_worker.scoring import protocol_scores, score_catalogue
 from ml_worker.train import TrainingSet
-
-
-def family_folds(families: list[str], folds: int, seed: int) -> np.ndarray:
-    """Fold of each listing, assigned per family."""
-    unique = sorted(set(families))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(unique))
-    fold_of = {unique[i]: k % folds for k, i in enumerate(order)}
-    return np.array([fold_of[f] for f in families])
 
 
 def main(argv: list[str] | None = None) -> int:

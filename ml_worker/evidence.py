@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ml_worker.folds import FamilyFolds
 from ml_worker.lexical import TitleIdf
 
 WRONG_VARIANT_CHANNELS = (
@@ -197,15 +198,14 @@ def _label(value: str | None, classes: list[str]) -> str | None:
 
 @dataclass
 class OwnEvidenceHeads:
-    """Per fold (a family's fold is `fold_of(code)`): heads that predict attributes and category levels
-    from the image, and an image -> text alignment, each fitted on the other folds' families."""
+    """Per fold of `folds`: heads that predict attributes and category levels from the image, and an
+    image -> text alignment, each fitted on the other folds' families."""
 
     pca_mean: np.ndarray
     pca_components: np.ndarray  # (k, d)
-    folds: int
+    folds: FamilyFolds
     heads: list[list[Head]] = field(default_factory=list)  # [fold][target]
     align: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # [fold] (Wi (k,e), Wt (t,e))
-    fold_of: Callable[[str], int] | None = None
 
     def reduce(self, image: np.ndarray) -> np.ndarray:
         return (image - self.pca_mean) @ self.pca_components.T
@@ -214,8 +214,7 @@ class OwnEvidenceHeads:
     def fit(
         cls,
         view: CatalogueView,
-        fold_of: Callable[[str], int],
-        folds: int = 2,
+        folds: FamilyFolds,
         *,
         rows=None,
         dim: int = 64,
@@ -229,21 +228,21 @@ class OwnEvidenceHeads:
         rows = rows[view.has_image[rows]]
         if len(rows) < 3:  # (almost) no images: no own evidence to read; every channel of it is 0
             d, t = view.image.shape[1], view.text.shape[1]
-            empty = cls(np.zeros(d), np.zeros((1, d)), folds, fold_of=fold_of)
-            empty.heads = [[] for _ in range(max(folds, 1))]
-            empty.align = [(np.zeros((1, 1)), np.zeros((t, 1))) for _ in range(max(folds, 1))]
+            empty = cls(np.zeros(d), np.zeros((1, d)), folds)
+            empty.heads = [[] for _ in range(max(folds.count, 1))]
+            empty.align = [(np.zeros((1, 1)), np.zeros((t, 1))) for _ in range(max(folds.count, 1))]
             return empty
         dim = max(1, min(dim, len(rows) - 1, view.image.shape[1]))
         pca = PCA(n_components=dim, random_state=seed).fit(view.image[rows])
-        heads = cls(pca.mean_, pca.components_, folds, fold_of=fold_of)
+        heads = cls(pca.mean_, pca.components_, folds)
         z = heads.reduce(view.image[rows])
         z_scale = z.std(0).mean() or 1.0
         heads.pca_components = heads.pca_components / z_scale
         z = z / z_scale
-        fold = np.array([fold_of(view.families[i]) for i in rows])
+        row_families = [view.families[i] for i in rows]
         targets = _targets(view, rows)
-        for k in range(max(folds, 1)):
-            fit_rows = np.nonzero(fold != k)[0] if folds > 1 else np.arange(len(rows))
+        for k in range(max(folds.count, 1)):
+            fit_rows = folds.fitted_without(k, row_families)
             fold_heads = []
             for name, values in targets.items():
                 seen = defaultdict(int)
@@ -287,10 +286,9 @@ class OwnEvidenceHeads:
         worst: list[dict | None] = [None] * n
         has_image = view.has_image[image_rows]
         z = self.reduce(view.image[image_rows])
-        fold = np.array([self.fold_of(f) if self.folds > 1 else 0 for f in families])
         targets = _targets(view, rows)
-        for k in np.unique(fold):
-            at = np.nonzero((fold == k) & has_image)[0]
+        for k, positions in self.folds.groups(families).items():
+            at = positions[has_image[positions]]
             if not len(at):
                 continue
             attr_parts, cat_parts = [], []
@@ -330,7 +328,7 @@ class OwnEvidenceHeads:
         out = {
             "pca_mean": self.pca_mean,
             "pca_components": self.pca_components,
-            "folds": np.array([self.folds]),
+            "folds": np.array([self.folds.count]),
         }
         for k, fold_heads in enumerate(self.heads):
             for h, head in enumerate(fold_heads):
@@ -344,12 +342,11 @@ class OwnEvidenceHeads:
         return [[{"target": h.target, "classes": h.classes} for h in fold_heads] for fold_heads in self.heads]
 
     @classmethod
-    def from_arrays(cls, arrays: dict, meta: list[list[dict]], fold_of) -> OwnEvidenceHeads:
+    def from_arrays(cls, arrays: dict, meta: list[list[dict]]) -> OwnEvidenceHeads:
         heads = cls(
             arrays["pca_mean"],
             arrays["pca_components"],
-            int(np.asarray(arrays["folds"]).reshape(-1)[0]),
-            fold_of=fold_of,
+            FamilyFolds(int(np.asarray(arrays["folds"]).reshape(-1)[0])),
         )
         for k, fold_meta in enumerate(meta):
             heads.heads.append(
@@ -758,10 +755,10 @@ def plant_wrong_variants(
         members = view.members[target]
         cat = view.categories[members[0]]
         hard = p % 4 < 2
-        fold = heads.fold_of(target) if heads.folds > 1 else 0
+        fold = heads.folds.of(target)
 
         def unseen(i, fold=fold):  # a listing the target's heads never trained on
-            return heads.folds <= 1 or heads.fold_of(view.families[i]) == fold
+            return heads.folds.count <= 1 or heads.folds.of(view.families[i]) == fold
 
         if p % 2 == 0:  # moved listing
             pool = [
@@ -950,9 +947,9 @@ class Scorer:
         }
 
     @classmethod
-    def from_payload(cls, arrays: dict, meta: dict, fold_of) -> Scorer:
+    def from_payload(cls, arrays: dict, meta: dict) -> Scorer:
         return cls(
-            OwnEvidenceHeads.from_arrays(arrays, meta["heads"], fold_of),
+            OwnEvidenceHeads.from_arrays(arrays, meta["heads"]),
             KindCombiner.from_dict(meta["wrong_variant"], WRONG_VARIANT_CHANNELS)
             if meta.get("wrong_variant")
             else None,
@@ -966,8 +963,7 @@ class Scorer:
 def fit_scorer(
     view: CatalogueView,
     *,
-    fold_of: Callable[[str], int],
-    folds: int,
+    folds: FamilyFolds,
     family_agreement,
     candidate_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
     relistings: list[Relisting],
@@ -982,7 +978,7 @@ def fit_scorer(
     each listing's nearest neighbours). `reviewed`: (row, confirmed) of the reviewers' wrong-variant
     decisions in force; each decided listing's channels, read in its family as listed, join both kinds'
     fits at `REVIEW_WEIGHT`."""
-    heads = OwnEvidenceHeads.fit(view, fold_of, folds, seed=seed, alignment=alignment)
+    heads = OwnEvidenceHeads.fit(view, folds, seed=seed, alignment=alignment)
     duplicate = _fit_duplicates(view, candidate_pairs, relistings, idf, seed)
     if not any(len(m) > 1 for m in view.members.values()):  # every listing its own family
         return Scorer(heads, None, duplicate)

@@ -35,6 +35,7 @@ from ml_worker.evidence import (
     wrong_variant_channels,
 )
 from ml_worker.features import FeatureCache
+from ml_worker.folds import FamilyFolds
 from ml_worker.lexical import TitleIdf, price_of
 from ml_worker.modeling_maps import MapsInputs, MapsModel, MapsOutput
 from ml_worker.zero_shot import duplicate_probability
@@ -161,8 +162,8 @@ def score_listings(
 
 class FamilyPairs:
     """The pair head's P(same family) of listings read against sibling rows, each by the version's member
-    that never trained on the siblings' family (`CrossFitModel.family_model`); a listing shown with
-    another listing's image (a planted swap) is re-encoded with that image."""
+    that never trained on the siblings' family (`CrossFitModel.fold_model` of their fold); a listing
+    shown with another listing's image (a planted swap) is re-encoded with that image."""
 
     def __init__(
         self,
@@ -192,12 +193,11 @@ class FamilyPairs:
     def __call__(self, listing_rows, sibling_rows, image_rows=None) -> list[list[float]]:
         image_rows = listing_rows if image_rows is None else image_rows
         result: list[list[float]] = [[] for _ in listing_rows]
-        by_member = defaultdict(list)
-        for a, sib in enumerate(sibling_rows):
-            if sib:
-                by_member[id(self.model.family_model(self.families[sib[0]]))].append(a)
-        for at in by_member.values():
-            member = self.model.family_model(self.families[sibling_rows[at[0]][0]]).cpu().eval()
+        compared = [a for a, sib in enumerate(sibling_rows) if sib]
+        sibling_families = [self.families[sibling_rows[a][0]] for a in compared]
+        for fold, positions in self.model.family_folds.groups(sibling_families).items():
+            at = [compared[p] for p in positions]
+            member = self.model.fold_model(fold).cpu().eval()
             out = self.outputs(member)
             swapped = [a for a in at if image_rows[a] != listing_rows[a]]
             swapped_out = None
@@ -235,13 +235,10 @@ class FamilyPairs:
         return result
 
 
-def scorer_fold_of(model):
-    """The fold of a family code as the version's scorer heads are cross-fitted: the version's own folds
-    (`ml_worker.ensemble.family_fold`), two for a version without fold models."""
-    from ml_worker.ensemble import family_fold
-
-    folds = max(len(model.folds), 2)
-    return folds, lambda code: family_fold(code, folds)
+def scorer_folds(model) -> FamilyFolds:
+    """How a version's scorer heads are cross-fitted: by the version's own folds, two for a version
+    without fold models."""
+    return FamilyFolds(max(len(model.folds), 2))
 
 
 def catalogue_view(listings, outputs: MapsOutput) -> CatalogueView:
@@ -452,7 +449,6 @@ def fit_catalogue_scorer(
     pairs = pairs or FamilyPairs(model, features, families, device=device)
     outputs = pairs.outputs(model.final)
     view = catalogue_view(listings, outputs)
-    folds, fold_of = scorer_fold_of(model)
     idf = TitleIdf(view.titles)
     ii, jj = candidate_pairs(outputs, np.arange(len(listings)))
     prices = [price_of(x.attributes) for x in listings]
@@ -463,8 +459,7 @@ def fit_catalogue_scorer(
     planted = plant_relistings(model.final, outputs, listings, sample.tolist(), device=device, seed=seed)
     scorer = fit_scorer(
         view,
-        fold_of=fold_of,
-        folds=folds,
+        folds=scorer_folds(model),
         family_agreement=pairs,
         candidate_pairs=(ii, jj, p),
         relistings=planted,

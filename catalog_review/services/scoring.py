@@ -35,6 +35,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 from pgvector import HalfVector
+from safetensors.numpy import load, save
 
 from catalog_review import dispatch
 from catalog_review.models import (
@@ -75,7 +76,6 @@ from ml_worker.scoring import (
     pair_same_product,
     score_duplicates,
     score_wrong_variants,
-    scorer_fold_of,
 )
 
 log = logging.getLogger(__name__)
@@ -275,8 +275,8 @@ def embed_chunk_run(chunk_id: int, worker: str = "") -> str:
         features = features_for(model.final, listings, device=device, cache_dir=settings.FEATURE_CACHE_DIR)
         inputs = features.inputs(torch.arange(len(products))).to(device)
         out = encode_inputs(model.final.to(device), inputs)
-        wrong_variant, evidence = _wrong_variant_scores(
-            model, job_scorer(job, model), products, listings, features, out, device
+        wrong_variant = _wrong_variant_scores(
+            model, job_scorer(job), products, listings, features, out, device
         )
         now = timezone.now()
         for i, p in enumerate(products):
@@ -292,10 +292,10 @@ def embed_chunk_run(chunk_id: int, worker: str = "") -> str:
                     attention=[[round(v, 5) for v in row] for row in out.spatial_attention[i].tolist()],
                     title_sha256=title_sha256(p.title),
                     image_sha256=p.image_sha256,
-                    wrong_variant_score=wrong_variant.get(p.pk),
+                    wrong_variant_score=wrong_variant[p.pk][0] if p.pk in wrong_variant else None,
                     duplicate_score=None,
                     duplicate_of=None,
-                    evidence=evidence.get(p.pk, {}),
+                    evidence=wrong_variant[p.pk][1] if p.pk in wrong_variant else {},
                     scored_at=now,
                 )
             )
@@ -328,8 +328,8 @@ def embed_chunk_run(chunk_id: int, worker: str = "") -> str:
 
 def _wrong_variant_scores(
     model, scorer: Scorer, products: list[Product], listings: list[Listing], features, out: MapsOutput, device
-) -> tuple[dict, dict]:
-    """P(wrong) of each listing of the chunk's multi-member families from its evidence channels
+) -> dict[int, tuple[float, dict]]:
+    """P(wrong) and the evidence of each listing of the chunk's multi-member families, by product id
     (`ml_worker.scoring.score_wrong_variants`, as `ml_worker.evaluate` scores): the pair head of the fold
     model that never saw the family, image and text agreement with the siblings, and the listing's own
     image against its own attributes, category and text, weighed by the job's fitted scorer. A member a
@@ -346,40 +346,50 @@ def _wrong_variant_scores(
     groups = [m for m in view.members.values() if len(m) > 1]
     excluded = {i for i, p in enumerate(products) if p.pk in confirmed_out}
     result = score_wrong_variants(view, scorer, pairs, groups, excluded)
-    scores, evidence = {}, {}
-    for i, r in result.items():
-        product = products[i]
-        channels = r["channels"]
-        agreement = []
-        for j, v, counted in zip(r["siblings"], r["agreement"], r["counted"], strict=True):
-            entry = {
-                "sku": products[j].sku,
-                "p_same_family": round(v, 4),
-                "image_similarity": round(float(view.image[i] @ view.image[j]), 4)
-                if view.has_image[i] and view.has_image[j]
-                else None,
-            }
-            if not counted:
-                entry["excluded"] = True
-            agreement.append(entry)
-        kinds = scorer.wrong_variant.kind_probabilities(channels)
-        scores[product.pk] = r["score"]
-        evidence[product.pk] = {
-            "family_agreement": agreement,
-            "channels": {
-                n: round(float(v), 4) for n, v in zip(WRONG_VARIANT_CHANNELS, channels, strict=True)
-            },
-            "kinds": {k: round(float(p), 4) for k, p in kinds.items()},
-            "lines": describe_wrong_variant(
-                channels,
-                scorer.wrong_variant,
-                r["own"],
-                sum(r["counted"]),
-                _category_names(view, i, [j for j, c in zip(r["siblings"], r["counted"], strict=True) if c]),
-            ),
-            **({"looks_like": r["own"]} if r["own"] else {}),
+    return {
+        products[i].pk: (r["score"], _wrong_variant_evidence(view, scorer, products, i, r))
+        for i, r in result.items()
+    }
+
+
+def _wrong_variant_evidence(
+    view: CatalogueView, scorer: Scorer, products: list[Product], i: int, r: dict
+) -> dict:
+    """What a wrong-variant flag on listing `i` shows, built once, when the listing is scored: it is
+    stored with the embedding, and the flag stage adds only the heatmaps of the family members beside
+    the listings it flags."""
+    agreement = []
+    for j, v, counted in zip(r["siblings"], r["agreement"], r["counted"], strict=True):
+        entry = {
+            "sku": products[j].sku,
+            "p_same_family": round(v, 4),
+            "image_similarity": round(float(view.image[i] @ view.image[j]), 4)
+            if view.has_image[i] and view.has_image[j]
+            else None,
         }
-    return scores, evidence
+        if not counted:
+            entry["excluded"] = True
+        agreement.append(entry)
+    channels = r["channels"]
+    counted_siblings = [j for j, c in zip(r["siblings"], r["counted"], strict=True) if c]
+    return {
+        "wrong_variant_score": round(r["score"], 4),
+        "agrees_with": sum(1 for a in agreement if not a.get("excluded") and a["p_same_family"] >= 0.5),
+        "family_size": len(counted_siblings) + 1,
+        "family_agreement": agreement,
+        "channels": {n: round(float(v), 4) for n, v in zip(WRONG_VARIANT_CHANNELS, channels, strict=True)},
+        "kinds": {
+            k: round(float(p), 4) for k, p in scorer.wrong_variant.kind_probabilities(channels).items()
+        },
+        "lines": describe_wrong_variant(
+            channels,
+            scorer.wrong_variant,
+            r["own"],
+            len(counted_siblings),
+            _category_names(view, i, counted_siblings),
+        ),
+        **({"looks_like": r["own"]} if r["own"] else {}),
+    }
 
 
 def _member_features(features, listings: list[Listing], device: str):
@@ -462,24 +472,19 @@ def fit_chunk_run(chunk_id: int, worker: str = "") -> str:
 
 
 def save_arrays(arrays: dict) -> bytes:
-    from safetensors.numpy import save
-
     return save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
 
 
 _SCORER_CACHE: dict[int, Scorer] = {}
 
 
-def job_scorer(job: Job, model) -> Scorer:
+def job_scorer(job: Job) -> Scorer:
     """The scorer the job's fit stage stored (cached per worker process)."""
-    from safetensors.numpy import load
-
     scorer_id = job.scope["scorer_id"]
     if scorer_id not in _SCORER_CACHE:
         _SCORER_CACHE.clear()
         saved = VersionScorer.objects.get(pk=scorer_id)
-        _folds, fold_of = scorer_fold_of(model)
-        _SCORER_CACHE[scorer_id] = Scorer.from_payload(load(bytes(saved.arrays)), saved.meta, fold_of)
+        _SCORER_CACHE[scorer_id] = Scorer.from_payload(load(bytes(saved.arrays)), saved.meta)
     return _SCORER_CACHE[scorer_id]
 
 
@@ -729,7 +734,7 @@ def _best_duplicates(job: Job, full_model, pool: dict, candidates: dict) -> dict
     idf = _catalogue_idf(job.pk)
     prices = [price_of(p.attributes) for p in products]
     p_same = pair_same_product(full_model.final.cpu(), out, pairs_i, pairs_j, view.titles, prices, idf)
-    matches = score_duplicates(view, job_scorer(job, full_model), pairs_i, pairs_j, p_same, idf)
+    matches = score_duplicates(view, job_scorer(job), pairs_i, pairs_j, p_same, idf)
     return {ids[a]: (ids[b], v, channels) for a, (b, v, channels) in matches.items()}
 
 
@@ -742,14 +747,8 @@ def _wrong_variant_flags(job: Job, version: ModelVersion, mine: dict) -> list[Fl
         if e.wrong_variant_score is None or e.wrong_variant_score < threshold:
             continue
         product = e.product
-        agreement = e.evidence.get("family_agreement", [])
-        counted = [a for a in agreement if not a.get("excluded")]
         evidence = {
-            "wrong_variant_score": round(e.wrong_variant_score, 4),
-            "agrees_with": sum(1 for a in counted if a["p_same_family"] >= 0.5),
-            "family_size": len(counted) + 1,
-            **{k: v for k, v in e.evidence.items() if k != "family_agreement"},
-            "family_agreement": agreement,
+            **e.evidence,
             "member_heatmaps": {
                 m.product.sku: path
                 for m in mine.values()
@@ -789,7 +788,7 @@ def _duplicate_flags(
             "duplicate_score": round(score, 4),
             "found_from": e.product.sku,
             "channels": {n: round(float(v), 4) for n, v in zip(DUPLICATE_CHANNELS, channels, strict=True)},
-            "lines": describe_duplicate(channels, job_scorer(job, full_model).duplicate),
+            "lines": describe_duplicate(channels, job_scorer(job).duplicate),
             "same_family": a.product.family_id == b.product.family_id,
             "image_cosine": round(
                 float(

@@ -10,8 +10,11 @@ from django.db import connection, transaction
 from django.test import Client
 
 from catalog_review.api import create_token
-from catalog_review.models import ApiToken, Flag, Job, LabelledPair, ModelVersion
+from catalog_review.models import ApiToken, Flag, Job, LabelledPair, ModelVersion, Product, ProductEmbedding
 from catalog_review.services import review
+from catalog_review.services.catalogue_import import catalogue_import
+from catalog_review.services.scoring import score_start
+from tests.catalog_review.test_scoring import finished, write_catalogue
 from tests.factories import FamilyFactory, ProductFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -336,3 +339,54 @@ def world_tx(transactional_db):
         for p in products
     ]
     return {"flags": flags}
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_review_tool_closes_the_loop_through_the_api(celery_worker, tmp_path, settings):
+    """What a script does with the API (the review simulator does it round after round): read the open
+    flags, decide them, train a version from the decisions with `activate`, follow both jobs. A real
+    worker runs the jobs."""
+    settings.FLAG_WRONG_VARIANT_THRESHOLD = 0.0  # every listing of a 2+ family gets a flag to decide
+    settings.FLAG_WRONG_VARIANT_MAX_FRACTION = 1.0
+    write_catalogue(tmp_path)
+    catalogue_import(path=tmp_path / "catalogue.jsonl")
+    finished(score_start().pk)
+    client = api(UserFactory(username="loop-admin", is_staff=True))
+
+    page = client.get("/api/flags", {"status": "open", "ordering": "-score", "limit": 5}).json()
+    assert len(page["results"]) == 5 and page["next_cursor"]
+    for flag in page["results"]:
+        truly = flag["sku"] == "PLANTED" or {flag["sku"], flag["counterpart_sku"]} == {"circle-red", "DUP"}
+        response = post_json(
+            client,
+            f"/api/flags/{flag['id']}/decision",
+            {"decision": "confirm" if truly else "reject", "client_request_id": f"loop-{flag['id']}"},
+        )
+        assert response.status_code == 201, response.content
+    labels = client.get("/api/labels", {"limit": 500}).json()["results"]
+    decided = {f["sku"] for f in page["results"]}
+    assert labels and all(x["a"] in decided or x["b"] in decided for x in labels)
+
+    # one step cannot beat the active version: `force` activates it anyway, as an admin may
+    body = {"steps": 1, "activate": True, "force": True, "end_to_end": False}
+    response = post_json(client, "/api/jobs/train", body)
+    assert response.status_code == 202, response.content
+    train = client.get(f"/api/jobs/{response.json()['id']}").json()
+    assert train["kind"] == "train"
+    finished(train["id"], timeout=600)
+    counts = client.get(f"/api/jobs/{train['id']}").json()["counts"]
+    version = ModelVersion.objects.get(name=counts["model_version"])
+    assert version.config["model"]["end_to_end"] is False, "as the request asked"
+    assert any(version.metrics["review_pairs_used"].values()), "the decisions trained it"
+    assert counts["activated"] and "activated anyway: forced" in counts["gate"]
+    assert ModelVersion.objects.get(is_active=True) == version
+    # activation re-scores the catalogue: the new version's flags replace the old ones
+    finished(counts["rescore_job"], timeout=600)
+    rescore = client.get(f"/api/jobs/{counts['rescore_job']}").json()
+    assert rescore["kind"] == "score" and rescore["status"] == "succeeded"
+    scored = ProductEmbedding.objects.filter(model_version=version, scored_at__isnull=False)
+    assert scored.count() == Product.objects.count(), "every listing re-scored by the new version"
+    assert not Flag.objects.filter(status="open").exclude(model_version=version).exists()
+    decided = Flag.objects.filter(pk__in=[f["id"] for f in page["results"]])
+    assert not decided.filter(status="open").exists(), "a decided flag is not raised again"

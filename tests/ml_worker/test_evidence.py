@@ -9,7 +9,6 @@ import pytest
 from safetensors.numpy import load, save
 
 from ml_worker.catalogue import Listing, variant_keys, with_variant_attributes
-from ml_worker.ensemble import family_fold
 from ml_worker.evidence import (
     DUPLICATE_CHANNELS,
     WRONG_VARIANT_CHANNELS,
@@ -25,6 +24,7 @@ from ml_worker.evidence import (
     sibling_evidence,
     wrong_variant_channels,
 )
+from ml_worker.folds import FamilyFolds
 from ml_worker.lexical import TitleIdf
 
 TYPES = ["dress", "shirt", "sock", "boot", "scarf", "coat", "hat", "belt"]
@@ -100,8 +100,7 @@ def fit_on_nearest(view: CatalogueView, relistings: list[Relisting], *, seed: in
     p = 1 / (1 + np.exp(-10 * (sims[ii, jj] / 2 - 0.9)))
     return fit_scorer(
         view,
-        fold_of=lambda code: family_fold(code, 2),
-        folds=2,
+        folds=FamilyFolds(2),
         family_agreement=cosine_agreement(view),
         candidate_pairs=(ii, jj, p),
         relistings=relistings,
@@ -171,8 +170,9 @@ def test_combiners_output_probabilities_and_are_refitted_per_catalogue(catalogue
 
     # the payload a score job stores round-trips (arrays as safetensors, the rest as JSON)
     arrays, meta = scorer.to_payload()
-    back = Scorer.from_payload(load(save(arrays)), meta, lambda code: family_fold(code, 2))
+    back = Scorer.from_payload(load(save(arrays)), meta)
     np.testing.assert_allclose(back.wrong_variant.probability(x), scorer.wrong_variant.probability(x))
+    assert back.heads.folds == scorer.heads.folds == FamilyFolds(2)
     assert back.heads.evidence(view, [1])["attribute"] == pytest.approx(
         scorer.heads.evidence(view, [1])["attribute"]
     )
@@ -181,9 +181,7 @@ def test_combiners_output_probabilities_and_are_refitted_per_catalogue(catalogue
     at = DUPLICATE_CHANNELS.index("twin_looks_closer")
     for key in ("channels", "mean", "scale", "coef"):
         old[key] = [v for k, v in enumerate(old[key]) if k != at]
-    stored = Scorer.from_payload(
-        load(save(arrays)), {**meta, "duplicate": old}, lambda code: family_fold(code, 2)
-    )
+    stored = Scorer.from_payload(load(save(arrays)), {**meta, "duplicate": old})
     pairs = duplicate_channels(view, [0, 2], [1, 3], np.array([0.9, 0.2]), TitleIdf(view.titles))
     pairs[:, at] = 0.7
     np.testing.assert_allclose(
@@ -191,7 +189,7 @@ def test_combiners_output_probabilities_and_are_refitted_per_catalogue(catalogue
     )
     old["channels"][0] = "a channel no longer computed"
     with pytest.raises(ValueError, match="no longer computed"):
-        Scorer.from_payload(load(save(arrays)), {**meta, "duplicate": old}, lambda code: family_fold(code, 2))
+        Scorer.from_payload(load(save(arrays)), {**meta, "duplicate": old})
 
 
 def test_presumed_clean_rows_that_look_like_errors_are_left_out_of_the_final_fit():

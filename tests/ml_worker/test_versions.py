@@ -14,16 +14,16 @@ from ml_worker.checkpoint import CheckpointError
 from ml_worker.config import TrainConfig
 from ml_worker.ensemble import (
     CrossFitModel,
-    family_fold,
     load_cross_fit,
     mean_metrics,
     save_cross_fit,
     train_cross_fit,
     warm_start_reason,
 )
+from ml_worker.folds import FamilyFolds
 from ml_worker.losses import HierarchicalProxyLoss
 from ml_worker.modeling_maps import MapsModel
-from ml_worker.scoring import encode_inputs
+from ml_worker.scoring import FamilyPairs, encode_all, encode_inputs
 from ml_worker.train import ReviewPairs, TrainingSet, _proxies_from_class_means
 from ml_worker.validation import RankedItems, gate_noise, planted_validation, review_pair_validation
 from ml_worker.zero_shot import ZeroShotModel
@@ -51,11 +51,42 @@ def test_zero_shot_is_deterministic(tiny):
     assert torch.equal(ZeroShotModel(tiny)(x).embedding, ZeroShotModel(tiny)(x).embedding)
 
 
-def test_family_fold_is_stable_and_spreads_families():
-    folds = [family_fold(f"family-{i}", 2) for i in range(200)]
-    assert folds == [family_fold(f"family-{i}", 2) for i in range(200)]
-    assert 70 < sum(folds) < 130
-    assert family_fold("anything", 1) == 0
+def test_family_folds_are_a_stable_hash_of_the_code_and_spread_families():
+    folds = FamilyFolds(2)
+    # saved versions were trained without these folds' families: the assignment must never change
+    assert [folds.of(f"family-{i}") for i in range(12)] == [0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0]
+    assert [FamilyFolds(3).of(f"family-{i}") for i in range(12)] == [0, 1, 1, 0, 1, 2, 1, 2, 2, 0, 1, 0]
+    assert 70 < folds.of_each(f"family-{i}" for i in range(200)).sum() < 130
+    assert FamilyFolds(1).of("anything") == FamilyFolds(0).of("anything") == 0
+
+    codes = ["family-0", "family-1", "family-0", "family-5", "family-2"]
+    assert {k: v.tolist() for k, v in folds.groups(codes).items()} == {0: [0, 2, 3], 1: [1, 4]}
+    assert folds.fitted_without(0, codes).tolist() == [1, 4]
+    assert FamilyFolds(1).fitted_without(0, codes).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_family_pairs_read_each_family_with_the_fold_model_that_never_trained_on_it(tiny):
+    torch.manual_seed(0)
+    model = CrossFitModel(
+        final=MapsModel(tiny).eval(), folds=[MapsModel(tiny).eval(), MapsModel(tiny).eval()]
+    )
+    families = ["family-0", "family-0", "family-1", "family-1", "family-5"]  # folds 0, 0, 1, 1, 0
+    features = random_features(tiny, families)
+    pairs = FamilyPairs(model, features, families)
+    listing_rows, sibling_rows = [0, 2, 4], [[1], [3], []]
+    got = pairs(listing_rows, sibling_rows)
+    assert got[2] == [], "a listing with no sibling is read against nothing"
+    for a, fold in ((0, 0), (1, 1)):
+        member = model.folds[fold]
+        out = encode_all(member, features)
+        i, j = torch.tensor([listing_rows[a]]), torch.tensor(sibling_rows[a])
+        expected = torch.sigmoid(member.pair_logits(out, out, i, j)[:, 0]).item()
+        assert got[a] == [pytest.approx(expected, abs=1e-6)]
+        other = model.folds[1 - fold]
+        other_out = encode_all(other, features)
+        assert got[a][0] != pytest.approx(
+            torch.sigmoid(other.pair_logits(other_out, other_out, i, j)[:, 0]).item()
+        )
 
 
 def test_cross_fit_round_trip_and_tampering(tiny, tmp_path):
@@ -67,8 +98,9 @@ def test_cross_fit_round_trip_and_tampering(tiny, tmp_path):
     x = random_inputs(tiny)
     assert torch.allclose(loaded.final(x).embedding, model.final(x).embedding)
     assert len(loaded.folds) == 2
-    code = "some-family"
-    assert loaded.family_model(code) is loaded.folds[family_fold(code, 2)]
+    assert loaded.family_folds == FamilyFolds(2)
+    assert loaded.fold_model(1) is loaded.folds[1]
+    assert CrossFitModel.zero_shot(tiny).fold_model(0) is not None
 
     with pytest.raises(CheckpointError, match="does not match the recorded"):
         load_cross_fit(tmp_path / "v1", expected_sha256="0" * 64)
