@@ -3,6 +3,7 @@
 from django.contrib import admin
 
 from catalog_review import models
+from catalog_review.api import revoke_tokens
 
 
 @admin.register(models.Category)
@@ -85,6 +86,4 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request, queryset):
-        from catalog_review.api import revoke_tokens
-
         self.message_user(request, f"{revoke_tokens(queryset)} token(s) revoked")

@@ -1,5 +1,6 @@
 from django import forms
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from catalog_review.models import Category, Flag, ImageStatus, ModelVersion, ReviewDecision
 from catalog_review.schemas import MAX_TRAIN_STEPS, TrainRequest, ValidationError, explain
@@ -175,7 +176,5 @@ class ApiTokenForm(forms.Form):
     )
 
     def __init__(self, *args, **kwargs):
-        from django.contrib.auth import get_user_model
-
         super().__init__(*args, **kwargs)
         self.fields["user"].queryset = get_user_model().objects.filter(is_active=True).order_by("username")

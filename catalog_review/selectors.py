@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.db.models import QuerySet
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+from pgvector.django import CosineDistance
 
 from catalog_review.models import (
     Category,
@@ -18,6 +24,7 @@ from catalog_review.models import (
 )
 from catalog_review.pagination import Count, planner_rows
 from catalog_review.services.model_versions import load_model
+from ml_worker.query import title_query_vector
 
 
 def product_list(
@@ -119,8 +126,6 @@ def nearest_products(embeddings, column: str, vector, limit: int, *, related=())
     """The listings of the `limit` rows of `embeddings` nearest `vector` by `column` (cosine: pgvector
     HNSW), nearest first, each with its `similarity`. Only ids and distances come back from the kNN
     (an embedding row carries thousands of floats); the listings are read by id."""
-    from pgvector.django import CosineDistance
-
     rows = list(
         embeddings.exclude(**{f"{column}__isnull": True})
         .annotate(distance=CosineDistance(column, vector))
@@ -151,18 +156,11 @@ def open_flag_counts() -> dict[str, Count]:
 def dashboard_stats(*, days: int = 14) -> dict:
     """What the admin dashboard draws: flags by kind/status and top-level category, precision of
     decided flags by score band, reviewer throughput and agreement."""
-    from collections import defaultdict
-    from datetime import timedelta
-
-    from django.db.models import Count
-    from django.db.models.functions import TruncDate
-    from django.utils import timezone
-
     by_kind = defaultdict(dict)
-    for row in Flag.objects.values("kind", "status").annotate(n=Count("id")).order_by():
+    for row in Flag.objects.values("kind", "status").annotate(n=models.Count("id")).order_by():
         by_kind[row["kind"]][row["status"]] = row["n"]
     by_category = defaultdict(lambda: defaultdict(int))
-    for row in Flag.objects.values("category__path", "status").annotate(n=Count("id")).order_by():
+    for row in Flag.objects.values("category__path", "status").annotate(n=models.Count("id")).order_by():
         top = (row["category__path"] or "(no category)").split(" > ")[0]
         by_category[top][row["status"]] += row["n"]
     bands = []
@@ -170,7 +168,7 @@ def dashboard_stats(*, days: int = 14) -> dict:
     for kind, label in Flag.Kind.choices:
         for low in (0.5, 0.6, 0.7, 0.8, 0.9):
             band = decided.filter(kind=kind, score__gte=low, score__lt=low + 0.1 if low < 0.9 else 1.01)
-            counts = dict(band.values_list("status").annotate(n=Count("id")).order_by())
+            counts = dict(band.values_list("status").annotate(n=models.Count("id")).order_by())
             total = sum(counts.values())
             bands.append(
                 {
@@ -187,14 +185,14 @@ def dashboard_stats(*, days: int = 14) -> dict:
         decisions.filter(created_at__gte=since)
         .annotate(day=TruncDate("created_at"))
         .values("day", "reviewer__username")
-        .annotate(n=Count("id"))
+        .annotate(n=models.Count("id"))
         .order_by()
     ):
         per_day[row["reviewer__username"]][row["day"]] = row["n"]
     reviewers = []
     for row in (
         decisions.values("reviewer__username", "decision")
-        .annotate(n=Count("id"))
+        .annotate(n=models.Count("id"))
         .order_by("reviewer__username")
     ):
         if not reviewers or reviewers[-1]["name"] != row["reviewer__username"]:
@@ -234,8 +232,6 @@ def search_by_meaning(*, text: str, limit: int = 48) -> list[Product]:
     then pgvector kNN over the stored title vectors, most similar first, each with its `similarity`
     (cosine); none below MEANING_MIN_SIMILARITY (a query that means nothing here finds nothing).
     Empty before anything was scored."""
-    from ml_worker.query import title_query_vector
-
     version = ModelVersion.objects.filter(is_active=True).first()
     text = text.strip()
     if version is None or not text or not ProductEmbedding.objects.filter(model_version=version).exists():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import wraps
 
 from django.conf import settings
@@ -605,8 +607,6 @@ def manage_cancel_job(request, job_id: int):
 def manage_tokens(request):
     """API tokens: create one for a user (the token is shown once, on this response only), list them with
     their state and last use, revoke."""
-    from datetime import timedelta
-
     if request.method not in ("GET", "POST"):
         return HttpResponse(status=405)
     form = ApiTokenForm(request.POST or None)
@@ -641,8 +641,6 @@ def manage_tokens(request):
 @staff_required
 def manage_corrections(request):
     """The corrections file for download (the lines of `export_corrections`): CSV or JSON lines."""
-    import io
-
     fmt = request.GET.get("format", "csv")
     if fmt not in ("csv", "jsonl"):
         return HttpResponse("format must be csv or jsonl", status=400, content_type="text/plain")

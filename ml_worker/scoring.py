@@ -16,6 +16,7 @@ which the older benchmark scripts still measure.
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -34,8 +35,9 @@ from ml_worker.evidence import (
     sibling_evidence,
     wrong_variant_channels,
 )
-from ml_worker.features import FeatureCache
+from ml_worker.features import FeatureCache, _encode_titles, load_backbones, own_backbones
 from ml_worker.folds import FamilyFolds
+from ml_worker.images import augment, open_image, to_tensor
 from ml_worker.lexical import TitleIdf, price_of
 from ml_worker.modeling_maps import MapsInputs, MapsModel, MapsOutput
 from ml_worker.zero_shot import duplicate_probability
@@ -303,11 +305,6 @@ def plant_relistings(
     and compared with the original's `outputs`: a re-typed title (`retyped_title`) and a re-listing view of
     the image (a slight crop and a JPEG re-encode, `ml_worker.images.augment`). Re-photographed plants
     (reframed, mirrored, relit) cost duplicate AP on hm-dev (BENCHMARKS.md)."""
-    import random
-
-    from ml_worker.features import _encode_titles, load_backbones, own_backbones
-    from ml_worker.images import augment, open_image, to_tensor
-
     if not len(rows):
         return []
     rng = random.Random(seed)

@@ -18,6 +18,7 @@ import time
 import numpy as np
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from catalog_review import dispatch
@@ -69,8 +70,6 @@ def training_families(products: list[Product]) -> tuple[list[str], dict]:
     retracted): a listing a reviewer confirmed as a wrong variant leaves its family (it becomes a
     family of its own, so it is no longer a positive of the family it was wrongly linked into).
     Returns the labels and the counts of reviewer labels used, by relation."""
-    from django.db.models import Count
-
     in_force = review_labels_in_force()
     moved_out = confirmed_wrong_variants()
     families = [f"reviewed-out:{p.sku}" if p.pk in moved_out else p.family.code for p in products]
