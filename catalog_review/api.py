@@ -103,8 +103,10 @@ def _docs_auth(view):
                 return redirect(f"{reverse('login')}?next={request.path}")
             header = request.headers.get("Authorization", "")
             if not header.startswith("Bearer "):
-                return JsonResponse({"error": "authentication required: send 'Authorization: Bearer "
-                                     "<token>' (or log in)"}, status=401)  # fmt: skip
+                return JsonResponse(
+                    {"error": "authentication required: send 'Authorization: Bearer <token>' (or log in)"},
+                    status=401,
+                )
             try:
                 token_owner(header.removeprefix("Bearer ").strip())
             except Unauthenticated as exc:
@@ -445,8 +447,12 @@ def jobs_train(request, payload: TrainRequest | None = None):
     return Status(202, job_json(job, request))
 
 
-@api.get("/jobs/{id}", response={200: JobOut, 404: Error, 401: Error}, url_name="api_job",
-         summary="A job's status and progress")  # fmt: skip
+@api.get(
+    "/jobs/{id}",
+    response={200: JobOut, 404: Error, 401: Error},
+    url_name="api_job",
+    summary="A job's status and progress",
+)
 def job_detail(request, id: int):
     job = Job.objects.filter(pk=id).first()
     if job is None:
@@ -465,8 +471,11 @@ def _json_405(view):
         response = view(request, *args, **kwargs)
         if isinstance(response, HttpResponseNotAllowed):
             allowed = response["Allow"]
-            return JsonResponse({"error": f"method {request.method} not allowed; use {allowed}"}, status=405,
-                                headers={"Allow": allowed})  # fmt: skip
+            return JsonResponse(
+                {"error": f"method {request.method} not allowed; use {allowed}"},
+                status=405,
+                headers={"Allow": allowed},
+            )
         return response
 
     wrapper.csrf_exempt = True  # token auth, no cookies: CSRF does not apply

@@ -213,8 +213,9 @@ def train_run(job_id: int, worker: str = "") -> str:
             created_by=job.requested_by,
         )
         if scope.get("activate"):
-            promotion = promote(version, force=bool(scope.get("force")), requested_by=job.requested_by,
-                                reason="training")  # fmt: skip
+            promotion = promote(
+                version, force=bool(scope.get("force")), requested_by=job.requested_by, reason="training"
+            )
         else:
             promotion = Promotion(activated=False, gate=promotion_gate(version)[1])
         Job.objects.filter(pk=job.pk).update(
