@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import connection, models
 from django.db.models import QuerySet
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -25,6 +27,8 @@ from catalog_review.models import (
 from catalog_review.pagination import Count, planner_rows
 from catalog_review.services.model_versions import load_model
 from ml_worker.query import title_query_vector
+
+logger = logging.getLogger(__name__)
 
 
 def product_list(
@@ -225,6 +229,27 @@ def dashboard_stats(*, days: int = 14) -> dict:
         "agreement": {"flags": len(shared), "agreeing": agreeing},
         "days": days,
     }
+
+
+def warm_meaning_search() -> float | None:
+    """Load what a search by meaning needs (the active version and its title encoder) and encode one
+    query, so that the first reviewer to search in this process does not wait for them. Returns the
+    seconds it took (None: nothing scored yet, nothing to load). Runs in a web process's background
+    thread (catalog_review.wsgi): a failure is logged, never raised."""
+    started = time.perf_counter()
+    try:
+        version = ModelVersion.objects.filter(is_active=True).first()
+        if version is None:
+            return None
+        title_query_vector(load_model(version).final, "warm up")
+        seconds = time.perf_counter() - started
+        logger.info("search by meaning ready in %.1f s (model version %s)", seconds, version.name)
+        return seconds
+    except Exception:
+        logger.exception("could not load the search by meaning ahead of the first search")
+        return None
+    finally:
+        connection.close()  # this thread's own connection
 
 
 def search_by_meaning(*, text: str, limit: int = 48) -> list[Product]:

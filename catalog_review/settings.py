@@ -255,6 +255,9 @@ REAPER_PING_TIMEOUT_S = env_float("REAPER_PING_TIMEOUT_S", 2.0, minimum=0.1)
 # computes them itself
 # torch threads of each web process (catalog_review.wsgi): a search query's encoding needs one
 WEB_TORCH_THREADS = env_int("WEB_TORCH_THREADS", 1, minimum=1)
+# each web process loads the active version and its title encoder as it starts (in the background), so
+# the first search by meaning in it does not wait 1-2 s for them
+WEB_WARM_MEANING_SEARCH = env_bool("WEB_WARM_MEANING_SEARCH", True)
 # a list longer than this (the planner's estimate) shows "about N" instead of counting every row
 ESTIMATE_COUNTS_ABOVE = env_int("ESTIMATE_COUNTS_ABOVE", 20_000, minimum=0)
 # ... and a word search's matches past this many (counting the matches of a trigram search is its cost)

@@ -1,4 +1,5 @@
 import os
+import threading
 from importlib import import_module
 
 from django.conf import settings
@@ -17,3 +18,16 @@ import_module(settings.ROOT_URLCONF)
 import torch  # noqa: E402
 
 torch.set_num_threads(settings.WEB_TORCH_THREADS)
+
+# A search by meaning loads the active version and its title encoder on a process's first search (1-2 s).
+# They cannot be loaded in the master before the fork (torch's thread pool, once used, can hang forked
+# children): each worker loads them in a background thread as it starts (WEB_WARM_MEANING_SEARCH).
+from catalog_review.selectors import warm_meaning_search  # noqa: E402
+
+
+def _warm_meaning_search_after_fork() -> None:
+    threading.Thread(target=warm_meaning_search, name="warm-meaning-search", daemon=True).start()
+
+
+if settings.WEB_WARM_MEANING_SEARCH:
+    os.register_at_fork(after_in_child=_warm_meaning_search_after_fork)

@@ -14,6 +14,7 @@ from django.db import connection
 from catalog_review.celery import app as celery_app
 from catalog_review.models import Product, VariationFamily
 from catalog_review.runtime import PROJECT_ROOT
+from catalog_review.services.model_versions import active_version
 from tests.conftest import wait_for
 
 
@@ -79,6 +80,45 @@ def test_the_wsgi_module_loads_the_views_so_preloaded_workers_answer_at_once():
         [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.stdout.strip().endswith("True"), result.stderr[-2000:]
+
+
+WARM_PROBE = """
+import os, threading
+import catalog_review.wsgi
+from catalog_review.services import model_versions
+from ml_worker.query import text_encoder
+
+pid = os.fork()  # as gunicorn forks a worker from the preloaded master
+if pid == 0:
+    warming = [t for t in threading.enumerate() if t.name == "warm-meaning-search"]
+    for t in warming:
+        t.join(180)
+    print("worker", len(warming), text_encoder.cache_info().currsize, len(model_versions._loaded), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print("master", text_encoder.cache_info().currsize, len(model_versions._loaded), flush=True)
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("warm", [True, False])
+def test_each_web_worker_loads_the_search_by_meaning_as_it_starts_not_on_the_first_search(warm):
+    """The title encoder and the active version, loaded in a forked worker's background thread (never
+    in the master: torch used before a fork can hang the children); WEB_WARM_MEANING_SEARCH=false turns
+    it off."""
+    active_version()
+    result = subprocess.run(
+        [sys.executable, "-c", WARM_PROBE],
+        cwd=PROJECT_ROOT,
+        env=os.environ
+        | {"DATABASE_NAME": connection.settings_dict["NAME"], "WEB_WARM_MEANING_SEARCH": str(warm).lower()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stdout.split("\n")
+    assert ("worker 1 1 1" if warm else "worker 0 0 0") in lines, result.stdout + result.stderr[-3000:]
+    assert "master 0 0" in lines, "the master loads nothing"
 
 
 @pytest.mark.django_db(transaction=True)
