@@ -131,8 +131,7 @@ def train_cross_fit(
 
     family_codes, labels, review_pairs = data.families, data.labels, data.review_pairs
     k = max(1, train_config.folds)
-    folds = FamilyFolds(k)
-    fold = folds.of_each(family_codes)
+    fold = FamilyFolds(k).of_each(family_codes)
     runs = [*range(k), "final"] if k > 1 else ["final"]
     total = len(runs) * train_config.steps
     done = 0
@@ -148,7 +147,7 @@ def train_cross_fit(
     info = {"folds": k if k > 1 else 0, "listings": len(family_codes), "families": len(set(family_codes))}
     info["warm_start"] = warm_start is not None
     for run in runs:
-        rows = folds.fitted_without(run, family_codes) if run != "final" else np.arange(len(family_codes))
+        rows = np.nonzero(fold != run)[0] if run != "final" else np.arange(len(family_codes))
         init = None
         if warm_start is not None:
             init = warm_start.final if run == "final" else warm_start.folds[run]

@@ -758,7 +758,7 @@ def plant_wrong_variants(
         fold = heads.folds.of(target)
 
         def unseen(i, fold=fold):  # a listing the target's heads never trained on
-            return heads.folds.count <= 1 or heads.folds.of(view.families[i]) == fold
+            return heads.folds.of(view.families[i]) == fold
 
         if p % 2 == 0:  # moved listing
             pool = [
